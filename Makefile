@@ -1,0 +1,38 @@
+# The two commands of README:  `make demo` (the whole tiny Code Llama chain on CPU)  and  `make test`.
+# Both create/refresh the virtual environment in .venv first; rerunning them is safe.
+#
+# TORCH_SPEC picks the torch build. The default is the CPU build this project is tested with; on a
+# GPU machine use e.g.  make TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124" demo
+PYTHON     ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+ARGS       ?=
+
+export DS_ACCELERATOR ?= cpu
+export DS_BUILD_OPS   ?= 0
+export WANDB_MODE     ?= offline
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test,eval]'
+	touch $(STAMP)
+
+## The main job: every stage of the tiny pipeline (code+FIM, Python, long context, instruct) on CPU.
+demo: $(STAMP)
+	$(VENV)/bin/codellama-pipeline pipeline=tiny $(ARGS)
+
+## The test suite (CPU, including 2-process DeepSpeed runs).
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache runs

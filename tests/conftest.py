@@ -1,0 +1,27 @@
+"""Test-wide environment: CPU DeepSpeed, offline wandb, shared caches, a tiny tokenizer for everyone."""
+import os
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# DeepSpeed JIT-compiles a comm op once (~30 s); keep it across test runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# The embedded corpus and tokenizer are built once per checkout and reused by every test.
+os.environ.setdefault("CODELLAMA_CACHE", str(REPO / ".cache" / "embedded"))
+
+
+def shared_dir() -> pathlib.Path | None:
+    """../shared next to the checkout (CI and developer machines), or $CODELLAMA_SHARED_DIR."""
+    env = os.environ.get("CODELLAMA_SHARED_DIR")
+    candidates = [pathlib.Path(env)] if env else []
+    candidates.append(REPO.parent / "shared")
+    for c in candidates:
+        if (c / "benchmarks").is_dir():
+            return c
+    return None

@@ -1,0 +1,9 @@
+"""Errors raised before any training starts: one clear message per problem."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config error: {key}={value!r} is invalid; {allowed}")
