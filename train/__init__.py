@@ -1,1 +1,15 @@
+"""Model, checkpoint interoperability and the training engine.
 
+Importing the package registers the small OmegaConf resolvers the configs use (for example
+``${ceil_div:${stage.token_budget},${trainer.batch_tokens}}`` turns a token budget into a step count).
+"""
+from omegaconf import OmegaConf
+
+
+def _ceil_div(a, b) -> int:
+    a, b = int(float(a)), int(float(b))
+    return -(-a // b)
+
+
+if not OmegaConf.has_resolver("ceil_div"):
+    OmegaConf.register_new_resolver("ceil_div", _ceil_div)
