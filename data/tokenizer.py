@@ -218,6 +218,8 @@ def train_tokenizer(
         with text_path.open("w", encoding="utf-8") as out:
             for text in _iter_training_texts(input_files):
                 lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
+                if not lines:
+                    continue
                 chunk = "\n".join(lines) + "\n"
                 out.write(chunk)
                 written += len(chunk.encode("utf-8"))
@@ -243,11 +245,21 @@ def train_tokenizer(
         )
         elapsed = time.perf_counter() - start
         final = model_prefix + ".model"
+        _drop_temporary_paths(tmp_prefix + ".model", pathlib.Path(model_prefix).name)
         os.replace(tmp_prefix + ".model", final)
         os.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
     if verbose:
         print(f"trained {vocab_size}-piece BPE on {written / 1e6:.1f} MB in {elapsed:.1f}s -> {final}")
     return final
+
+
+def _drop_temporary_paths(model_file: str, name: str) -> None:
+    """The trainer records its input file and output prefix (here: random temp paths) in the model;
+    replace them so identical inputs give byte-identical model files."""
+    proto = _load_model_proto(model_file)
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = name
+    pathlib.Path(model_file).write_bytes(proto.SerializeToString())
 
 
 # ----------------------------------------------------------------------------------------------

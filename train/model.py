@@ -120,7 +120,9 @@ class Rope:
 
     def __init__(self, head_dim: int, theta: float):
         self.head_dim, self.theta = head_dim, float(theta)
-        self.inv_freq = 1.0 / (self.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        # Built on the CPU explicitly: a model constructed under `with torch.device("meta")` still needs real tables.
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim
+        self.inv_freq = 1.0 / (self.theta ** exponents)
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tables(self, length: int, device, dtype):
@@ -128,7 +130,7 @@ class Rope:
         cached = self._tables.get(key)
         if cached is None or cached[0].shape[0] < length:
             size = max(length, 2 * cached[0].shape[0] if cached is not None else length)
-            angles = torch.arange(size, dtype=torch.float)[:, None] * self.inv_freq[None, :]
+            angles = torch.arange(size, dtype=torch.float, device="cpu")[:, None] * self.inv_freq[None, :]
             cos = angles.cos().repeat_interleave(2, dim=-1)
             sin = torch.stack((-angles.sin(), angles.sin()), dim=-1).flatten(-2)
             cached = (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))

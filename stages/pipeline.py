@@ -1,0 +1,268 @@
+"""codellama-pipeline: run a chain of training stages (conf/pipeline/<name>.yaml), one codellama-train run each.
+
+Each stage starts from the previous stage's Hugging Face export (fresh optimizer), or from
+``pipeline.init_from`` for the first one. A finished stage is recorded in ``<run_dir>/pipeline_state.json``
+with the fingerprint of its resolved config (chained with the previous stage's), so rerunning the same
+command skips it; an interrupted stage resumes from its latest checkpoint (the engine does that); a finished
+stage whose config changed is refused unless it is named in ``restart=[…]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+import train  # noqa: F401  (registers the config resolvers)
+from train.errors import ConfigError
+
+CONF_DIR = Path(os.environ.get("CODELLAMA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+STATE_FILE = "pipeline_state.json"
+# Keys that change how a run is observed, not what it computes: they may differ between reruns.
+OBSERVATION_KEYS = ("run_dir", "cache_dir", "wandb", "deepspeed", "trainer.log_every", "trainer.checkpoint_every",
+                    "trainer.keep_last", "trainer.val_every", "trainer.val_batches", "trainer.allow_config_change")
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def compose_pipeline(argv: list[str]) -> DictConfig:
+    """Hydra overrides for the pipeline itself, plus ``stages.<stage>.<key>=value`` applied to one stage."""
+    per_stage = [a for a in argv if a.startswith("stages.")]
+    cfg = _compose("run_pipeline", [a for a in argv if not a.startswith("stages.")])
+    OmegaConf.set_struct(cfg, False)
+    if per_stage:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(per_stage))
+    validate_pipeline(cfg)
+    return cfg
+
+
+def validate_pipeline(cfg: DictConfig) -> None:
+    order = list(cfg.pipeline.order)
+    known = sorted(cfg.stages.keys())
+    for name in order:
+        if name not in cfg.stages:
+            raise ConfigError("pipeline.order", order, f"every stage needs an entry under `stages`; known: {known}")
+        kind = OmegaConf.select(cfg, f"stages.{name}.groups.stage")
+        options = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+        if kind not in options:
+            raise ConfigError(f"stages.{name}.groups.stage", kind, f"one of {options}")
+    for name in cfg.stages:
+        if name not in order:
+            raise ConfigError(f"stages.{name}", "(entry)", f"a stage that is not in pipeline.order {order}")
+    for name in cfg.restart:
+        if name not in order:
+            raise ConfigError("restart", list(cfg.restart), f"stage names from pipeline.order {order}")
+
+
+def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictConfig:
+    """The full codellama-train config of one stage: groups, then the pipeline's values, then run wiring."""
+    entry = OmegaConf.to_container(pcfg.stages[name], resolve=False)
+    groups = entry.pop("groups", {})
+    overrides = [f"model={pcfg.pipeline.model}", *[f"{g}={v}" for g, v in groups.items()],
+                 f"seed={pcfg.seed}", *pcfg.common]
+    cfg = _compose("train", overrides)
+    try:
+        cfg = OmegaConf.merge(cfg, entry)
+    except ConfigKeyError as e:
+        raise ConfigError(f"stages.{name}.{e.full_key}", "(unknown key)",
+                          "keys that codellama-train's config has (see `codellama-train --cfg job`)") from None
+    group = pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
+    cfg.run_dir = str(Path(str(pcfg.run_dir)) / name)
+    cfg.init_from = init_from
+    cfg.wandb.mode = pcfg.wandb.mode
+    cfg.wandb.project = pcfg.wandb.project
+    cfg.wandb.entity = pcfg.wandb.entity
+    cfg.wandb.group = group
+    cfg.wandb.job_type = name
+    cfg.wandb.name = f"{group}/{name}"
+    return cfg
+
+
+def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
+    """Hash of what the stage computes (observation-only keys left out), chained with the previous stage's."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in OBSERVATION_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    resolved.pop("init_from", None)  # the previous stage's identity is in `previous`, not in its path
+    blob = json.dumps({"config": resolved, "previous": previous}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16], resolved
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_difference(old: dict, new: dict, limit: int = 8) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return diffs[:limit] + ([f"… and {len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _wait_until(predicate, what: str, timeout_s: float = 600.0) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if time.time() > deadline:
+            raise PipelineError(f"timed out waiting for rank 0: {what}")
+        time.sleep(0.5)
+
+
+def _read_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(run_dir: Path, state: dict) -> None:
+    tmp = run_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / STATE_FILE)
+
+
+def plan(pcfg: DictConfig) -> list[dict]:
+    """Decide, before anything runs, what each stage does: skip (finished, same config) or run/resume."""
+    run_dir = Path(str(pcfg.run_dir))
+    state = _read_state(run_dir)
+    order = list(pcfg.pipeline.order)
+    restart_from = min((order.index(n) for n in pcfg.restart), default=len(order))
+    steps, previous_fp, init_from = [], "", pcfg.pipeline.init_from
+    for i, name in enumerate(order):
+        cfg = compose_stage(pcfg, name, init_from)
+        fp, resolved = stage_fingerprint(cfg, previous_fp)
+        record = state.get(name)
+        if i >= restart_from:
+            action = "restart" if (run_dir / name).exists() else "run"
+        elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
+            action = "skip"
+        elif record:
+            diff = "\n  ".join(config_difference(record["config"], resolved)) or "(an earlier stage changed)"
+            raise PipelineError(
+                f"stage '{name}' already finished in {run_dir / name} with a different configuration:\n  {diff}\n"
+                f"Rerun with restart=[{name}] to train it (and every stage after it) again, or use another run_dir.")
+        else:
+            action = "resume" if (run_dir / name / "checkpoints").exists() else "run"
+        steps.append({"name": name, "cfg": cfg, "fingerprint": fp, "resolved": resolved, "action": action})
+        previous_fp, init_from = fp, str(run_dir / name / "hf")
+    return steps
+
+
+def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> list[dict]:
+    """Run every stage of the plan in order; returns one summary row per stage."""
+    if train_stage is None:
+        from train.trainer import run as train_stage
+    if evaluate_stage is None:
+        evaluate_stage = _evaluate_stage
+    run_dir = Path(str(pcfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    steps = plan(pcfg)
+    for step in steps:
+        if step["action"] == "restart":
+            stage_dir = run_dir / step["name"]
+            if _rank() == 0:
+                shutil.rmtree(stage_dir)
+            _wait_until(lambda d=stage_dir: not d.exists(), f"removing {stage_dir}")
+    rows = []
+    for step in steps:
+        name, cfg = step["name"], step["cfg"]
+        if step["action"] == "skip":
+            print(f"[pipeline] stage '{name}': finished earlier with the same config, skipped", flush=True)
+        else:
+            print(f"[pipeline] stage '{name}': {step['action']} → {cfg.run_dir}"
+                  + (f" (from {cfg.init_from})" if cfg.init_from else ""), flush=True)
+            train_stage(cfg)
+            if _rank() == 0:
+                state = _read_state(run_dir)
+                state[name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
+                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                _write_state(run_dir, state)
+                if pcfg.eval.enabled:
+                    evaluate_stage(pcfg, name, Path(cfg.run_dir))
+        rows.append(summary_row(name, Path(cfg.run_dir)))
+    return rows
+
+
+def _evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
+    try:
+        from evaluation.run import evaluate_after_stage
+    except ImportError:
+        print("[pipeline] evaluation package not available; skipping the per-stage evaluation", flush=True)
+        return
+    evaluate_after_stage(stage_dir, pcfg.eval)
+
+
+def summary_row(name: str, stage_dir: Path) -> dict:
+    done = json.loads((stage_dir / "DONE.json").read_text()) if (stage_dir / "DONE.json").exists() else {}
+    evaluation = stage_dir / "eval" / "results.json"
+    return {"stage": name, "dir": str(stage_dir), **done,
+            "eval": json.loads(evaluation.read_text()) if evaluation.exists() else {}}
+
+
+def format_summary(rows: list[dict], run_dir: Path) -> str:
+    sources = sorted({s for r in rows for s in (r.get("val_loss") or {})})
+    header = ["stage", "steps", "tokens", "time", "train loss"] + [f"val {s}" for s in sources]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        val = r.get("val_loss") or {}
+        cells = [r["stage"], str(r.get("steps", "?")), f"{r.get('tokens', 0):,}",
+                 f"{r.get('time_s', 0):.0f}s", _fmt(r.get("train_loss"))] + [_fmt(val.get(s)) for s in sources]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Outputs under {run_dir}/<stage>/:",
+              "  checkpoints/   DeepSpeed checkpoints (resume: rerun the same command)",
+              "  hf/            Hugging Face export of the stage's final weights (the next stage starts from it)",
+              "  metrics.jsonl  every logged step",
+              "  wandb/         the stage's wandb run (offline runs: `wandb sync <dir>` uploads them)",
+              "  eval/          per-stage evaluation results and report"]
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        pcfg = compose_pipeline(argv)
+        rows = run_pipeline(pcfg)
+    except (ConfigError, PipelineError) as e:
+        print(f"codellama-pipeline: {e}", file=sys.stderr)
+        return 2
+    if _rank() == 0:
+        table = format_summary(rows, Path(str(pcfg.run_dir)))
+        (Path(str(pcfg.run_dir)) / "summary.md").write_text(table + "\n")
+        print("\n" + table, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
