@@ -50,6 +50,13 @@ def _load_model_proto(model_path) -> sp_pb2.ModelProto:
     return proto
 
 
+def _as_int_list(ids) -> list[int]:
+    """Lists, tuples, numpy arrays and torch tensors of ids alike."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return [int(i) for i in ids]
+
+
 class Tokenizer:
     """SentencePiece model + Code Llama conventions.
 
@@ -111,7 +118,7 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._sp.decode(list(ids))
+        return self._sp.decode(_as_int_list(ids))
 
     def encode_no_space(self, s: str) -> list[int]:
         """Encode without the implicit leading space (for FIM middles and suffixes)."""
@@ -125,7 +132,7 @@ class Tokenizer:
 
     def decode_no_space(self, ids: Sequence[int]) -> str:
         """Inverse of encode_no_space: the first token's leading "▁" is kept as a real space."""
-        text = self._sp.decode(self._sentinel_ids + list(ids))
+        text = self._sp.decode(self._sentinel_ids + _as_int_list(ids))
         if not text.startswith(NO_SPACE_SENTINEL):  # cannot happen for a sane model; be explicit
             raise ValueError(f"decode_no_space: sentinel {NO_SPACE_SENTINEL!r} was not decoded first")
         return text[len(NO_SPACE_SENTINEL):]

@@ -134,6 +134,13 @@ def test_literal_infilling_text_encodes_to_ordinary_pieces(tok):
     assert tok.decode([tok.prefix_id] + tok.encode("a") + [tok.eot_id]) == "a"
 
 
+def test_decode_accepts_tensors(tok):
+    import torch
+    ids = tok.encode("x = [1, 2]\n")
+    assert tok.decode(torch.tensor(ids)) == tok.decode(tuple(ids)) == "x = [1, 2]\n"
+    assert tok.decode_no_space(torch.tensor(tok.encode_no_space("y"))) == "y"
+
+
 def test_pickle_round_trip_for_worker_processes(tok):
     clone = pickle.loads(pickle.dumps(tok))
     s = "def f(x):\n    return x  # ☺ ü\n"
@@ -230,3 +237,20 @@ def test_train_tokenizer_input_errors(tmp_path):
         train_tokenizer([empty], tmp_path / "m")
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer([empty], tmp_path / "m", vocab_size=100)
+
+
+def test_cli_train_extend_info(tmp_path, capsys):
+    from data.tokenizer_cli import main
+    files = [str(p) for p in stdlib_python_files()[:30]]
+    assert main(["train", str(tmp_path / "tok.model"), *files, "--vocab-size", "1024"]) == 0
+    assert Tokenizer(tmp_path / "tok.model").vocab_size == 1024
+    assert main(["extend", llama_style_model_path(), str(tmp_path / "cl.model")]) == 0
+    assert "<PRE> 32007 <SUF> 32008 <MID> 32009 <EOT> 32010" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "cl.model"), "--text", "x <EOT>"]) == 0
+    import json
+    info = json.loads(capsys.readouterr().out)
+    assert info["eot_id"] == 32010 and info["round_trip_exact"] and max(info["ids"]) < 32000
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a model")
+    assert main(["info", str(bad)]) == 2
+    assert "not a SentencePiece model" in capsys.readouterr().err

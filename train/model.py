@@ -19,6 +19,9 @@ from torch.utils.checkpoint import checkpoint
 
 from train.errors import ConfigError
 
+# `enable_gqa` arrived in torch 2.5; older versions get the kv heads repeated explicitly.
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 INIT_STD = 0.02  # every Linear and the embedding: N(0, 0.02) (GPT-2/Megatron default; Meta's is not published)
 
 
@@ -187,8 +190,15 @@ class Attention(nn.Module):
             k, v = kv_cache.update(layer_idx, start_pos, k, v)
         # The causal shortcut is only right when queries and keys start at the same position.
         is_causal = mask is None and k.shape[2] == T and T > 1
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        if self.n_kv_heads == self.n_heads:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        elif _SDPA_HAS_GQA:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+        else:
+            repeats = self.n_heads // self.n_kv_heads
+            out = F.scaled_dot_product_attention(q, k.repeat_interleave(repeats, dim=1),
+                                                 v.repeat_interleave(repeats, dim=1),
+                                                 attn_mask=mask, is_causal=is_causal)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 

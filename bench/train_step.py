@@ -1,0 +1,136 @@
+"""Training-step throughput of train.model.Llama against transformers' LlamaForCausalLM, side by side.
+
+Both models get the same configuration, batch, dtype and SDPA attention; one step is forward + cross-entropy
++ backward + AdamW (foreach). Runs are interleaved (ours, theirs, ours, ...) after warm-up so that load from
+other processes hits both alike; the median step time of each is reported, and the ratio is the median over
+the interleaved pairs of (their step time / our step time), which cancels load that drifts between pairs. MFU is measured against the
+fp32 2048^3 matmul rate of this machine, measured in the same run.
+
+    python bench/train_step.py                    # ~29M non-embedding params, seq 512, batch 4, fp32
+    python bench/train_step.py --seq-len 256 --batch-size 2 --repeats 3
+
+The last line is exactly `ours/transformers = X.XX` (ratio of tokens/s).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from train.model import Llama, ModelConfig
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--n-layers", type=int, default=8)
+    p.add_argument("--n-heads", type=int, default=8)
+    p.add_argument("--n-kv-heads", type=int, default=4)
+    p.add_argument("--multiple-of", type=int, default=256)
+    p.add_argument("--ffn-dim-multiplier", type=float, default=1.3)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per model (interleaved)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    return p.parse_args(argv)
+
+
+def matmul_peak_flops(dtype=torch.float32, n=2048, repeats=3) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def build_hf(cfg: ModelConfig, state_dict, dtype):
+    import tempfile
+
+    from transformers import LlamaForCausalLM
+
+    from train.checkpoint_io import save_hf
+
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(state_dict, cfg, d)
+        model = LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa", dtype=dtype)
+    return model
+
+
+class Runner:
+    def __init__(self, name, model, logits_fn, batch, labels):
+        self.name, self.model, self.logits_fn = name, model, logits_fn
+        self.batch, self.labels = batch, labels
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+        self.times = []
+        self.losses = []
+
+    def step(self, timed=True):
+        t0 = time.perf_counter()
+        logits = self.logits_fn(self.model, self.batch)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), self.labels.flatten())
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        if timed:
+            self.times.append(dt)
+        self.losses.append(loss.item())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
+                      vocab_size=args.vocab_size, multiple_of=args.multiple_of,
+                      ffn_dim_multiplier=args.ffn_dim_multiplier, max_seq_len=args.seq_len)
+    ours = Llama(cfg).to(dtype).train()
+    theirs = build_hf(cfg, ours.state_dict(), dtype).train()
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1))
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    runners = [
+        Runner("ours", ours, lambda m, x: m(x), inputs, labels),
+        Runner("transformers", theirs, lambda m, x: m(input_ids=x, use_cache=False).logits, inputs, labels),
+    ]
+    print(f"config: {cfg.to_dict()} | hidden {cfg.hidden_dim}")
+    print(f"params: {ours.num_params(include_embeddings=False) / 1e6:.2f}M non-embedding, "
+          f"{ours.num_params() / 1e6:.2f}M total | batch {args.batch_size} x seq {args.seq_len} | {args.dtype} | "
+          f"threads {torch.get_num_threads()}")
+    peak_before = matmul_peak_flops()
+    for _ in range(args.warmup):
+        for r in runners:
+            r.step(timed=False)
+    for _ in range(args.repeats):
+        for r in runners:
+            r.step()
+    peak = max(peak_before, matmul_peak_flops())
+    step_tokens = args.batch_size * args.seq_len
+    flops_per_step = ours.flops_per_token(args.seq_len) * step_tokens
+    print(f"fp32 matmul peak (2048^3, best of runs): {peak / 1e9:.1f} GFLOP/s; "
+          f"model FLOPs/token {ours.flops_per_token(args.seq_len) / 1e6:.1f}M")
+    rates = {}
+    for r in runners:
+        med = statistics.median(r.times)
+        rates[r.name] = step_tokens / med
+        print(f"{r.name:>12}: median step {med:.3f}s (min {min(r.times):.3f}s, max {max(r.times):.3f}s) | "
+              f"{rates[r.name]:.0f} tokens/s | MFU {flops_per_step / med / peak:.1%} | "
+              f"first/last loss {r.losses[0]:.4f}/{r.losses[-1]:.4f}")
+    pair_ratios = [theirs / ours for ours, theirs in zip(runners[0].times, runners[1].times)]
+    print(f"ratio of medians {rates['ours'] / rates['transformers']:.3f}; per-pair ratios "
+          f"{', '.join(f'{r:.3f}' for r in pair_ratios)}")
+    print(f"ours/transformers = {statistics.median(pair_ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()

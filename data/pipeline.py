@@ -1,0 +1,452 @@
+"""From configured sources to training batches: read -> tokenize (BOS/EOS per document) -> FIM -> mix -> pack.
+
+    loader = build_train_loader(data_cfg, tokenizer, rank, world_size, micro_batch_size)
+    for batch in loader: ...          # infinite; dict of [B, seq_len] tensors (see CONTRACTS.md)
+    loader.state_dict() / loader.load_state_dict(sd) / loader.metrics()
+
+Streams. Each rank runs num_workers logical streams (one per DataLoader worker; one in-process stream
+when num_workers == 0). Logical stream (rank, w) reads its shard of every source (data/sources.py),
+mixes them by tokens (data/mixture.py), encodes documents (data/fim.py, stages/chat.py) and packs
+them (data/packing.py) into whole micro-batches. Tokenization happens in the worker processes.
+
+Exact resume. A worker yields each batch together with its logical id and its complete state after
+that batch (source positions and epochs, mixture counters, packing buffer and deferral queue,
+counters). The main process keeps the latest state per logical worker and the id of the worker whose
+batch it handed out last. torch's DataLoader hands out batches round-robin over workers in order, so
+on resume physical worker p runs logical stream (p + last + 1) mod num_workers: the round-robin
+continues exactly where it stopped, and each stream continues from its own state — nothing is
+replayed, and the cost of restoring a position is bounded by one shard (see data/sources.py).
+The state records a fingerprint (rank, world size, workers, micro-batch, seq_len, seed, sources,
+FIM settings, tokenizer); loading a state with another fingerprint is refused.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+from collections import Counter
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from data.fim import FimConfig, check_tokenizer, fim_plan, fim_tokens
+from data.mixture import TokenMixture
+from data.packing import PAD_SOURCE, Packer, Segment
+from data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, _plain, parse_sources
+from stages.chat import encode_dialog
+from train.errors import ConfigError
+
+STATE_VERSION = 1
+DATA_KEYS = {"sources", "seq_len", "seed", "fim", "num_workers", "max_doc_chars", "strict", "max_epochs",
+             "prefetch_factor"}
+BATCH_KEYS = ("input_ids", "labels", "loss_mask", "source_ids", "doc_ids", "is_fim")
+_BATCH_DTYPES = {"input_ids": torch.long, "labels": torch.long, "loss_mask": torch.bool, "source_ids": torch.long,
+                 "doc_ids": torch.long, "is_fim": torch.bool}
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+
+def _int(cfg, key, default, minimum):
+    v = cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"data.{key}", v, f"expected an integer >= {minimum}")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPlan:
+    sources: tuple[SourceSpec, ...]
+    seq_len: int
+    seed: int
+    fim: FimConfig
+    num_workers: int = 1
+    max_doc_chars: int = 1_000_000
+    strict: bool = False
+    max_epochs: int | None = None      # finite stream: stop when a source has done that many epochs
+    prefetch_factor: int = 2
+
+    @classmethod
+    def from_cfg(cls, data_cfg) -> "DataPlan":
+        cfg = _plain(data_cfg)
+        if not isinstance(cfg, Mapping):
+            raise ConfigError("data", cfg, "expected a mapping (conf/data/*.yaml)")
+        unknown = set(cfg) - DATA_KEYS
+        if unknown:
+            raise ConfigError("data", sorted(unknown), f"unknown key(s); allowed: {sorted(DATA_KEYS)}")
+        if "seq_len" not in cfg:
+            raise ConfigError("data.seq_len", None, "required: tokens per training sequence")
+        max_epochs = cfg.get("max_epochs")
+        if max_epochs is not None:
+            max_epochs = _int(cfg, "max_epochs", None, 1)
+        return cls(
+            sources=tuple(parse_sources(cfg.get("sources"))), seq_len=_int(cfg, "seq_len", None, 2),
+            seed=_int(cfg, "seed", 0, 0), fim=FimConfig.from_cfg(cfg.get("fim")),
+            num_workers=_int(cfg, "num_workers", 1, 0), max_doc_chars=_int(cfg, "max_doc_chars", 1_000_000, 1),
+            strict=bool(cfg.get("strict", False)), max_epochs=max_epochs,
+            prefetch_factor=_int(cfg, "prefetch_factor", 2, 1))
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+# ----------------------------------------------------------------------------------------------
+# Documents -> token segments
+# ----------------------------------------------------------------------------------------------
+
+class DocumentEncoder:
+    """BOS + Enc(text) + EOS, or the FIM layout (data/fim.py), or the chat format (stages/chat.py)."""
+
+    def __init__(self, tokenizer, fim: FimConfig, seq_len: int, seed: int, apply_fim: bool, counters: Counter):
+        self.tokenizer, self.fim, self.seq_len, self.seed = tokenizer, fim, seq_len, seed
+        self.apply_fim = apply_fim and fim.enabled
+        self.counters = counters
+        # A token covers at most this many characters: longer texts cannot fit a row, whatever the cuts.
+        self.max_piece_chars = max(len(tokenizer.piece(i)) for i in range(tokenizer.vocab_size)) if self.apply_fim else 0
+
+    def encode(self, doc: Document, spec: SourceSpec, source: int) -> Segment:
+        tok = self.tokenizer
+        if doc.messages is not None:
+            tokens, mask = encode_dialog(tok, doc.messages)
+            return Segment(np.asarray(tokens, np.int32), source, False, np.asarray(mask, bool))
+        text = doc.text
+        if self.apply_fim and spec.fim:
+            self.counters["fim/considered"] += 1
+            plan = fim_plan(self.seed, spec.name, doc.key, len(text), self.fim.rate, self.fim.spm_rate)
+            if plan is not None:
+                tokens = None
+                if len(text) <= self.seq_len * self.max_piece_chars:
+                    tokens = fim_tokens(tok, text, plan, bos=self.fim.bos, eos=self.fim.eos, max_tokens=self.seq_len)
+                if tokens is not None:
+                    self.counters["fim/transformed"] += 1
+                    self.counters["fim/spm"] += int(plan.spm)
+                    return Segment(np.asarray(tokens, np.int32), source, True)
+                self.counters["fim/too_long"] += 1
+        return Segment(np.asarray(tok.encode(text, bos=True, eos=True), np.int32), source)
+
+
+# ----------------------------------------------------------------------------------------------
+# One logical stream
+# ----------------------------------------------------------------------------------------------
+
+class RowStream:
+    """Sources -> mixture -> encoder -> packer, for logical stream `stream` of `num_streams`."""
+
+    def __init__(self, plan: DataPlan, tokenizer, locations: list[Location], *, stream: int, num_streams: int,
+                 source_indices: list[int] | None = None, num_sources: int | None = None, apply_fim: bool = True,
+                 epochs: int | None = None, shuffle: bool = True):
+        specs = [loc.spec for loc in locations]
+        self.specs = specs
+        self.source_indices = source_indices or list(range(len(specs)))
+        self.counters: Counter = Counter()
+        self.readers = [
+            SourceReader(spec, loc, seed=plan.seed, stream=stream, num_streams=num_streams,
+                         max_doc_chars=plan.max_doc_chars, strict=plan.strict, counters=self.counters,
+                         shuffle=shuffle, epochs=epochs)
+            for spec, loc in zip(specs, locations)]
+        self.mixture = TokenMixture([s.name for s in specs], [s.weight for s in specs])
+        self.encoder = DocumentEncoder(tokenizer, plan.fim, plan.seq_len, plan.seed, apply_fim, self.counters)
+        self.packer = Packer(plan.seq_len, tokenizer.pad_id, num_sources or len(specs), plan.fim.max_deferred)
+        self.finished = False
+
+    def _fill(self, rows: int) -> None:
+        packer = self.packer
+        while packer.rows_ready() < rows and not self.finished:
+            i = self.mixture.pick()
+            doc = self.readers[i].next_document()
+            if doc is None:
+                packer.finish()
+                self.finished = True
+                break
+            seg = self.encoder.encode(doc, self.specs[i], self.source_indices[i])
+            self.mixture.add(i, len(seg))
+            packer.add(seg)
+
+    def next_batch(self, batch_size: int) -> dict[str, np.ndarray] | None:
+        """`batch_size` rows stacked ([B, T] arrays); fewer at the end of a finite stream; None after it."""
+        self._fill(batch_size)
+        n = min(batch_size, self.packer.rows_ready())
+        if n == 0:
+            return None
+        rows = [self.packer.pop_row() for _ in range(n)]
+        return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+    def state_dict(self) -> dict:
+        return {"readers": [r.state_dict() for r in self.readers], "mixture": self.mixture.state_dict(),
+                "packer": self.packer.state_dict(), "counters": dict(self.counters), "finished": self.finished}
+
+    def load_state_dict(self, state: dict) -> None:
+        for reader, s in zip(self.readers, state["readers"], strict=True):
+            reader.load_state_dict(s)
+        self.mixture.load_state_dict(state["mixture"])
+        self.packer.load_state_dict(state["packer"])
+        self.counters.clear()
+        self.counters.update(state["counters"])
+        self.finished = bool(state["finished"])
+
+
+def to_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(_BATCH_DTYPES[k]) for k in BATCH_KEYS}
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON form of states (numpy arrays as base64)
+# ----------------------------------------------------------------------------------------------
+
+def to_jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.dtype.str, "shape": list(obj.shape),
+                "b64": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode("ascii")}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def from_jsonable(obj):
+    if isinstance(obj, Mapping):
+        if "__ndarray__" in obj:
+            arr = np.frombuffer(base64.b64decode(obj["b64"]), dtype=np.dtype(obj["__ndarray__"]))
+            return arr.reshape(obj["shape"]).copy()
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# DataLoader plumbing
+# ----------------------------------------------------------------------------------------------
+
+def _identity(x):
+    return x
+
+
+class _WorkerStreams(torch.utils.data.IterableDataset):
+    """What each DataLoader worker runs: its logical stream, from its saved state, batch by batch."""
+
+    def __init__(self, loader: "TrainLoader", states: list, first_logical: int):
+        self.loader, self.states, self.first_logical = loader, states, first_logical
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        physical, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (physical + self.first_logical) % n
+        stream = self.loader._build_stream(logical)
+        if self.states[logical] is not None:
+            stream.load_state_dict(self.states[logical])
+        while True:
+            batch = stream.next_batch(self.loader.micro_batch_size)
+            if batch is None:
+                return
+            yield to_tensors(batch), logical, stream.state_dict()
+
+
+def _tokenizer_identity(tokenizer) -> dict:
+    model_bytes = getattr(tokenizer, "_model_bytes", None)
+    path = getattr(tokenizer, "path", None)
+    if model_bytes is None and path and os.path.isfile(str(path)):
+        with open(path, "rb") as f:
+            model_bytes = f.read()
+    ident = {"vocab_size": int(tokenizer.vocab_size), "bos": tokenizer.bos_id, "eos": tokenizer.eos_id}
+    ident["sha256"] = hashlib.sha256(model_bytes).hexdigest()[:16] if model_bytes else type(tokenizer).__name__
+    return ident
+
+
+class TrainLoader:
+    """Infinite iterator of training batches for one rank, with exact state (see module docstring)."""
+
+    def __init__(self, plan: DataPlan, tokenizer, rank: int, world_size: int, micro_batch_size: int):
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"rank={rank} / world_size={world_size}: need 0 <= rank < world_size")
+        if not isinstance(micro_batch_size, int) or micro_batch_size < 1:
+            raise ConfigError("trainer.micro_batch_size", micro_batch_size, "expected an integer >= 1")
+        if plan.fim.enabled:
+            check_tokenizer(tokenizer)
+        self.plan, self.tokenizer = plan, tokenizer
+        self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
+        self.source_names = plan.source_names
+        self.locations = [Location(spec, "train") for spec in plan.sources]
+        for loc in self.locations:
+            loc.check_fields()
+        self.num_logical = max(1, plan.num_workers)
+        self._states: list = [None] * self.num_logical
+        self._last_worker = self.num_logical - 1
+        self._batches = 0
+        self._fingerprint = self._make_fingerprint()
+
+    # -- streams ------------------------------------------------------------------------------
+    def _build_stream(self, logical: int) -> RowStream:
+        return RowStream(self.plan, self.tokenizer, self.locations, stream=self.rank * self.num_logical + logical,
+                         num_streams=self.world_size * self.num_logical, epochs=self.plan.max_epochs)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Continues from the current state (a fresh loader: from the start)."""
+        first = (self._last_worker + 1) % self.num_logical
+        dataset = _WorkerStreams(self, list(self._states), first)
+        if self.plan.num_workers == 0:
+            source = iter(dataset)
+        else:
+            source = iter(torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=self.plan.num_workers, collate_fn=_identity,
+                prefetch_factor=self.plan.prefetch_factor, persistent_workers=False))
+        for batch, logical, state in source:
+            self._states[logical] = state
+            self._last_worker = logical
+            self._batches += 1
+            yield batch
+
+    # -- state --------------------------------------------------------------------------------
+    def _make_fingerprint(self) -> dict:
+        sources = []
+        for spec, loc in zip(self.plan.sources, self.locations):
+            d = spec.describe()
+            for k in ("paths", "hub", "val_paths", "val_hub"):  # where the files live may change; what they are may not
+                d.pop(k)
+            d["data"] = loc.identity()
+            sources.append(d)
+        return json.loads(json.dumps({
+            "version": STATE_VERSION, "rank": self.rank, "world_size": self.world_size,
+            "num_workers": self.plan.num_workers, "micro_batch_size": self.micro_batch_size,
+            "seq_len": self.plan.seq_len, "seed": self.plan.seed, "max_doc_chars": self.plan.max_doc_chars,
+            "max_epochs": self.plan.max_epochs, "fim": dataclasses.asdict(self.plan.fim), "sources": sources,
+            "tokenizer": _tokenizer_identity(self.tokenizer)}))
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable position after the last batch this loader handed out."""
+        return {"version": STATE_VERSION, "fingerprint": self._fingerprint, "batches": self._batches,
+                "last_worker": self._last_worker, "workers": [to_jsonable(s) for s in self._states]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        state = json.loads(json.dumps(state))
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError("data state version", state.get("version"), f"this code reads version {STATE_VERSION}")
+        saved, current = state["fingerprint"], self._fingerprint
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            detail = "; ".join(f"{k}: saved {json.dumps(saved.get(k))[:200]} vs now {json.dumps(current.get(k))[:200]}"
+                               for k in diff)
+            raise ConfigError("data state", diff, "the checkpoint's data stream was made with a different data "
+                                                  f"setup ({detail}). Resume with the same data config, world size, "
+                                                  "num_workers and tokenizer, or start the data stream afresh")
+        if len(state["workers"]) != self.num_logical:
+            raise ConfigError("data state", len(state["workers"]), f"expected {self.num_logical} worker states")
+        self._states = [from_jsonable(s) for s in state["workers"]]
+        self._last_worker = int(state["last_worker"])
+        self._batches = int(state["batches"])
+
+    # -- metrics ------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        return stream_metrics(self.source_names, [s for s in self._states if s is not None], self.plan.seq_len)
+
+
+def stream_metrics(source_names: list[str], states: list[dict], seq_len: int) -> dict[str, float]:
+    """data/share/<src> (realized token shares of emitted rows), data/tokens/<src>, data/epoch/<src>
+    (epochs completed by the most advanced stream), data/skipped/<reason>, data/filtered/<src>,
+    data/fim_share (transformed / FIM-enabled documents), data/spm_share, data/fim_too_long (drawn for FIM
+    but longer than a row), data/pad_share (padding of the bounded deferral fallback, data/packing.py).
+    Shares are per rank; the trainer averages them over ranks and sums the counts."""
+    tokens = np.zeros(len(source_names), dtype=np.int64)
+    counters: Counter = Counter()
+    stats: Counter = Counter()
+    epochs = [0] * len(source_names)
+    for s in states:
+        tokens += np.asarray(s["packer"]["source_tokens"], dtype=np.int64)
+        counters.update(s["counters"])
+        stats.update({k: v for k, v in s["packer"]["stats"].items() if k != "max_deferred_seen"})
+        stats["max_deferred_seen"] = max(stats["max_deferred_seen"], s["packer"]["stats"]["max_deferred_seen"])
+        for i, r in enumerate(s["readers"]):
+            epochs[i] = max(epochs[i], int(r["epoch"]))
+    total = int(tokens.sum())
+    out: dict[str, float] = {}
+    for i, name in enumerate(source_names):
+        out[f"data/share/{name}"] = float(tokens[i] / total) if total else 0.0
+        out[f"data/tokens/{name}"] = float(tokens[i])
+        out[f"data/epoch/{name}"] = float(epochs[i])
+    for reason in SKIP_REASONS:
+        out[f"data/skipped/{reason}"] = float(counters.get(f"skipped/{reason}", 0))
+    for key, value in counters.items():
+        if key.startswith("filtered/"):
+            out[f"data/{key}"] = float(value)
+    considered = counters.get("fim/considered", 0)
+    if considered:
+        out["data/fim_share"] = counters.get("fim/transformed", 0) / considered
+        out["data/fim_too_long"] = float(counters.get("fim/too_long", 0))
+        out["data/spm_share"] = counters.get("fim/spm", 0) / max(1, counters.get("fim/transformed", 0))
+    rows = stats.get("rows", 0)
+    out["data/pad_share"] = stats.get("pad_tokens", 0) / (rows * seq_len) if rows else 0.0
+    return out
+
+
+def build_train_loader(data_cfg, tokenizer, rank: int, world_size: int, micro_batch_size: int) -> TrainLoader:
+    return TrainLoader(DataPlan.from_cfg(data_cfg), tokenizer, rank, world_size, micro_batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+class ValLoader:
+    """Finite, deterministic batches of one source's validation split for one rank.
+
+    The split is read in sorted file order, once, without FIM unless data.fim.in_val (then with the
+    same per-document decisions as training would make). Rows are numbered globally; batch b of rank
+    r holds global rows [(b*W + r)*B, (b*W + r + 1)*B), so the rows evaluated do not depend on the
+    world size, and every rank yields the same number of batches (rows after the end of the split are
+    all padding with loss off), which keeps collectives in step. Only the last real row is padded.
+    Each rank reads the whole split (validation splits are small), and `iter()` restarts from the start.
+    """
+
+    def __init__(self, plan: DataPlan, tokenizer, location: Location, source_index: int, num_sources: int,
+                 rank: int, world_size: int, micro_batch_size: int, max_batches: int | None):
+        self.plan, self.tokenizer, self.location = plan, tokenizer, location
+        self.source_index, self.num_sources = source_index, num_sources
+        self.rank, self.world_size, self.micro_batch_size, self.max_batches = rank, world_size, micro_batch_size, max_batches
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        stream = RowStream(self.plan, self.tokenizer, [self.location], stream=0, num_streams=1,
+                           source_indices=[self.source_index], num_sources=self.num_sources,
+                           apply_fim=self.plan.fim.in_val, epochs=1, shuffle=False)
+        B, W, r = self.micro_batch_size, self.world_size, self.rank
+        produced = 0
+        while self.max_batches is None or produced < self.max_batches:
+            group = stream.next_batch(B * W)
+            if group is None:
+                return
+            n = len(group["input_ids"])
+            if n < B * W:
+                group = {k: np.concatenate([v, self._pad_rows(k, B * W - n)]) for k, v in group.items()}
+            yield to_tensors({k: v[r * B:(r + 1) * B] for k, v in group.items()})
+            produced += 1
+
+    def _pad_rows(self, key: str, n: int) -> np.ndarray:
+        L = self.plan.seq_len
+        fill = {"input_ids": self.tokenizer.pad_id, "labels": -100, "loss_mask": False, "source_ids": PAD_SOURCE,
+                "doc_ids": 0, "is_fim": False}[key]
+        dtype = bool if key in ("loss_mask", "is_fim") else np.int64
+        return np.full((n, L), fill, dtype=dtype)
+
+
+def build_val_loaders(data_cfg, tokenizer, rank: int, world_size: int, micro_batch_size: int,
+                      max_batches: int | None) -> dict[str, ValLoader]:
+    """{source name: finite loader} for the sources that have val_paths or val_hub."""
+    plan = DataPlan.from_cfg(data_cfg)
+    if plan.fim.enabled and plan.fim.in_val:
+        check_tokenizer(tokenizer)
+    loaders = {}
+    for i, spec in enumerate(plan.sources):
+        if not (spec.val_paths or spec.val_hub):
+            continue
+        location = Location(spec, "val")
+        location.check_fields()
+        loaders[spec.name] = ValLoader(plan, tokenizer, location, i, len(plan.sources), rank, world_size,
+                                       micro_batch_size, max_batches)
+    return loaders

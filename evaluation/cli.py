@@ -1,0 +1,58 @@
+"""`codellama-eval [Hydra overrides]` (config: conf/eval.yaml).
+
+  codellama-eval model_path=runs/code/hf benchmarks=[humaneval,infilling_single] limit=20
+  codellama-eval samples=samples.jsonl benchmark=humaneval          # completions written by any model
+  codellama-eval report_from=[a/results.json,b/results.json] out_dir=report
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.run import CONF_DIR, evaluate, score_samples_file
+
+
+def run(cfg: DictConfig) -> int:
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.pop("hydra", None)
+    if cfg.report_from:
+        from evaluation.report import write_report
+        print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")
+        return 0
+    if cfg.samples:
+        if not cfg.benchmark:
+            print("codellama-eval: samples=FILE needs benchmark=NAME", file=sys.stderr)
+            return 2
+        result = score_samples_file(cfg.samples, cfg.benchmark, cfg)
+        for k, v in result["metrics"].items():
+            print(f"{cfg.benchmark} {k} = {v:.4f}")
+        print(f"tasks {result['n_tasks']}, samples {result['n_samples']}, statuses {result['status_counts']}")
+        print(f"sandbox: {result['sandbox']['summary']}")
+        return 0
+    results = evaluate(None, cfg)
+    print(json.dumps(results["metrics"], indent=2))
+    for name, why in results["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(f"results: {cfg.out_dir}/results.json")
+    return 0
+
+
+def main() -> None:
+    import hydra
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)
+    def _main(cfg: DictConfig) -> None:
+        code = run(cfg)
+        if code:
+            sys.exit(code)
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""HumanEval infilling (Bavarian et al. 2022): single-line, multi-line, random span (and its light
+version). Rows: task_id, entry_point, prompt (the prefix), suffix, canonical_solution (the middle), test.
+
+Judged program: prefix + middle + suffix + "\n" + test + "\n" + f"check({entry_point})".
+No package ships these files: they are read from `infilling.dir` (file names below) or explicit paths.
+The model sees the reference inference prompt in PSM or SPM (evaluation.generation.infilling_prompt_tokens).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaluation.jsonl import evenly_spaced, read_jsonl
+from evaluation.problems import Problem
+from train.errors import ConfigError
+
+INFILLING_FILES = {
+    "single": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random_span": "HumanEval-RandomSpanInfilling.jsonl.gz",
+    "random_span_light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+}
+MODES = ("psm", "spm")
+
+
+def infilling_path(kind: str, directory=None, path=None) -> Path:
+    if kind not in INFILLING_FILES:
+        raise ConfigError("infilling kind", kind, f"one of {sorted(INFILLING_FILES)}")
+    if path:
+        return Path(path)
+    if not directory:
+        raise FileNotFoundError(f"infilling_{kind}: set infilling.dir to the folder holding "
+                                f"{INFILLING_FILES[kind]} (from openai/human-eval-infilling), "
+                                f"or infilling.paths.{kind}")
+    return Path(directory) / INFILLING_FILES[kind]
+
+
+def infilling_problem(row: dict) -> Problem:
+    tail = row["suffix"] + "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
+    return Problem(task_id=row["task_id"], prompt=row["prompt"], head=row["prompt"], tail=tail,
+                   reference=row["canonical_solution"], suffix=row["suffix"])
+
+
+def load_infilling(kind: str, directory=None, path=None, limit: int | None = None) -> list[Problem]:
+    rows = read_jsonl(infilling_path(kind, directory, path))
+    return [infilling_problem(r) for r in evenly_spaced(rows, limit)]

@@ -1,0 +1,44 @@
+"""Reading and writing jsonl / jsonl.gz files (the benchmarks' standard formats)."""
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _open(path: Path, mode: str):
+    return gzip.open(path, mode + "t", encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+
+
+def read_jsonl(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist")
+    rows = []
+    with _open(path, "r") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
+    return rows
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def evenly_spaced(rows: list, limit: int | None) -> list:
+    """`limit` rows spread evenly over the file (all rows when limit is None or >= len(rows)), so that a
+    small subset still covers the whole benchmark instead of its first problems only."""
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    if limit <= 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    return [rows[i * len(rows) // limit] for i in range(limit)]

@@ -1,0 +1,52 @@
+"""A benchmark problem judged by running code, and the scoring of completions through the sandbox."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from evaluation.pass_at_k import mean_pass_at_k
+from evaluation.sandbox import STATUSES, Sandbox
+
+
+@dataclasses.dataclass
+class Problem:
+    """The program run for a completion is `head + completion + tail` (the tests are in the tail)."""
+    task_id: str
+    prompt: str                  # what the model sees (left-to-right), or the prefix (infilling)
+    head: str
+    tail: str
+    reference: str               # the benchmark's own solution, in the same place as a completion
+    suffix: str | None = None    # infilling only
+    stop: tuple[str, ...] = ()
+
+    def program(self, completion: str) -> str:
+        return self.head + completion + self.tail
+
+
+def score_completions(problems: Sequence[Problem], completions: Mapping[str, Sequence[str]],
+                      sandbox: Sandbox, ks: Sequence[int] = (1,)) -> dict:
+    """Run every completion; pass@k per k (k <= samples per task) over the tasks that have completions.
+
+    Returns {"metrics": {"pass@k": ...}, "n_tasks", "n_samples", "status_counts", "samples": [per-sample rows]}.
+    """
+    by_id = {p.task_id: p for p in problems}
+    unknown = sorted(set(completions) - set(by_id))
+    if unknown:
+        raise ValueError(f"{len(unknown)} completions name unknown task ids, e.g. {unknown[:3]}")
+    jobs = [(task_id, i, c) for task_id, cs in completions.items() for i, c in enumerate(cs)]
+    results = sandbox.run_many([by_id[t].program(c) for t, _, c in jobs])
+    passed = collections.defaultdict(int)
+    total = collections.defaultdict(int)
+    status_counts = dict.fromkeys(STATUSES, 0)
+    samples = []
+    for (task_id, index, completion), result in zip(jobs, results):
+        total[task_id] += 1
+        passed[task_id] += result.status == "passed"
+        status_counts[result.status] += 1
+        samples.append({"task_id": task_id, "sample": index, "completion": completion,
+                        "status": result.status, "message": result.message,
+                        "stderr_tail": result.stderr[-500:]})
+    counts = [(total[t], passed[t]) for t in total]
+    return {"metrics": mean_pass_at_k(counts, ks), "n_tasks": len(counts), "n_samples": len(jobs),
+            "status_counts": status_counts, "samples": samples}

@@ -1,0 +1,129 @@
+"""A small report from one or more results.json files (e.g. one per pipeline stage, in order):
+report.md (a metrics table, one column per result) and PNG plots:
+
+  metrics_by_stage.png        every pass@1 / accuracy metric across the results
+  perplexity_by_context.png   perplexity of the tokens in each context-length bin, one line per result
+  key_retrieval.png           retrieval accuracy heatmap, length x key position, one panel per result
+
+`codellama-eval report_from=[a/results.json,b/results.json] out_dir=...` or `write_report(paths, out_dir)`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _load(item) -> dict:
+    if isinstance(item, dict):
+        return item
+    return json.loads(Path(item).read_text())
+
+
+def _stage_metrics(results: Sequence[dict]) -> list[str]:
+    keys = sorted({k for r in results for k in r.get("metrics", {})})
+    return [k for k in keys if k.endswith("/pass@1") or k == "key_retrieval/accuracy"]
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    labels = [r.get("label", f"run{i}") for i, r in enumerate(results)]
+    keys = sorted({k for r in results for k in r.get("metrics", {})})
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(r.get("metrics", {}).get(k)) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def plot_metrics_by_stage(results: Sequence[dict], path: Path) -> bool:
+    keys = _stage_metrics(results)
+    if not keys:
+        return False
+    labels = [r.get("label", f"run{i}") for i, r in enumerate(results)]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels) + 3), 4))
+    for k in keys:
+        ys = [r.get("metrics", {}).get(k) for r in results]
+        ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker="o", label=k)
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("score")
+    ax.set_title("metrics by stage")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_perplexity(results: Sequence[dict], path: Path) -> bool:
+    curves = [(r.get("label", ""), r["details"]["perplexity"]) for r in results
+              if "perplexity" in r.get("details", {})]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, p in curves:
+        pts = [(L, v) for L, v in zip(p["context_lengths"], p["ppl_bin"]) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context position (tokens, end of bin)")
+    ax.set_ylabel("perplexity of the tokens in the bin")
+    ax.set_title("perplexity by context length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_key_retrieval(results: Sequence[dict], path: Path) -> bool:
+    grids = [(r.get("label", ""), r["details"]["key_retrieval"]) for r in results
+             if "key_retrieval" in r.get("details", {})]
+    if not grids:
+        return False
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 3.8), squeeze=False)
+    for ax, (label, g) in zip(axes[0], grids):
+        image = ax.imshow(g["accuracy"], vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(g["positions"])), [f"{p:g}" for p in g["positions"]])
+        ax.set_yticks(range(len(g["lengths"])), [str(L) for L in g["lengths"]])
+        ax.set_xlabel("relative key position")
+        ax.set_ylabel("prompt length (tokens)")
+        ax.set_title(f"key retrieval: {label}", fontsize=9)
+        for i, row in enumerate(g["accuracy"]):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 0.5 else "black")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(items: Sequence, out_dir) -> Path:
+    """items: results.json paths or result dicts, in stage order. Returns the path of report.md."""
+    results = [_load(i) for i in items]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = ["# Evaluation report", "", markdown_table(results), ""]
+    for name, plot in (("metrics_by_stage.png", plot_metrics_by_stage),
+                       ("perplexity_by_context.png", plot_perplexity),
+                       ("key_retrieval.png", plot_key_retrieval)):
+        if plot(results, out_dir / name):
+            sections += [f"![{name[:-4]}]({name})", ""]
+    skipped = {f"{r.get('label')}: {b}": why for r in results for b, why in r.get("skipped", {}).items()}
+    if skipped:
+        sections += ["Skipped:", ""] + [f"- {k} ({v})" for k, v in skipped.items()] + [""]
+    sandbox = next((r["sandbox"] for r in reversed(results) if "sandbox" in r), None)
+    if sandbox:
+        sections += [f"Sandbox: {sandbox.get('summary')}", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(sections))
+    return path

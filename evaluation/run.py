@@ -1,0 +1,308 @@
+"""Evaluation orchestration: `evaluate(model_path, cfg)` (used by codellama-eval and by the pipeline after
+each stage) and `score_samples_file(...)` (completions written by any model).
+
+Outputs in cfg.out_dir: results.json (metrics + details), samples/<benchmark>.jsonl (every completion
+with its verdict), and the report (report.md + PNGs, see evaluation.report). Metrics are flat
+"<benchmark>[/<mode>]/<metric>" keys; wandb gets them with the prefix "eval/".
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.generation import Generator, GenerationParams
+from evaluation.humaneval import load_humaneval
+from evaluation.infilling import INFILLING_FILES, MODES, load_infilling
+from evaluation.jsonl import read_jsonl, write_jsonl
+from evaluation.mbpp import load_mbpp
+from evaluation.problems import Problem, score_completions
+from train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
+BENCHMARKS = CODE_BENCHMARKS + ("key_retrieval", "perplexity")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ------------------------------------------------------------------ config
+def load_config(overrides=None, preset: str | None = None) -> DictConfig:
+    """conf/eval.yaml, then conf/eval/<preset>.yaml (e.g. "fast"), then `overrides` (dict / DictConfig /
+    list of "key=value") merged on top."""
+    cfg = OmegaConf.load(CONF_DIR / "eval.yaml")
+    cfg.pop("hydra", None)
+    OmegaConf.set_struct(cfg, True)                  # a misspelt key is an error, not a silent no-op
+    OmegaConf.set_struct(cfg.infilling.paths, False)
+    if preset is not None:
+        path = CONF_DIR / "eval" / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError("preset", preset, f"one of {sorted(p.stem for p in (CONF_DIR / 'eval').glob('*.yaml'))}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    if overrides is None:
+        return cfg
+    if isinstance(overrides, (list, tuple)):
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.merge(cfg, overrides if isinstance(overrides, DictConfig) else OmegaConf.create(overrides))
+
+
+def _validate(cfg: DictConfig) -> None:
+    unknown = [b for b in cfg.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError("benchmarks", list(cfg.benchmarks), f"allowed: {list(BENCHMARKS)}")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError("dtype", cfg.dtype, f"one of {list(DTYPES)}")
+    if cfg.generation.n_samples < 1:
+        raise ConfigError("generation.n_samples", cfg.generation.n_samples, "must be >= 1")
+    if cfg.generation.n_samples > 1 and cfg.generation.temperature == 0:
+        raise ConfigError("generation.temperature", 0, "n_samples > 1 needs sampling (temperature > 0)")
+    bad_modes = [m for m in cfg.infilling.modes if m not in MODES]
+    if bad_modes:
+        raise ConfigError("infilling.modes", list(cfg.infilling.modes), f"each one of {list(MODES)}")
+
+
+def _limit(cfg: DictConfig, section: str):
+    own = cfg.get(section, {}).get("limit") if section in cfg else None
+    return own if own is not None else cfg.get("limit")
+
+
+# ------------------------------------------------------------------ model
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def find_tokenizer(model_path, tokenizer_path, cache_dir) -> str:
+    if tokenizer_path:
+        return str(tokenizer_path)
+    if model_path:
+        for candidate in (Path(model_path) / "tokenizer.model", Path(model_path).parent / "hf" / "tokenizer.model"):
+            if candidate.is_file():
+                return str(candidate)
+    from data.embedded import ensure_embedded
+    path = str(ensure_embedded(cache_dir).tokenizer_path)
+    log.warning("no tokenizer.model next to %s and no tokenizer_path: using the embedded default %s",
+                model_path, path)
+    return path
+
+
+def load_model_and_tokenizer(cfg: DictConfig):
+    from data.tokenizer import Tokenizer
+    from train.checkpoint_io import load_pretrained
+    from train.model import Llama
+
+    if not cfg.model_path:
+        raise ConfigError("model_path", None, "give an HF export, a Meta folder or a project checkpoint")
+    model_cfg, state_dict = load_pretrained(cfg.model_path)
+    tokenizer = Tokenizer(find_tokenizer(cfg.model_path, cfg.tokenizer_path, cfg.cache_dir))
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ConfigError("tokenizer_path", tokenizer.path,
+                          f"{tokenizer.vocab_size} pieces but the model has vocab_size {model_cfg.vocab_size}")
+    model = Llama(model_cfg)
+    model.load_state_dict(state_dict)
+    model.to(device=resolve_device(cfg.device), dtype=DTYPES[cfg.dtype]).eval()
+    return model, tokenizer
+
+
+# ------------------------------------------------------------------ benchmarks
+def load_problems(name: str, cfg: DictConfig) -> list[Problem]:
+    if name == "humaneval":
+        return load_humaneval(cfg.humaneval.path, _limit(cfg, "humaneval"), tuple(cfg.humaneval.stop))
+    if name == "mbpp":
+        rng = cfg.mbpp.task_range
+        return load_mbpp(cfg.mbpp.path, _limit(cfg, "mbpp"), tuple(cfg.mbpp.shot_ids),
+                         tuple(rng) if rng is not None else None)
+    if name.startswith("infilling_"):
+        kind = name[len("infilling_"):]
+        return load_infilling(kind, cfg.infilling.dir, (cfg.infilling.paths or {}).get(kind),
+                              _limit(cfg, "infilling"))
+    raise ConfigError("benchmark", name, f"one of {list(CODE_BENCHMARKS)}")
+
+
+def _params(cfg: DictConfig, stop, max_new_tokens=None) -> GenerationParams:
+    g = cfg.generation
+    return GenerationParams(max_new_tokens=max_new_tokens or g.max_new_tokens, temperature=g.temperature,
+                            top_p=g.top_p, stop=tuple(stop), seed=cfg.seed)
+
+
+def _repeat(items, n):
+    return [x for x in items for _ in range(n)]
+
+
+def _group(problems, completions, n) -> dict[str, list[str]]:
+    return {p.task_id: completions[i * n:(i + 1) * n] for i, p in enumerate(problems)}
+
+
+def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: Path) -> tuple[dict, dict]:
+    problems = load_problems(name, cfg)
+    n = cfg.generation.n_samples
+    metrics, details = {}, {}
+    if name.startswith("infilling_"):
+        runs = [(mode, mode == "spm") for mode in cfg.infilling.modes]
+    else:
+        runs = [(None, None)]
+    for mode, suffix_first in runs:
+        started = time.time()
+        if mode is None:
+            params = _params(cfg, problems[0].stop)
+            completions = generator.complete(_repeat([p.prompt for p in problems], n), params)
+        else:
+            params = _params(cfg, (), cfg.infilling.max_new_tokens)
+            completions = generator.infill(_repeat([p.prompt for p in problems], n),
+                                           _repeat([p.suffix for p in problems], n), params, suffix_first)
+        generated = time.time()
+        scored = score_completions(problems, _group(problems, completions, n), sandbox, cfg.generation.ks)
+        key = name if mode is None else f"{name}/{mode}"
+        metrics.update({f"{key}/{k}": v for k, v in scored["metrics"].items()})
+        details[key] = {"n_tasks": scored["n_tasks"], "n_samples": scored["n_samples"],
+                        "status_counts": scored["status_counts"],
+                        "generation_s": round(generated - started, 2),
+                        "execution_s": round(time.time() - generated, 2)}
+        write_jsonl(out_dir / "samples" / f"{key.replace('/', '_')}.jsonl", scored["samples"])
+        log.info("%s: %s %s", key, scored["metrics"], scored["status_counts"])
+    return metrics, details
+
+
+def run_key_retrieval(cfg, generator: Generator) -> tuple[dict, dict]:
+    from evaluation.key_retrieval import accuracy_grid, build_examples
+    from evaluation.long_files import select_texts
+
+    kr = cfg.key_retrieval
+    texts = [t for _, t in select_texts(kr, cfg.cache_dir, min_bytes=0, max_files=kr.max_files)]
+    lengths, positions = list(kr.lengths), list(kr.positions)
+    n_examples = _limit(cfg, "key_retrieval") or kr.n_examples
+    examples = build_examples(generator.tokenizer, texts, lengths, positions, n_examples, cfg.seed)
+    params = GenerationParams(max_new_tokens=kr.max_new_tokens, temperature=0.0, stop=("\n",))
+    completions = generator.complete([e.prompt for e in examples], params)
+    grid = accuracy_grid(examples, completions, lengths, positions)
+    metrics = {"key_retrieval/accuracy": grid["overall"]}
+    for L, row in zip(lengths, grid["accuracy"]):
+        metrics[f"key_retrieval/accuracy@{L}"] = sum(row) / len(row)
+    return metrics, {"key_retrieval": grid | {"n_examples": n_examples}}
+
+
+def run_perplexity(cfg, model, tokenizer) -> tuple[dict, dict]:
+    from evaluation.long_files import select_texts
+    from evaluation.perplexity import perplexity_by_context_length
+
+    pc = cfg.perplexity
+    chosen = select_texts(pc, cfg.cache_dir, min_bytes=pc.min_bytes, max_files=_limit(cfg, "perplexity") or pc.max_files)
+    result = perplexity_by_context_length(model, tokenizer, [t for _, t in chosen], list(pc.context_lengths),
+                                          pc.chunk_size)
+    result["files"] = [name for name, _ in chosen]
+    metrics = {f"perplexity/ppl@{L}": v for L, v in zip(result["context_lengths"], result["ppl"]) if v is not None}
+    return metrics, {"perplexity": result}
+
+
+# ------------------------------------------------------------------ entry points
+def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: str | None = None) -> dict:
+    """Evaluate a checkpoint (or an in-memory model + tokenizer) on cfg.benchmarks.
+
+    cfg: overrides of conf/eval.yaml (dict, DictConfig or ["key=value", ...]) applied after the preset
+    (conf/eval/<preset>.yaml, e.g. "fast"); model_path overrides cfg.model_path. Returns the results dict
+    that is also written to <out_dir>/results.json.
+    """
+    cfg = load_config(cfg, preset)
+    if model_path is not None:
+        cfg.model_path = str(model_path)
+    _validate(cfg)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(cfg)
+    elif tokenizer is None:
+        raise ValueError("evaluate(model=...) needs tokenizer= too")
+    generator = Generator(model, tokenizer, batch_size=cfg.batch_size)
+    label = cfg.label or (Path(cfg.model_path).name if cfg.model_path else "model")
+    results = {"label": label, "model_path": cfg.model_path, "created": datetime.datetime.now().isoformat(),
+               "metrics": {}, "details": {}, "skipped": {}, "timings_s": {},
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+    sandbox = None
+    for name in cfg.benchmarks:
+        started = time.time()
+        try:
+            if name in CODE_BENCHMARKS:
+                if name.startswith("infilling_") and not tokenizer.has_infilling:
+                    results["skipped"][name] = "the tokenizer has no infilling pieces"
+                    continue
+                if sandbox is None:
+                    sandbox = make_sandbox(cfg)
+                    results["sandbox"] = sandbox.capabilities.to_dict()
+                metrics, details = run_code_benchmark(name, cfg, generator, sandbox, out_dir)
+            elif name == "key_retrieval":
+                metrics, details = run_key_retrieval(cfg, generator)
+            else:
+                metrics, details = run_perplexity(cfg, model, tokenizer)
+        except FileNotFoundError as e:
+            if not cfg.skip_missing:
+                raise
+            results["skipped"][name] = str(e)
+            log.warning("skipping %s: %s", name, e)
+            continue
+        results["metrics"].update(metrics)
+        results["details"].update(details)
+        results["timings_s"][name] = round(time.time() - started, 2)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log_to_wandb(results, cfg)
+    if cfg.report.enabled:
+        from evaluation.report import write_report
+        write_report([*cfg.report.compare, out_dir / "results.json"], out_dir)
+    return results
+
+
+def make_sandbox(cfg):
+    from evaluation.sandbox import Sandbox, SandboxConfig
+    return Sandbox(SandboxConfig.from_dict(OmegaConf.to_container(cfg.sandbox, resolve=True)))
+
+
+def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
+    """Score completions written by any model: jsonl rows {task_id, completion} (several per task for
+    pass@k). Infilling completions are middles. Returns and writes {metrics, ...}."""
+    cfg = load_config(cfg)
+    _validate(cfg)
+    if benchmark not in CODE_BENCHMARKS:
+        raise ConfigError("benchmark", benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    cfg.limit = None            # score every task that has completions
+    cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
+    problems = load_problems(benchmark, cfg)
+    rows = read_jsonl(samples_path)
+    completions: dict[str, list[str]] = {}
+    for i, row in enumerate(rows):
+        if "task_id" not in row or "completion" not in row:
+            raise ValueError(f"{samples_path}: row {i + 1} needs 'task_id' and 'completion'")
+        completions.setdefault(str(row["task_id"]), []).append(row["completion"])
+    sandbox = make_sandbox(cfg)
+    scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
+    result = {"benchmark": benchmark, "samples": str(samples_path), "metrics": scored["metrics"],
+              "n_tasks": scored["n_tasks"], "n_samples": scored["n_samples"],
+              "status_counts": scored["status_counts"], "sandbox": sandbox.capabilities.to_dict()}
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(samples_path).name.split(".")[0]
+    (out_dir / f"{stem}_{benchmark}_scores.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_jsonl(out_dir / f"{stem}_{benchmark}_results.jsonl", scored["samples"])
+    return result
+
+
+def log_to_wandb(results: dict, cfg) -> None:
+    mode = cfg.wandb.mode
+    if mode == "disabled" or not results["metrics"]:
+        return
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                     name=cfg.wandb.name or f"eval-{results['label']}", job_type="eval", mode=mode,
+                     dir=str(cfg.out_dir), config={"model_path": results["model_path"]}, reinit=True)
+    run.log({f"eval/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))
+             and math.isfinite(v)})
+    run.finish()
+

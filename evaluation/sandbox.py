@@ -1,0 +1,440 @@
+"""Execution sandbox for model-written programs.
+
+Every program runs as `python program.py` in its own session/process group, in a private temporary
+directory (its cwd and HOME, removed afterwards), with a scrubbed environment, under resource limits
+(CPU time, address space, process count, file size), with a wall-clock timeout after which it and every
+process it started are killed. What else is enforced depends on where the evaluator runs (see
+`SandboxCapabilities.describe()` and the README):
+
+- root: each parallel worker runs its programs as its own dedicated unprivileged uid (so files outside
+  the sandbox directory cannot be changed, and RLIMIT_NPROC counts only that program's processes), in
+  a new network namespace (no network, loopback down);
+- non-root with unprivileged user namespaces: a new user + network namespace (no network); the
+  program runs as the evaluator's user (it can change that user's files);
+- non-root without user namespaces: limits, process group and timeout only; network is reachable.
+
+The program's process tree is supervised by `sandbox_launcher.py` (a child subreaper), so processes
+that escape the process group with setsid() are still found, killed and reaped.
+Every call ends as one of passed / failed / timed_out / error; the evaluator never hangs on a program.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pwd
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
+STATUSES = ("passed", "failed", "timed_out", "error")
+NETWORK_MODES = ("isolate", "require", "allow")
+SIGXCPU = getattr(signal, "SIGXCPU", 24)
+
+
+@dataclasses.dataclass
+class SandboxConfig:
+    timeout_s: float = 10.0          # wall clock per program
+    cpu_s: int = 10                  # RLIMIT_CPU (seconds of CPU time)
+    memory_mb: int = 2048            # RLIMIT_AS (address space)
+    max_procs: int = 64              # RLIMIT_NPROC (processes/threads of the sandbox uid)
+    max_file_mb: int = 16            # RLIMIT_FSIZE: any file written, including captured stdout/stderr
+    max_output_kb: int = 32          # captured stdout/stderr kept per stream (head + tail)
+    workers: int = 0                 # parallel programs; 0 = number of CPUs
+    network: str = "isolate"         # isolate: own netns when possible | require: fail if impossible | allow
+    user: str | int = "auto"         # auto: dedicated uids when root | none | an int uid base
+    uid_base: int = 64000            # dedicated uids uid_base .. uid_base+workers-1 (root only)
+    python: str | None = None        # interpreter for programs; None = auto (must be usable by the uid)
+    tmp_root: str | None = None      # where sandbox directories are made (default: system temp dir)
+
+    @classmethod
+    def from_dict(cls, d) -> "SandboxConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError("sandbox." + sorted(unknown)[0], d[sorted(unknown)[0]],
+                              f"allowed keys: {sorted(names)}")
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.network not in NETWORK_MODES:
+            raise ConfigError("sandbox.network", self.network, f"one of {NETWORK_MODES}")
+        for key in ("timeout_s", "cpu_s", "memory_mb", "max_procs", "max_file_mb", "max_output_kb"):
+            if not getattr(self, key) or getattr(self, key) <= 0:
+                raise ConfigError(f"sandbox.{key}", getattr(self, key), "must be > 0")
+        if self.workers < 0:
+            raise ConfigError("sandbox.workers", self.workers, "must be >= 0 (0 = number of CPUs)")
+        if not (self.user in ("auto", "none") or isinstance(self.user, int)):
+            raise ConfigError("sandbox.user", self.user, "'auto', 'none' or an integer uid base")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclasses.dataclass
+class ExecutionResult:
+    status: str                      # passed | failed | timed_out | error
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    wall_s: float = 0.0
+    message: str = ""                # why, for timed_out / error
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SandboxCapabilities:
+    is_root: bool
+    network_isolated: bool
+    drop_uid: bool
+    mount_namespace: bool
+    interpreter: str
+    interpreter_via_bind_mount: bool
+    notes: list[str]
+
+    def describe(self) -> str:
+        parts = ["run as " + ("dedicated unprivileged uid" if self.drop_uid else "the evaluator's user"),
+                 "network " + ("isolated (own namespace)" if self.network_isolated else "NOT isolated")]
+        return "; ".join(parts + self.notes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"summary": self.describe()}
+
+
+# ------------------------------------------------------------------ capabilities
+_probe_lock = threading.Lock()
+
+
+def _interpreter_candidates(cfg: SandboxConfig) -> list[str]:
+    if cfg.python:
+        return [cfg.python]
+    candidates = [sys.executable, os.path.realpath(getattr(sys, "_base_executable", sys.executable))]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin"):
+        candidates += [f"{directory}/{version}", f"{directory}/python3"]
+    seen, out = set(), []
+    for c in candidates:
+        if c not in seen and os.path.isfile(c) and os.access(c, os.X_OK):
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def _uses_dedicated_uids(cfg: SandboxConfig) -> bool:
+    return os.geteuid() == 0 and cfg.user != "none"
+
+
+def _uid_base(cfg: SandboxConfig) -> int:
+    return cfg.uid_base if cfg.user == "auto" else int(cfg.user)
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(uid: int | None, candidates: tuple[str, ...]) -> dict:
+    spec = {"uid": uid, "gid": uid, "interpreters": list(candidates)}
+    done = subprocess.run([sys.executable, "-S", "-B", str(LAUNCHER), "--probe", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"sandbox probe failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def detect_capabilities(cfg: SandboxConfig | None = None) -> SandboxCapabilities:
+    """What this process can enforce (probed once per setting, in child processes)."""
+    cfg = cfg or SandboxConfig()
+    dedicated = _uses_dedicated_uids(cfg)
+    candidates = tuple(_interpreter_candidates(cfg))
+    if not candidates:
+        raise ConfigError("sandbox.python", cfg.python, "no executable Python interpreter found")
+    with _probe_lock:
+        report = _probe(_uid_base(cfg) if dedicated else None, candidates)
+    notes = []
+    network = bool(report["network_namespace"]) and cfg.network != "allow"
+    if cfg.network == "require" and not report["network_namespace"]:
+        raise ConfigError("sandbox.network", "require",
+                          "no network namespace can be created here "
+                          f"({report.get('network_namespace_error')}); use 'isolate' or 'allow'")
+    if cfg.network != "allow" and not report["network_namespace"]:
+        notes.append("network namespace unavailable: " + str(report.get("network_namespace_error")))
+    drop = bool(report.get("drop_uid")) if dedicated else False
+    if dedicated and not drop:
+        notes.append("cannot switch to the sandbox uid: " + str(report.get("drop_uid_error")))
+    interpreter, via_bind = candidates[0], False
+    if drop:
+        usable = [c for c in candidates if report["interpreters"].get(c)]
+        if usable:
+            interpreter = usable[0]
+        elif report.get("mount_namespace"):
+            via_bind = True
+            notes.append(f"no interpreter readable by the sandbox uid; bind-mounting {sys.base_prefix}")
+        else:
+            raise ConfigError("sandbox.python", cfg.python,
+                              f"none of {list(candidates)} can be run by uid {_uid_base(cfg)} and no mount "
+                              "namespace is available; install a world-readable python3 or set "
+                              "sandbox.user=none")
+    if not dedicated and os.geteuid() == 0:
+        notes.append("sandbox.user=none: programs run as root")
+    return SandboxCapabilities(is_root=os.geteuid() == 0, network_isolated=network, drop_uid=drop,
+                               mount_namespace=bool(report.get("mount_namespace")),
+                               interpreter=interpreter, interpreter_via_bind_mount=via_bind, notes=notes)
+
+
+# ------------------------------------------------------------------ helpers
+SAFE_ENV_KEYS = ("LANG", "LC_ALL", "TZ")
+
+
+def scrubbed_env(home: str) -> dict[str, str]:
+    """Only what a Python program needs; nothing inherited except locale (no tokens, no keys)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
+           "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+           "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1", "LANG": "C.UTF-8"}
+    for key in SAFE_ENV_KEYS:
+        if key in os.environ and key != "LANG":
+            env[key] = os.environ[key]
+    return env
+
+
+def _read_capped(path: Path, cap: int) -> str:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= cap:
+            data = f.read()
+        else:
+            head = f.read(cap // 2)
+            f.seek(size - cap // 2)
+            data = head + f"\n...[{size - cap} bytes cut]...\n".encode() + f.read()
+    return data.decode("utf-8", errors="replace")
+
+
+def _user_task_count(uid: int) -> int:
+    """Threads of all processes of uid (what RLIMIT_NPROC counts) - for the shared-uid setting."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+                if int(fields["Uid"].split()[0]) == uid:
+                    total += int(fields["Threads"])
+            except (OSError, KeyError, ValueError):
+                continue
+    return total
+
+
+def kill_processes_of_uid(uid: int, attempts: int = 200) -> None:
+    """Backup cleanup (root, dedicated uid): SIGKILL every process of uid until none is left."""
+    for _ in range(attempts):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/status") as f:
+                        for line in f:
+                            if line.startswith("Uid:"):
+                                if int(line.split()[1]) == uid:
+                                    pids.append(int(entry))
+                                break
+                except OSError:
+                    continue
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable_and_retry(func, p, exc_info):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+# ------------------------------------------------------------------ the sandbox
+class Sandbox:
+    """Runs programs; thread-safe; `run_many` runs them in parallel workers."""
+
+    def __init__(self, cfg: SandboxConfig | dict | None = None):
+        if isinstance(cfg, dict) or (cfg is not None and not isinstance(cfg, SandboxConfig)):
+            cfg = SandboxConfig.from_dict(cfg)
+        self.cfg = cfg or SandboxConfig()
+        self.cfg.validate()
+        self.capabilities = detect_capabilities(self.cfg)
+        self._slots: queue.Queue[int] = queue.Queue()
+        for slot in range(self.cfg.n_workers):
+            self._slots.put(slot)
+        if self.capabilities.drop_uid:
+            self._check_uids_are_free()
+        log.info("sandbox: %s", self.capabilities.describe())
+
+    def _check_uids_are_free(self) -> None:
+        base = _uid_base(self.cfg)
+        for slot in range(self.cfg.n_workers):
+            uid = base + slot
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = None
+            if name is not None and name != "nobody":
+                raise ConfigError("sandbox.uid_base", base,
+                                  f"uid {uid} belongs to user {name!r}; pick a range of unused uids")
+
+    # one program ---------------------------------------------------------
+    def run(self, program: str) -> ExecutionResult:
+        slot = self._slots.get()
+        try:
+            return self._run_in_slot(program, slot)
+        except Exception as e:  # noqa: BLE001 - a sample must end as 'error', never crash the evaluator
+            log.exception("sandbox failure")
+            return ExecutionResult("error", message=f"{type(e).__name__}: {e}")
+        finally:
+            self._slots.put(slot)
+
+    def run_many(self, programs: list[str], progress=None) -> list[ExecutionResult]:
+        results: list[ExecutionResult | None] = [None] * len(programs)
+        with concurrent.futures.ThreadPoolExecutor(self.cfg.n_workers) as pool:
+            futures = {pool.submit(self.run, p): i for i, p in enumerate(programs)}
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                if progress:
+                    progress()
+        return results  # type: ignore[return-value]
+
+    def _run_in_slot(self, program: str, slot: int) -> ExecutionResult:
+        cfg, caps = self.cfg, self.capabilities
+        uid = _uid_base(cfg) + slot if caps.drop_uid else None
+        work = Path(tempfile.mkdtemp(prefix="codellama-sandbox-", dir=cfg.tmp_root))
+        private = Path(tempfile.mkdtemp(prefix="codellama-sandbox-io-", dir=cfg.tmp_root))
+        try:
+            (work / "program.py").write_text(program, encoding="utf-8")
+            interpreter = caps.interpreter
+            bind = None
+            if caps.interpreter_via_bind_mount:
+                mount_point = work / ".python"
+                mount_point.mkdir()
+                bind = [sys.base_prefix, str(mount_point)]
+                interpreter = str(mount_point / os.path.relpath(os.path.realpath(sys.executable),
+                                                                sys.base_prefix))
+            if uid is not None:
+                for p in (work, work / "program.py"):
+                    os.chown(p, uid, uid)
+            nproc = cfg.max_procs if uid is not None else cfg.max_procs + _user_task_count(os.getuid())
+            cpu = int(cfg.cpu_s)
+            spec = {
+                "argv": [interpreter, "-B", "program.py"],
+                "uid": uid, "gid": uid,
+                "netns": (("root" if caps.is_root else "userns") if caps.network_isolated else None),
+                "bind": bind,
+                "timeout_s": float(cfg.timeout_s),
+                "rlimits": {"CPU": [cpu, cpu + 1],
+                            "AS": [cfg.memory_mb << 20] * 2,
+                            "NPROC": [nproc] * 2,
+                            "FSIZE": [cfg.max_file_mb << 20] * 2,
+                            "CORE": [0, 0]},
+            }
+            return self._launch(spec, work, private, uid)
+        finally:
+            _remove_tree(work)
+            _remove_tree(private)
+
+    def _launch(self, spec: dict, work: Path, private: Path, uid: int | None) -> ExecutionResult:
+        cfg = self.cfg
+        status_r, status_w = os.pipe()
+        spec["status_fd"] = status_w
+        out_path, err_path = private / "stdout", private / "stderr"
+        started = time.monotonic()
+        try:
+            with open(out_path, "wb") as out, open(err_path, "wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-S", "-B", str(LAUNCHER), json.dumps(spec)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
+                    env=scrubbed_env(str(work)), start_new_session=True, pass_fds=(status_w,))
+        finally:
+            os.close(status_w)
+        status = b""
+        backup_deadline = started + cfg.timeout_s + 15.0   # the launcher enforces timeout_s itself
+        with os.fdopen(status_r, "rb") as status_file:
+            while True:
+                remaining = backup_deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                ready, _, _ = select.select([status_file], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(status_file.fileno(), 65536)
+                if not chunk:
+                    break
+                status += chunk
+        backup_kill = time.monotonic() >= backup_deadline
+        if backup_kill:
+            self._kill_group(proc)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            proc.wait()
+        if uid is not None:
+            kill_processes_of_uid(uid)      # normally a no-op: the launcher already reaped everything
+        wall = time.monotonic() - started
+        cap = cfg.max_output_kb * 1024
+        stdout, stderr = _read_capped(out_path, cap), _read_capped(err_path, cap)
+        if backup_kill:
+            return ExecutionResult("timed_out", stdout=stdout, stderr=stderr, wall_s=wall,
+                                   message="launcher unresponsive; killed by the evaluator")
+        try:
+            outcome = json.loads(status.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return ExecutionResult("error", stdout=stdout, stderr=stderr, wall_s=wall,
+                                   message=f"no status from the launcher (exit {proc.returncode})")
+        return self._classify(outcome, stdout, stderr, wall)
+
+    def _classify(self, outcome: dict, stdout: str, stderr: str, wall: float) -> ExecutionResult:
+        common = dict(stdout=stdout, stderr=stderr, wall_s=wall)
+        if "error" in outcome:
+            return ExecutionResult("error", message=outcome["error"], **common)
+        if outcome.get("timed_out"):
+            return ExecutionResult("timed_out", message=f"wall clock > {self.cfg.timeout_s}s", **common)
+        sig = outcome.get("signal")
+        if sig is not None:
+            cpu_exhausted = sig == SIGXCPU or (sig == signal.SIGKILL
+                                              and outcome.get("cpu_s", 0) >= self.cfg.cpu_s - 0.5)
+            if cpu_exhausted:
+                return ExecutionResult("timed_out", signal=sig, message=f"CPU time > {self.cfg.cpu_s}s",
+                                       **common)
+            return ExecutionResult("failed", signal=sig, message=f"killed by signal {sig}", **common)
+        code = outcome.get("exit_code")
+        return ExecutionResult("passed" if code == 0 else "failed", exit_code=code, **common)
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass

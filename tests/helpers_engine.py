@@ -1,0 +1,191 @@
+"""Helpers for the engine tests: launch codellama-train under torchrun, kill it, read what it wrote.
+
+Run as a script (`torchrun … tests/helpers_engine.py [overrides]`) it is codellama-train with a synthetic data
+loader (`launch(..., synthetic=True)`): deterministic random batches with the data pipeline's interface,
+so that engine behaviour is tested independently of the data pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+class SyntheticLoader:
+    """Infinite deterministic batches: input_ids/labels random, two sources, a third of the rows FIM."""
+
+    source_names = ["code", "nl"]
+
+    def __init__(self, seq_len: int, micro_batch_size: int, rank: int, world_size: int, vocab_size: int,
+                 seed: int = 0):
+        self.seq_len, self.mb, self.rank, self.world = seq_len, micro_batch_size, rank, world_size
+        self.vocab, self.seed, self.index = vocab_size, seed, 0
+
+    def _batch(self, index: int) -> dict:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index * self.world + self.rank)
+        B, T = self.mb, self.seq_len
+        # A learnable pattern (next token = previous + 1 mod 97) so that the loss moves.
+        start = torch.randint(0, 97, (B, 1), generator=g)
+        tokens = (start + torch.arange(T + 1)) % 97 + 3
+        input_ids, labels = tokens[:, :-1].clone(), tokens[:, 1:].clone()
+        labels[:, :2] = -100
+        source_ids = (torch.arange(B)[:, None] % 2).expand(B, T).clone()
+        is_fim = (torch.arange(B)[:, None] % 3 == 0).expand(B, T).clone()
+        return {"input_ids": input_ids, "labels": labels, "loss_mask": labels != -100,
+                "source_ids": source_ids, "doc_ids": torch.zeros(B, T, dtype=torch.long), "is_fim": is_fim}
+
+    def __iter__(self):
+        while True:
+            batch = self._batch(self.index)
+            self.index += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.index = int(sd["index"])
+
+    def metrics(self) -> dict:
+        return {"data/share/code": 0.5, "data/share/nl": 0.5, "data/skipped/too_long": float(self.rank)}
+
+
+class SyntheticVal:
+    def __init__(self, loader: SyntheticLoader, n: int):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.loader._batch(10_000_000 + i)
+
+
+def synthetic_loaders(cfg, tokenizer, rank, world_size, plan):
+    train = SyntheticLoader(plan.seq_len, plan.micro_batch_size, rank, world_size, tokenizer.vocab_size, cfg.seed)
+    val = {"code": SyntheticVal(train, int(cfg.trainer.val_batches))} if cfg.trainer.val_every else {}
+    return train, val
+
+
+TINY = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
+        "trainer.micro_batch_size=4", "wandb.mode=offline", "trainer.progress_bar=false"]
+
+
+def compose(overrides: list[str]):
+    """The composed codellama-train config, as the CLI would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import train  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Launching and killing
+# --------------------------------------------------------------------------------------------------------
+
+def engine_env() -> dict:
+    env = dict(os.environ)
+    env.update(DS_ACCELERATOR="cpu", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")))
+    env.pop("WANDB_MODE", None)  # the config's wandb.mode decides
+    return env
+
+
+def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_path=None) -> subprocess.Popen:
+    """torchrun (not the deepspeed launcher: see ENVIRONMENT.md, /dev/shm) in its own process group; stdout and
+    stderr go to a log file (a pipe could fill up and block the ranks); `output(proc)` reads it."""
+    import tempfile
+
+    target = [str(REPO / "tests" / "helpers_engine.py")] if synthetic else ["-m", "train.cli"]
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *overrides]
+    if nproc == 0:  # one plain process, no torchrun
+        cmd = [PYTHON, *target, *overrides]
+    if log_path is None:
+        log_path = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False).name
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+    proc.log_path = log_path
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return pathlib.Path(proc.log_path).read_text(errors="replace")
+
+
+def run(overrides, nproc=2, synthetic=False, timeout=300) -> tuple[int, str]:
+    proc = launch(overrides, nproc, synthetic)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        raise AssertionError(f"timed out after {timeout}s:\n{output(proc)[-4000:]}")
+    return proc.returncode, output(proc)
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The training processes (torchrun's children running Python)."""
+    import psutil
+
+    return [c.pid for c in psutil.Process(proc.pid).children(recursive=False)]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 torchrun and every descendant (the ranks and their DataLoader workers)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            out = output(proc)
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{out[-4000:]}")
+        if time.time() > deadline:
+            kill_tree(proc)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def metrics(run_dir) -> list[dict]:
+    path = pathlib.Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def hf_weights(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(pathlib.Path(run_dir) / "hf" / "model.safetensors"))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "tests"))
+    import train.trainer
+    from helpers_tokenizer import small_tokenizer_path
+
+    train.trainer.build_loaders = synthetic_loaders
+    train.trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+    from train.cli import main
+
+    main()

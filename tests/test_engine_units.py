@@ -1,0 +1,199 @@
+"""Engine pieces in one process: schedules, AdamW groups and guard, losses, config checks, resume checks,
+metrics file truncation. Fast (no DeepSpeed engine)."""
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torch.distributed as dist
+
+from helpers_engine import TINY, compose
+from train import checkpointing as ckpt
+from train.config_checks import check_config
+from train.errors import ConfigError
+from train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
+from train.metrics import truncate_jsonl
+from train.model import Llama, ModelConfig
+from train.optim import GuardedAdamW, lr_at, param_groups
+from train.trainer import combine_data_metrics
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---------------------------------------------------------------------------- schedules
+def test_cosine_schedule_matches_the_formula():
+    kw = dict(lr=3e-4, schedule="cosine", warmup_steps=10, max_steps=110, final_lr_ratio=1 / 30)
+    assert lr_at(0, **kw) == pytest.approx(3e-5)           # first warm-up update: lr / warmup
+    assert lr_at(9, **kw) == pytest.approx(3e-4)           # end of warm-up: the peak
+    assert lr_at(10, **kw) == pytest.approx(3e-4)          # decay starts at the peak
+    assert lr_at(109, **kw) == pytest.approx(1e-5)         # last update: peak / 30
+    mid = 10 + 99 / 2                                       # progress 0.5 -> halfway between peak and floor
+    assert lr_at(int(mid), **kw) == pytest.approx(1e-5 + (3e-4 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 49 / 99)))
+    values = [lr_at(s, **kw) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+
+
+def test_linear_and_constant_schedules():
+    lin = dict(lr=1.0, schedule="linear", warmup_steps=0, max_steps=11, final_lr_ratio=0.0)
+    assert [round(lr_at(s, **lin), 6) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    const = dict(lr=2e-5, schedule="constant", warmup_steps=4, max_steps=100, final_lr_ratio=1.0)
+    assert lr_at(1, **const) == pytest.approx(1e-5) and lr_at(50, **const) == 2e-5
+
+
+# ---------------------------------------------------------------------------- optimizer
+def _tiny_model():
+    torch.manual_seed(0)
+    return Llama(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, multiple_of=16))
+
+
+def test_no_weight_decay_on_norms():
+    model = _tiny_model()
+    groups = {g["name"]: g for g in param_groups(model, 0.1)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = sorted(names[id(p)] for p in groups["no_decay"]["params"])
+    assert no_decay == sorted(n for n in names.values() if "norm" in n)
+    assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 0.1
+    assert len(groups["decay"]["params"]) + len(no_decay) == len(list(model.parameters()))
+
+
+def test_guarded_adamw_skips_nonfinite_and_clips_like_torch():
+    a, b = _tiny_model(), _tiny_model()
+    opt_a = GuardedAdamW(param_groups(a, 0.1), lr=1e-2, max_grad_norm=0.5, guard=True)
+    opt_b = torch.optim.AdamW(param_groups(b, 0.1), lr=1e-2)
+    tokens = torch.randint(0, 50, (2, 8))
+    for m in (a, b):
+        m(tokens).float().pow(2).mean().backward()
+    torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+    opt_a.step()
+    opt_b.step()
+    assert not opt_a.overflow
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+    before = [p.detach().clone() for p in a.parameters()]
+    opt_a.zero_grad()
+    a(tokens).float().mean().backward()
+    next(a.parameters()).grad[0, 0] = float("nan")
+    opt_a.step()
+    assert opt_a.overflow and not math.isfinite(opt_a._global_grad_norm)
+    assert all(torch.equal(x, p) for x, p in zip(before, a.parameters()))
+
+
+# ---------------------------------------------------------------------------- losses
+def test_token_losses_match_log_softmax_and_respect_the_mask():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[0, 0] = -100
+    loss_mask = torch.ones(2, 5, dtype=torch.bool)
+    loss_mask[1, 3] = False
+    got = token_losses(logits, labels, loss_mask)
+    ref = -torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    valid = valid_tokens(labels, loss_mask)
+    assert got[~valid].abs().sum() == 0
+    torch.testing.assert_close(got[valid], ref[valid])
+    torch.testing.assert_close(mean_loss(got, valid), ref[valid].mean())
+
+
+def test_chunked_loss_equals_full_loss_with_gradients_and_bounded_chunks():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 97, bias=False).double()
+    seen_rows = []
+    head.register_forward_pre_hook(lambda m, args: seen_rows.append(args[0].shape[0]))
+    hidden = torch.randn(3, 10, 16, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 97, (3, 10))
+    labels[:, :2] = -100
+    full = token_losses(head(hidden), labels)
+    g_full = torch.autograd.grad(full.sum(), [hidden, head.weight])
+    seen_rows.clear()
+    chunked = chunked_token_losses(hidden, head, labels, chunk_size=7)
+    g_chunk = torch.autograd.grad(chunked.sum(), [hidden, head.weight])
+    torch.testing.assert_close(chunked, full.float() if chunked.dtype == torch.float32 else full)
+    for x, y in zip(g_full, g_chunk):
+        torch.testing.assert_close(x, y)
+    assert max(seen_rows) <= 7  # never the whole [30 x 97] logits at once, also not in the recomputation
+
+
+# ---------------------------------------------------------------------------- config checks
+@pytest.mark.parametrize("override, key", [
+    ("trainer.batch_tokens=1000", "trainer.batch_tokens"),
+    ("deepspeed.zero_optimization.stage=5", "deepspeed.zero_optimization.stage"),
+    ("init_from=/nonexistent/llama-2-7b", "init_from"),
+    ("trainer.precision=fp16", "trainer.precision"),
+    ("optim.schedule=exponential", "optim.schedule"),
+    ("wandb.mode=sometimes", "wandb.mode"),
+    ("optim.betas=[0.9,1.5]", "optim.betas"),
+])
+def test_bad_config_names_the_key(override, key):
+    cfg = compose(TINY + ["trainer.batch_tokens=512", override])
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, world_size=2)
+    assert e.value.key == key and key in str(e.value)
+
+
+def test_gradient_accumulation_is_derived_from_tokens():
+    plan = check_config(compose(TINY + ["trainer.batch_tokens=1024"]), world_size=2)
+    assert plan.grad_accum == 1024 // (32 * 4 * 2) == 4
+    with pytest.raises(ConfigError, match="32 × 4 × 3 = 384"):
+        check_config(compose(TINY + ["trainer.batch_tokens=1024"]), world_size=3)
+
+
+def test_run_fails_before_any_process_group(tmp_path):
+    from train.trainer import run
+
+    cfg = compose(TINY + [f"run_dir={tmp_path}", "trainer.batch_tokens=1000"])
+    with pytest.raises(ConfigError, match="trainer.batch_tokens"):
+        run(cfg)
+    assert not dist.is_initialized()
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- resume checks
+def test_changed_model_or_data_config_is_refused_with_the_keys():
+    old = ckpt.resume_identity(compose(TINY), 2)
+    new = ckpt.resume_identity(compose(TINY + ["data.seq_len=64", "model.rope_theta=1e6"]), 2)
+    with pytest.raises(ckpt.ResumeRefused) as e:
+        ckpt.check_resumable({"identity": old, "step": 3}, new, allow_change=False)
+    msg = str(e.value)
+    assert "data.seq_len: 32 -> 64" in msg and "model.rope_theta" in msg and "allow_config_change" in msg
+    assert len(ckpt.check_resumable({"identity": old}, new, allow_change=True)) == 2
+    optim_only = ckpt.resume_identity(compose(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
+    assert ckpt.check_resumable({"identity": old}, optim_only, allow_change=False) == []
+
+
+def test_rng_states_round_trip_through_json():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = json.loads(json.dumps(ckpt.rng_state()))
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_latest_ignores_incomplete_folders(tmp_path):
+    for step in (3, 6):
+        (tmp_path / ckpt.tag_for(step)).mkdir()
+        (tmp_path / ckpt.tag_for(step) / ckpt.CLIENT_STATE).write_text("{}")
+    (tmp_path / (ckpt.TMP_PREFIX + ckpt.tag_for(9))).mkdir()
+    (tmp_path / ckpt.LATEST).write_text(ckpt.tag_for(6))
+    assert ckpt.latest_tag(tmp_path) == "step_00000006"
+    (tmp_path / ckpt.LATEST).write_text(ckpt.tag_for(9))   # pointer to a folder that is gone
+    assert ckpt.latest_tag(tmp_path) == "step_00000006"
+    assert ckpt.remove_incomplete(tmp_path) == [".tmp-step_00000009"]
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
+    assert truncate_jsonl(path, 4) == 4
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_data_metrics_average_shares_and_sum_counts():
+    got = combine_data_metrics([{"data/share/code": 0.8, "data/skipped/too_long": 2, "data/epoch/code": 1},
+                                {"data/share/code": 0.6, "data/skipped/too_long": 3, "data/epoch/code": 2}])
+    assert got == {"data/share/code": pytest.approx(0.7), "data/skipped/too_long": 5, "data/epoch/code": 1.5}

@@ -1,0 +1,147 @@
+"""Generation: KV-cache decoding equals full recomputation, left-padded batches equal single prompts,
+sampling is seeded, stop strings / tokens end completions, infilling prompts match the reference layout."""
+import pytest
+import sentencepiece as spm
+import torch
+from helpers_model import random_model, tiny_config
+from helpers_tokenizer import small_tokenizer, small_tokenizer_path
+
+from evaluation.generation import (GenerationParams, Generator, infilling_prompt_tokens, sample_next_token,
+                                   truncate_at_stop)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return small_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def generator(tok):
+    model = random_model(tiny_config(vocab_size=tok.vocab_size, max_seq_len=512), seed=3)
+    return Generator(model, tok, batch_size=4)
+
+
+TEXTS = ["def add(a, b):\n    return", "import os\n\nclass Config:\n    \"\"\"Settings.\"\"\"\n",
+         "x = [1, 2, 3]", "for i in range(10):\n    print(i)\n# done\nwhile False:\n    pass\n"]
+
+
+def test_kv_cache_greedy_equals_full_recomputation(generator, tok):
+    prompts = [tok.encode(t, bos=True) for t in TEXTS]
+    assert len({len(p) for p in prompts}) > 1          # the batch really is left-padded
+    params = GenerationParams(max_new_tokens=24, stop_token_ids=())
+    cached = generator.generate_tokens(prompts, params, use_cache=True)
+    recomputed = generator.generate_tokens(prompts, params, use_cache=False)
+    assert cached == recomputed
+    assert all(len(c) == 24 for c in cached)
+    # Each row alone (no padding) gives the same tokens as inside the padded batch.
+    assert [generator.generate_tokens([p], params)[0] for p in prompts] == cached
+
+
+def test_greedy_is_the_argmax_of_an_independent_forward(generator, tok):
+    prompt = tok.encode(TEXTS[0], bos=True)
+    out = generator.generate_tokens([prompt], GenerationParams(max_new_tokens=5, stop_token_ids=()))[0]
+    sequence = list(prompt)
+    with torch.no_grad():
+        for _ in range(5):
+            logits = generator.model(torch.tensor([sequence]))[0, -1]
+            sequence.append(int(logits.argmax()))
+    assert out == sequence[len(prompt):]
+
+
+def test_sampling_is_seeded_and_top_p_tiny_is_greedy(generator, tok):
+    prompts = [tok.encode(t, bos=True) for t in TEXTS]
+    sample = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=7, stop_token_ids=())
+    a = generator.generate_tokens(prompts, sample)
+    assert a == generator.generate_tokens(prompts, sample)
+    other = generator.generate_tokens(prompts, GenerationParams(**{**sample.__dict__, "seed": 8}))
+    assert a != other
+    greedy = generator.generate_tokens(prompts, GenerationParams(max_new_tokens=16, stop_token_ids=()))
+    nucleus_of_one = GenerationParams(max_new_tokens=16, temperature=1.0, top_p=1e-9, seed=1, stop_token_ids=())
+    assert generator.generate_tokens(prompts, nucleus_of_one) == greedy
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(sample_next_token(logits, 1.0, 0.7, g)) for _ in range(400)}
+    assert drawn == {0, 1}          # 0.5 < 0.7 needs the second token; never the third
+
+
+def test_stop_strings_and_stop_tokens(generator, tok):
+    prompt = TEXTS[1]
+    free = generator.complete([prompt], GenerationParams(max_new_tokens=30, stop_token_ids=()))[0]
+    ids = generator.generate_tokens([tok.encode(prompt, bos=True)], GenerationParams(max_new_tokens=30,
+                                                                                  stop_token_ids=()))[0]
+    assert free == tok.decode_no_space(ids)
+    stop = free[len(free) // 2: len(free) // 2 + 3]
+    assert stop and stop in free
+    stopped = generator.complete([prompt], GenerationParams(max_new_tokens=30, stop=(stop,), stop_token_ids=()))[0]
+    assert stopped == free[:free.find(stop)]
+    # A stop token ends the row before it (the token itself is not part of the output).
+    cut = generator.generate_tokens([tok.encode(prompt, bos=True)],
+                                    GenerationParams(max_new_tokens=30, stop_token_ids=(ids[10],)))[0]
+    assert cut == ids[:ids.index(ids[10])]
+    assert truncate_at_stop("a\ndef b\nclass", ["\nclass", "\ndef"]) == "a"
+
+
+def _reference_pieces():
+    """Hand-built with SentencePiece directly: the reference's sentinel trick, ids by piece name."""
+    sp = spm.SentencePieceProcessor(model_file=small_tokenizer_path())
+    sentinel = sp.encode("☺")
+
+    def no_space(s):
+        ids = sp.encode("☺" + s)
+        assert ids[:len(sentinel)] == sentinel
+        return ids[len(sentinel):]
+    ids = {name: sp.piece_to_id(f"▁<{name}>") for name in ("PRE", "SUF", "MID", "EOT")}
+    return sp, no_space, ids
+
+
+def test_infilling_prompt_tokens_psm_and_spm(tok):
+    sp, no_space, ids = _reference_pieces()
+    prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
+    psm = [sp.bos_id(), ids["PRE"]] + sp.encode(prefix) + [ids["SUF"]] + no_space(suffix) + [ids["MID"]]
+    spm_ = [sp.bos_id(), ids["PRE"], ids["SUF"]] + no_space(suffix) + [ids["MID"]] + sp.encode(prefix)
+    assert infilling_prompt_tokens(tok, prefix, suffix, suffix_first=False) == psm
+    assert infilling_prompt_tokens(tok, prefix, suffix, suffix_first=True) == spm_
+    # The suffix is encoded without SentencePiece's leading space (the plain encoding differs).
+    assert no_space(suffix) != sp.encode(suffix)
+    assert sp.decode(no_space("x = 1")) == "x = 1"
+
+
+class ScriptedModel(torch.nn.Module):
+    """Emits a fixed token sequence (one-hot logits), whatever the input: exercises decoding/stopping."""
+
+    def __init__(self, script, vocab_size):
+        super().__init__()
+        self.script, self.vocab_size = script, vocab_size
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.prompt_lengths = []
+
+    def new_kv_cache(self, batch_size, max_len, dtype=None, device=None):
+        return object()
+
+    def forward(self, tokens, *, start_pos=0, kv_cache=None, position_ids=None, key_padding_mask=None):
+        B, T = tokens.shape
+        if start_pos == 0:
+            self.prompt_lengths.append(T)
+            self.step = 0
+        logits = torch.zeros(B, T, self.vocab_size)
+        logits[:, -1, self.script[min(self.step, len(self.script) - 1)]] = 1.0
+        self.step += 1
+        return logits
+
+
+def test_infill_stops_at_eot_and_keeps_the_leading_space(tok):
+    middle_ids = tok.encode_no_space(" value + 1")     # first piece starts with "▁": a real space
+    assert tok.piece(middle_ids[0]).startswith("▁")
+    model = ScriptedModel(middle_ids + [tok.eot_id] + tok.encode("junk"), tok.vocab_size)
+    gen = Generator(model, tok, batch_size=2)
+    prefix, suffix = "def f(value):\n    return", "\n"
+    out = gen.infill([prefix], [suffix], GenerationParams(max_new_tokens=20), suffix_first=False)
+    assert out == [" value + 1"]
+    assert model.prompt_lengths == [len(infilling_prompt_tokens(tok, prefix, suffix))]
+    out_spm = gen.infill([prefix], [suffix], GenerationParams(max_new_tokens=20), suffix_first=True)
+    assert out_spm == [" value + 1"]

@@ -1,0 +1,124 @@
+"""Wiring: evaluate() on a saved checkpoint, `codellama-eval samples=FILE benchmark=NAME`, the report."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, shared_dir
+from helpers_model import random_model, tiny_config
+from helpers_tokenizer import small_tokenizer, small_tokenizer_path, stdlib_python_files
+
+from evaluation.humaneval import load_humaneval
+from evaluation.report import write_report
+from evaluation.run import evaluate, load_config
+from train.checkpoint_io import save_hf
+from train.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(300)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
+    problems = load_humaneval(limit=3)
+    rows = []
+    for p in problems:   # per task: one correct sample out of three
+        rows += [{"task_id": p.task_id, "completion": ""},
+                 {"task_id": p.task_id, "completion": p.reference},
+                 {"task_id": p.task_id, "completion": "    return 0\n"}]
+    samples = tmp_path / "model_samples.jsonl"
+    samples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "evaluation.cli", f"samples={samples}", "benchmark=humaneval",
+                           f"out_dir={out}", "generation.ks=[1,2,3,10]", "sandbox.workers=2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "humaneval pass@1 = 0.3333" in lines
+    assert "humaneval pass@2 = 0.6667" in lines
+    assert "humaneval pass@3 = 1.0000" in lines
+    assert not any("pass@10" in line for line in lines)        # k > samples per task is not reported
+    scores = json.loads((out / "model_samples_humaneval_scores.json").read_text())
+    assert scores["n_tasks"] == 3 and scores["n_samples"] == 9
+    assert scores["status_counts"] == {"passed": 3, "failed": 6, "timed_out": 0, "error": 0}
+    per_sample = [json.loads(line) for line in (out / "model_samples_humaneval_results.jsonl").read_text().splitlines()]
+    assert len(per_sample) == 9 and {s["status"] for s in per_sample} == {"passed", "failed"}
+
+
+def test_samples_file_with_unknown_task_is_rejected(tmp_path):
+    from evaluation.run import score_samples_file
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/9999", "completion": ""}) + "\n")
+    with pytest.raises(ValueError, match="unknown task ids"):
+        score_samples_file(samples, "humaneval", {"out_dir": str(tmp_path)})
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(Exception, match="benchmarkz"):
+        load_config({"benchmarkz": ["humaneval"]})
+    with pytest.raises(ConfigError, match="benchmarks"):
+        evaluate(None, {"benchmarks": ["humaneval", "nope"]}, model=object(), tokenizer=object())
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    tok = small_tokenizer()
+    model = random_model(tiny_config(vocab_size=tok.vocab_size, max_seq_len=512), seed=2)
+    out = tmp_path_factory.mktemp("hf")
+    save_hf(model.state_dict(), model.cfg, out, tokenizer_path=small_tokenizer_path())
+    return out
+
+
+def test_evaluate_checkpoint_end_to_end(tiny_export, tmp_path):
+    shared = shared_dir()
+    benchmarks = ["humaneval", "mbpp", "key_retrieval", "perplexity"] + (["infilling_single"] if shared else [])
+    stdlib = str(Path(stdlib_python_files()[0]).parent / "[a-d]*.py")
+    out = tmp_path / "eval"
+    cfg = {"out_dir": str(out), "label": "stage-code", "benchmarks": benchmarks, "limit": 2,
+           "generation": {"max_new_tokens": 12},
+           "mbpp": {"path": str(REPO / "tests/fixtures/mbpp_sample.jsonl")},
+           "infilling": {"dir": str(shared / "benchmarks") if shared else None, "max_new_tokens": 8},
+           "key_retrieval": {"lengths": [256], "positions": [0.0, 1.0], "files": stdlib},
+           "perplexity": {"context_lengths": [64, 256], "min_bytes": 20000, "files": stdlib},
+           "sandbox": {"workers": 2},
+           "wandb": {"mode": "offline"}}
+    results = evaluate(tiny_export, cfg)
+    m = results["metrics"]
+    for key in ("humaneval/pass@1", "mbpp/pass@1", "key_retrieval/accuracy", "key_retrieval/accuracy@256",
+                "perplexity/ppl@64", "perplexity/ppl@256"):
+        assert key in m, key
+    if shared:
+        assert {"infilling_single/psm/pass@1", "infilling_single/spm/pass@1"} <= set(m)
+        assert results["details"]["infilling_single/spm"]["n_tasks"] == 2
+    assert results["details"]["humaneval"]["n_tasks"] == 2
+    assert results["details"]["key_retrieval"]["n_examples"] == 2
+    # A random 2048-piece model is close to uniform: perplexity near the vocabulary size.
+    assert 300 < m["perplexity/ppl@64"] < 20000
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"] == m and saved["label"] == "stage-code"
+    assert len((out / "samples" / "humaneval.jsonl").read_text().splitlines()) == 2
+    for png in ("metrics_by_stage.png", "perplexity_by_context.png", "key_retrieval.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+    assert "| humaneval/pass@1 |" in (out / "report.md").read_text()
+    assert list((out / "wandb").glob("offline-run-*")), "wandb offline run not written"
+
+
+def test_report_across_stages(tmp_path):
+    def result(label, score, ppl):
+        return {"label": label, "metrics": {"humaneval/pass@1": score, "key_retrieval/accuracy": score / 2},
+                "details": {"perplexity": {"context_lengths": [128, 256], "ppl": ppl, "ppl_bin": ppl},
+                            "key_retrieval": {"lengths": [256, 512], "positions": [0.0, 1.0],
+                                              "accuracy": [[1.0, 0.5], [0.25, 0.0]]}}}
+    paths = []
+    for i, (label, score) in enumerate([("code", 0.1), ("python", 0.2), ("long_context", 0.25)]):
+        p = tmp_path / f"{label}.json"
+        p.write_text(json.dumps(result(label, score, [10.0 - i, 9.0 - i])))
+        paths.append(p)
+    report = write_report(paths, tmp_path / "report")
+    text = report.read_text()
+    assert "| metric | code | python | long_context |" in text
+    assert "| humaneval/pass@1 | 0.1 | 0.2 | 0.25 |" in text
+    for png in ("metrics_by_stage.png", "perplexity_by_context.png", "key_retrieval.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({png})" in text

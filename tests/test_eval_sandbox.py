@@ -1,0 +1,175 @@
+"""The execution sandbox: every hostile program ends as failed / timed_out, is contained, and the
+evaluator survives and reports each one correctly. CI runs these as root (dedicated uid + netns)."""
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from evaluation.sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.timeout(180)
+
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    return Sandbox(SandboxConfig(timeout_s=3, cpu_s=3, memory_mb=512, max_procs=16, max_file_mb=1,
+                                 max_output_kb=4, workers=2))
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 that counts the connections it accepts."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+                self.accepted += 1
+                conn.close()
+            except OSError:
+                continue
+
+    def close(self):
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+def test_hostile_programs_are_each_reported_correctly(sandbox, tmp_path):
+    """One parallel batch: the evaluator survives all of them and classifies each."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.chmod(tmp_path, 0o755)      # readable and traversable by anyone, writable only by its owner
+    os.chmod(victim, 0o644)
+    server = LoopbackServer()
+    programs = {
+        "ok": ("print('hello')", "passed"),
+        "assertion": ("assert 1 + 1 == 3", "failed"),
+        "syntax": ("def f(:\n  pass", "failed"),
+        "infinite_loop": ("while True:\n    pass", "timed_out"),
+        "sleeper": ("import time\ntime.sleep(60)", "timed_out"),
+        "memory_bomb_at_once": ("x = bytearray(8 * 1024 ** 3)", "failed"),
+        "memory_bomb_growing": ("chunks = []\nwhile True:\n    chunks.append(bytearray(64 * 1024 ** 2))", "failed"),
+        "fork_storm": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+                       "timed_out"),
+        "huge_output": ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", "failed"),
+        "crash_signal": ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "failed"),
+        "exit_code": ("raise SystemExit(3)", "failed"),
+        # Without a network namespace (non-root, no user namespaces) the network is reachable, as documented.
+        "loopback": (f"import socket\nsocket.create_connection(('127.0.0.1', {server.port}), timeout=2)",
+                     "failed" if sandbox.capabilities.network_isolated else "passed"),
+    }
+    if IS_ROOT:
+        programs["delete_outside"] = (f"import os\nos.remove({str(victim)!r})", "failed")
+        programs["write_outside"] = (f"open({str(victim)!r}, 'w').write('changed')", "failed")
+        programs["create_outside"] = (f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')", "failed")
+    names = list(programs)
+    started = time.monotonic()
+    results = sandbox.run_many([programs[n][0] for n in names])
+    elapsed = time.monotonic() - started
+    server.close()
+    got = {n: r.status for n, r in zip(names, results)}
+    assert got == {n: programs[n][1] for n in names}
+    by_name = dict(zip(names, results))
+    assert "MemoryError" in by_name["memory_bomb_at_once"].stderr
+    assert "MemoryError" in by_name["memory_bomb_growing"].stderr
+    assert by_name["ok"].stdout == "hello\n"
+    assert by_name["exit_code"].exit_code == 3
+    assert by_name["crash_signal"].signal == 11
+    assert len(by_name["huge_output"].stdout) < 5 * 1024          # captured output is capped
+    if sandbox.capabilities.network_isolated:
+        assert server.accepted == 0
+        assert "Network is unreachable" in by_name["loopback"].stderr
+    if IS_ROOT:
+        assert victim.read_text() == "keep me"
+        assert not (tmp_path / "new.txt").exists()
+        assert "PermissionError" in by_name["delete_outside"].stderr
+    # 4 programs wait for the 3 s timeout; with 2 workers the batch stays well under a minute.
+    assert elapsed < 60
+
+
+def test_control_run_reaches_the_loopback_server_when_network_allowed(tmp_path):
+    """The loopback check above can fail: with network=allow the same program connects."""
+    server = LoopbackServer()
+    try:
+        open_sandbox = Sandbox(SandboxConfig(timeout_s=5, network="allow", workers=1))
+        result = open_sandbox.run(f"import socket\nsocket.create_connection(('127.0.0.1', {server.port}), timeout=2)")
+        time.sleep(0.3)
+    finally:
+        server.close()
+    assert result.status == "passed", result.stderr
+    assert server.accepted == 1
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the network namespace and uid switch are guaranteed as root (CI)")
+def test_root_capabilities_are_all_enforced(sandbox):
+    caps = sandbox.capabilities
+    assert caps.is_root and caps.drop_uid and caps.network_isolated
+    result = sandbox.run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())")
+    uid, gid, groups = result.stdout.split(maxsplit=2)
+    assert int(uid) >= 1 and int(uid) == int(gid) and groups.strip() == "[]"
+
+
+def test_process_limit_and_escaped_processes_are_killed(sandbox):
+    marker = f"sandbox-escapee-{os.getpid()}-{time.time_ns()}"
+    program = f"""
+import os, sys, time
+made = 0
+for _ in range(100):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.setsid()   # leave the process group: only the launcher's reaping can find it
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", {marker!r}])
+    made += 1
+print(made)
+"""
+    result = sandbox.run(program)
+    assert result.status == "passed", result.stderr
+    assert int(result.stdout) < 16                 # RLIMIT_NPROC stopped the storm
+    assert processes_with_marker(marker) == []     # and nothing outlived the program
+
+
+def test_environment_is_scrubbed_and_cwd_is_private(sandbox, monkeypatch):
+    monkeypatch.setenv("SECRET_API_TOKEN", "do-not-leak")
+    result = sandbox.run("import os\nassert 'SECRET_API_TOKEN' not in os.environ, 'leaked'\n"
+                         "assert os.environ['HOME'] == os.getcwd()\n"
+                         "open('scratch.txt', 'w').write('x')\nprint(os.getcwd())")
+    assert result.status == "passed", result.stderr
+    assert not os.path.exists(result.stdout.strip())   # the private directory is removed afterwards
+
+
+def test_launch_failure_is_an_error_not_a_crash(sandbox, monkeypatch):
+    monkeypatch.setattr(sandbox.capabilities, "interpreter", "/nonexistent/python3")
+    result = sandbox.run("print(1)")
+    assert result.status == "error"
+    assert "could not start" in result.message

@@ -1,0 +1,350 @@
+"""Training checkpoints: atomic visibility, retention, exact resume, config fingerprints, consolidation.
+
+Layout under `<run_dir>/checkpoints/`:
+
+    step_00000100/                    one complete checkpoint (a "tag")
+        mp_rank_00_model_states.pt    DeepSpeed's files (module, and per rank its ZeRO partition of the
+        *zero_pp_rank_*_optim_states.pt   fp32 master weights + Adam moments)
+        client_state.json             step, tokens seen, elapsed time, wandb run id, resolved config,
+                                      fingerprint, last losses (rank 0)
+        client/rank_00000.json        every rank's data-pipeline state and RNG states (python, numpy,
+                                      torch, CUDA), one file per rank
+        codellama_checkpoint.json     marker: `train.checkpoint_io.load_pretrained` reads this folder
+    latest                            the tag of the newest complete checkpoint (replaced atomically)
+
+A checkpoint is written into `.tmp-step_…/`, every rank finishes (barrier), then rank 0 renames the folder
+and replaces `latest` with `os.replace`: a crash at any point leaves the previous checkpoint as the latest,
+and a half-written `.tmp-*` folder is deleted at the next start. All ranks must see the same filesystem.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from train.checkpoint_io import CHECKPOINT_MARKER, CheckpointError, load_hf
+from train.model import ModelConfig
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+TAG_PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
+CLIENT_STATE = "client_state.json"
+# The config sections a checkpoint must agree with to be resumed (trainer/optim may change, e.g. max_steps).
+RESUME_SECTIONS = ("model", "data")
+
+
+class ResumeRefused(CheckpointError):
+    """The latest checkpoint was written with a different model/data config (or world size)."""
+
+
+class NonFiniteWeights(RuntimeError):
+    """Weights contain inf/NaN: the checkpoint is not written."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small file helpers
+# --------------------------------------------------------------------------------------------------------
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_marker(folder: Path, kind: str, model_config: dict, **extra) -> None:
+    """`codellama_checkpoint.json`: tells load_pretrained that `folder` is one of ours, and what it holds."""
+    write_json_atomic(Path(folder) / CHECKPOINT_MARKER,
+                      {"kind": kind, "format_version": FORMAT_VERSION, "model_config": model_config, **extra})
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fingerprints
+# --------------------------------------------------------------------------------------------------------
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def fingerprint(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resume_identity(cfg: DictConfig, world_size: int) -> dict:
+    """What a checkpoint must share with the run that resumes it."""
+    full = resolved(cfg)
+    identity = {k: full.get(k) for k in RESUME_SECTIONS}
+    identity["world_size"] = world_size
+    return identity
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Finding checkpoints
+# --------------------------------------------------------------------------------------------------------
+
+def tag_for(step: int) -> str:
+    return f"{TAG_PREFIX}{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    return int(tag[len(TAG_PREFIX):])
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags of finished checkpoints (renamed out of .tmp-* and holding client_state.json), oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir()
+            if p.is_dir() and p.name.startswith(TAG_PREFIX) and (p / CLIENT_STATE).is_file()]
+    return sorted(tags, key=step_of)
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag named by `latest`; if that folder is gone (deleted by hand), the newest complete one."""
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        tag = pointer.read_text().strip()
+        if (ckpt_dir / tag / CLIENT_STATE).is_file():
+            return tag
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def read_client_state(ckpt_dir: Path, tag: str) -> dict:
+    return json.loads((Path(ckpt_dir) / tag / CLIENT_STATE).read_text())
+
+
+def remove_incomplete(ckpt_dir: Path) -> list[str]:
+    """Delete `.tmp-*` folders left by a crash during a save (rank 0, before training starts)."""
+    ckpt_dir = Path(ckpt_dir)
+    removed = []
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
+
+
+def check_resumable(client_state: dict, identity: dict, allow_change: bool) -> list[str]:
+    """Raise ResumeRefused naming the differing keys, unless allow_change; returns the differences."""
+    diffs = config_differences(client_state.get("identity", {}), identity)
+    if diffs and not allow_change:
+        shown = "\n  ".join(diffs[:12]) + (f"\n  … and {len(diffs) - 12} more" if len(diffs) > 12 else "")
+        raise ResumeRefused(
+            f"the latest checkpoint (step {client_state.get('step')}) was written with a different model/data "
+            f"configuration or number of processes:\n  {shown}\n"
+            f"Resume with the original settings, use a new run_dir, or set trainer.allow_config_change=true "
+            f"to resume anyway (model and optimizer states must still fit; with another number of processes the "
+            f"data pipeline starts from the beginning of its stream).")
+    return diffs
+
+
+# --------------------------------------------------------------------------------------------------------
+# RNG states (JSON: base64 for the byte tensors)
+# --------------------------------------------------------------------------------------------------------
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": _b64(torch.get_rng_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Save / load
+# --------------------------------------------------------------------------------------------------------
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def weights_are_finite(engine) -> bool:
+    """All ranks agree; under ZeRO-3 each rank checks its own partition."""
+    ok = True
+    for p in engine.module.parameters():
+        t = p.ds_tensor if hasattr(p, "ds_tensor") else p.data
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            ok = False
+            break
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_comm_device())
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item())
+    return ok
+
+
+def _comm_device():
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict, *, rank: int, keep_last: int,
+         model_config: dict, hook_mid_save=None) -> str:
+    """Write checkpoint `step` so that it appears complete or not at all. All ranks call this."""
+    ckpt_dir = Path(ckpt_dir)
+    if not weights_are_finite(engine):
+        raise NonFiniteWeights(f"step {step}: the weights contain inf/NaN; refusing to write a checkpoint "
+                               f"(the latest valid one stays {latest_tag(ckpt_dir)})")
+    tag = tag_for(step)
+    tmp_tag = TMP_PREFIX + tag
+    tmp_dir = ckpt_dir / tmp_tag
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    _barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False)
+
+    (tmp_dir / "client").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(tmp_dir / "client" / f"rank_{rank:05d}.json", rank_state)
+    if rank == 0:
+        write_json_atomic(tmp_dir / CLIENT_STATE, {**client_state, "format_version": FORMAT_VERSION, "tag": tag,
+                                                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_marker(tmp_dir, "checkpoint", model_config, step=step,
+                     zero_stage=engine.zero_optimization_stage(),
+                     precision="bf16" if engine.bfloat16_enabled() else "fp32")
+    if hook_mid_save is not None:
+        hook_mid_save(tmp_dir)
+    _barrier()  # every rank's files are written
+
+    if rank == 0:
+        final = ckpt_dir / tag
+        if final.exists():  # the same step saved before (e.g. a resumed run that stopped at once)
+            shutil.rmtree(final)
+        os.rename(tmp_dir, final)
+        _fsync_dir(ckpt_dir)
+        pointer_tmp = ckpt_dir / (LATEST + ".tmp")
+        with open(pointer_tmp, "w") as f:
+            f.write(tag)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer_tmp, ckpt_dir / LATEST)
+        _fsync_dir(ckpt_dir)
+        for old in complete_tags(ckpt_dir)[:-keep_last]:
+            if old != tag:
+                shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    _barrier()
+    return tag
+
+
+def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict, dict | None]:
+    """Restore module + optimizer into `engine`; return (client_state, this rank's state or None)."""
+    ckpt_dir = Path(ckpt_dir)
+    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False, load_module_strict=True)
+    if load_path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    client_state = read_client_state(ckpt_dir, tag)
+    rank_file = ckpt_dir / tag / "client" / f"rank_{rank:05d}.json"
+    rank_state = json.loads(rank_file.read_text()) if rank_file.is_file() else None
+    return client_state, rank_state
+
+
+# --------------------------------------------------------------------------------------------------------
+# Consolidation (load_pretrained's branch for project folders, and the final HF export)
+# --------------------------------------------------------------------------------------------------------
+
+def _consolidate_tag(tag_dir: Path, marker: dict) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of one checkpoint folder, on CPU."""
+    stage, precision = marker.get("zero_stage", 0), marker.get("precision", "fp32")
+    model_file = tag_dir / "mp_rank_00_model_states.pt"
+    if stage in (1, 2) and precision == "fp32" or stage == 0:
+        # The module weights are complete in the model-states file (fp32 master copy for fp32 training;
+        # for bf16 with ZeRO stage 0 the bf16 weights, widened to fp32).
+        # DeepSpeed pickles more than tensors in this file: it is our own checkpoint, loaded as trusted.
+        module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        return {k: v.float() for k, v in module.items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    return {k: v.float() for k, v in sd.items()}
+
+
+def load_consolidated(path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, fp32 state dict) from a project folder holding `codellama_checkpoint.json`:
+    a checkpoint tag folder, the `checkpoints/` folder (its latest), or a run_dir (its HF export when the
+    run finished, else its latest checkpoint)."""
+    path = Path(path)
+    marker_file = path / CHECKPOINT_MARKER
+    if not marker_file.is_file():
+        raise CheckpointError(f"{path}: no {CHECKPOINT_MARKER} (not a codellama-train folder)")
+    marker = json.loads(marker_file.read_text())
+    kind = marker.get("kind")
+    if kind == "run":
+        if (path / "DONE.json").is_file() and (path / "hf" / "config.json").is_file():
+            return load_hf(path / "hf")
+        return load_consolidated(path / "checkpoints")
+    if kind == "checkpoints":
+        tag = latest_tag(path)
+        if tag is None:
+            raise CheckpointError(f"{path}: no complete checkpoint yet")
+        return load_consolidated(path / tag)
+    if kind == "checkpoint":
+        cfg = ModelConfig.from_dict(marker["model_config"]).validate()
+        return cfg, _consolidate_tag(path, marker)
+    raise CheckpointError(f"{marker_file}: unknown kind {kind!r}")

@@ -1,0 +1,170 @@
+"""Process group, model construction and `deepspeed.initialize` from a conf/deepspeed preset.
+
+Without a GPU everything runs on the CPU with the gloo backend (one or several processes, e.g. torchrun);
+with GPUs, one process per GPU with NCCL. The optimizer is a client `torch.optim.AdamW` (no JIT-compiled
+DeepSpeed op), unless `optim.impl=deepspeed` asks DeepSpeed to build its own (FusedAdam / CPUAdam).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from train.config_checks import RunPlan
+from train.errors import ConfigError
+from train.model import Llama, ModelConfig
+from train.optim import build_optimizer, param_groups
+
+# Shape-defining fields: a checkpoint that differs in one of these cannot initialise the configured model.
+ARCHITECTURE_KEYS = ("dim", "n_layers", "n_heads", "kv_heads", "hidden_dim")
+
+
+def device_and_backend() -> tuple[torch.device, str]:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))), "nccl"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return torch.device("cpu"), "gloo"
+
+
+def init_distributed(backend: str) -> tuple[int, int]:
+    """(rank, world_size). Reuses a process group that already exists (a pipeline running several stages)."""
+    import deepspeed
+
+    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                         ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group (a rank that exits with it alive may abort in gloo's destructor)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelSetup:
+    config: ModelConfig
+    state_dict: dict | None = None          # pretrained weights (init_from), already adapted
+    notes: list[str] = field(default_factory=list)
+
+
+def configured_model(cfg: DictConfig, vocab_size: int) -> ModelConfig:
+    d = OmegaConf.to_container(cfg.model, resolve=True)
+    if d.get("vocab_size") is None:
+        d["vocab_size"] = vocab_size
+    d["max_seq_len"] = max(int(d.get("max_seq_len") or 0), int(cfg.data.seq_len))
+    return ModelConfig.from_dict(d).validate()
+
+
+def prepare_model(cfg: DictConfig, vocab_size: int, load_weights: bool = True) -> ModelSetup:
+    """The run's ModelConfig, and the init_from weights adapted to it (vocab grown, RoPE base from config).
+
+    load_weights=False (resuming from a checkpoint) only reads what is needed to build the same model."""
+    model_cfg = configured_model(cfg, vocab_size)
+    setup = ModelSetup(model_cfg)
+    if not cfg.init_from:
+        return setup
+    from train.checkpoint_io import grow_vocab, load_pretrained
+
+    ckpt_cfg, state_dict = load_pretrained(str(cfg.init_from))
+    for key in ARCHITECTURE_KEYS:
+        ours, theirs = getattr(model_cfg, key), getattr(ckpt_cfg, key)
+        if ours != theirs:
+            raise ConfigError(f"model.{key}", ours,
+                              f"init_from {cfg.init_from} has {key}={theirs}; choose the model= preset that "
+                              f"matches the checkpoint (architecture {ckpt_cfg.to_dict()})")
+    if ckpt_cfg.norm_eps != model_cfg.norm_eps:
+        setup.notes.append(f"norm_eps: using the checkpoint's {ckpt_cfg.norm_eps} (config says {model_cfg.norm_eps})")
+        model_cfg.norm_eps = ckpt_cfg.norm_eps
+    if ckpt_cfg.rope_theta != model_cfg.rope_theta:
+        setup.notes.append(f"rope_theta: {ckpt_cfg.rope_theta:g} in {cfg.init_from} -> {model_cfg.rope_theta:g} "
+                           f"(model.rope_theta from the config)")
+    if ckpt_cfg.vocab_size < model_cfg.vocab_size:
+        setup.notes.append(f"vocab_size: {ckpt_cfg.vocab_size} in the checkpoint -> {model_cfg.vocab_size} "
+                           f"(grow_vocab: new rows = mean embedding)")
+        if load_weights:
+            state_dict = grow_vocab(state_dict, model_cfg.vocab_size)
+    elif ckpt_cfg.vocab_size > model_cfg.vocab_size:
+        setup.notes.append(f"vocab_size: keeping the checkpoint's {ckpt_cfg.vocab_size} "
+                           f"(> {model_cfg.vocab_size} of the tokenizer/config)")
+        model_cfg.vocab_size = ckpt_cfg.vocab_size
+    setup.state_dict = state_dict if load_weights else None
+    return setup
+
+
+def build_model(setup: ModelSetup, *, seed: int, activation_checkpointing: bool) -> Llama:
+    torch.manual_seed(seed)  # the same random init on every rank
+    model = Llama(setup.config, activation_checkpointing=activation_checkpointing)
+    if setup.state_dict is not None:
+        model.load_state_dict(setup.state_dict, strict=True)
+        setup.state_dict = None
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------
+# DeepSpeed
+# --------------------------------------------------------------------------------------------------------
+
+def deepspeed_config(cfg: DictConfig, plan: RunPlan) -> dict:
+    """The preset (conf/deepspeed/<name>.yaml) plus the values derived from trainer/optim."""
+    ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    guard = plan.zero_stage == 0 and plan.precision == "fp32"
+    ds.update({
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "train_batch_size": plan.micro_batch_size * plan.grad_accum * plan.world_size,
+        # ZeRO stage 0 in fp32: the client optimizer clips (see train.optim.GuardedAdamW).
+        "gradient_clipping": 0.0 if guard else float(cfg.optim.grad_clip),
+        "bf16": {"enabled": plan.precision == "bf16"},
+        "steps_per_print": 2 ** 62,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    })
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("offload_optimizer") or zero.get("offload_param"):
+        ds["zero_force_ds_cpu_optimizer"] = False
+    if OmegaConf.select(cfg, "optim.impl", default="torch") == "deepspeed":
+        ds["optimizer"] = {"type": "AdamW", "params": {
+            "lr": float(cfg.optim.lr), "betas": [float(b) for b in cfg.optim.betas], "eps": float(cfg.optim.eps),
+            "weight_decay": float(cfg.optim.weight_decay)}}
+    return ds
+
+
+def build_engine(cfg: DictConfig, plan: RunPlan, model: Llama, device: torch.device):
+    """(engine, optimizer whose param_groups carry the learning rate)."""
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, plan)
+    offload = bool(ds_config["zero_optimization"].get("offload_optimizer"))
+    if "optimizer" in ds_config:
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=param_groups(model, float(cfg.optim.weight_decay)), config=ds_config)
+        return engine, optimizer
+    guard = plan.zero_stage == 0 and plan.precision == "fp32"
+    fused = device.type == "cuda" and not offload  # checked at step time, on the (moved) fp32 partitions
+    client = build_optimizer(model, cfg.optim, guard=guard, fused=fused)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=client, config=ds_config)
+    return engine, client
