@@ -1,7 +1,7 @@
 """Generation speed: KV cache vs full recomputation, same random model, same prompts, greedy.
 
     python bench/generate.py [--dim 256 --layers 4 --heads 8 --kv-heads 4 --vocab 4096
-                              --batch 4 --prompt 64 --new 128 --threads 0]
+                              --batch 4 --prompt 64 --new 64 --repeats 3 --threads 1]
 
 Prints tokens/s of each (new tokens only; the best of --repeats runs), checks both produce the same
 tokens, and ends with the line `kv/recompute = X.XX` (the speed ratio).
@@ -27,9 +27,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
-    ap.add_argument("--new", type=int, default=128, help="generated tokens per prompt")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--new", type=int, default=64, help="generated tokens per prompt")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0 = torch's default). 1 by default: on a shared CPU several OpenMP "
+                         "threads made small-batch decoding >10x slower and the figures noise")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.threads:

@@ -22,10 +22,12 @@ class TokenMixture:
         self.weights = [w / total for w in weights]
         self.tokens = [0] * len(names)
 
-    def pick(self) -> int:
-        """Index of the source the next document should come from."""
-        best, best_ratio = 0, None
+    def pick(self, exclude=()) -> int:
+        """Index of the source the next document should come from (never one in `exclude`)."""
+        best, best_ratio = -1, None
         for i, (t, w) in enumerate(zip(self.tokens, self.weights)):
+            if i in exclude:
+                continue
             ratio = t / w
             if best_ratio is None or ratio < best_ratio:
                 best, best_ratio = i, ratio

@@ -8,6 +8,8 @@ padding, except at the very end of a finite stream and in the bounded fallback b
 A label is trained (loss_mask True) when its token is a target of its document (all tokens of plain
 and FIM documents; answers + EOS of chat documents) and it belongs to the same document as the input
 token that predicts it (the first token of a document, BOS, is never predicted from the previous one).
+Segments given to the packer are documents or pieces of one (same `uid`): adjacent pieces of one
+document count as one document (one doc id, labels across the joint trained).
 
 FIM documents must not straddle two rows (RECIPE §4: "only documents not cut across contexts").
 When one does not fit in what is left of the current row it waits in a deferral queue while the row
@@ -34,17 +36,24 @@ class Segment:
     source: int                        # index into the source names; PAD_SOURCE for padding
     fim: bool = False
     targets: np.ndarray | None = None  # bool per token: may be a label (None: every token)
+    uid: int = -1                      # pieces of one document share it (>= 0); -1: a document of its own
 
     def __len__(self):
         return len(self.tokens)
 
+    def split(self, n: int) -> tuple["Segment", "Segment"]:
+        """The first n tokens and the rest, as pieces of the same document."""
+        t = self.targets
+        return (Segment(self.tokens[:n], self.source, self.fim, None if t is None else t[:n], self.uid),
+                Segment(self.tokens[n:], self.source, self.fim, None if t is None else t[n:], self.uid))
+
     def to_state(self) -> dict:
-        return {"tokens": self.tokens, "source": self.source, "fim": self.fim, "targets": self.targets}
+        return {"tokens": self.tokens, "source": self.source, "fim": self.fim, "targets": self.targets, "uid": self.uid}
 
     @classmethod
     def from_state(cls, d: dict) -> "Segment":
         return cls(np.asarray(d["tokens"], dtype=np.int32), int(d["source"]), bool(d["fim"]),
-                   None if d["targets"] is None else np.asarray(d["targets"], dtype=bool))
+                   None if d["targets"] is None else np.asarray(d["targets"], dtype=bool), int(d.get("uid", -1)))
 
 
 class Packer:
@@ -60,6 +69,10 @@ class Packer:
         self.source_tokens = np.zeros(num_sources, dtype=np.int64)
 
     # -- feeding ------------------------------------------------------------------------------
+    def last_uid(self) -> int:
+        """uid of the segment the stream currently ends with (-1: none, or a whole document)."""
+        return self._pending[-1][0].uid if self._pending else -1
+
     def remaining(self) -> int:
         """Room left in the row the next token goes to."""
         return self.seq_len - (self._pending_len % self.seq_len)
@@ -125,36 +138,43 @@ class Packer:
 
     # -- rows ---------------------------------------------------------------------------------
     def _take_row(self) -> dict:
+        """Row from the first seq_len + 1 pending tokens (numpy slices; no per-token Python)."""
         L = self.seq_len
         need = L + 1
-        toks, tgts, srcs, fims, lens = [], [], [], [], []
+        toks, tgts, srcs, fims, lens, newdoc = [], [], [], [], [], []
+        any_targets = False
+        prev_uid = -1
         for seg, start in self._pending:
             n = min(len(seg) - start, need)
             toks.append(seg.tokens[start:start + n])
-            tgts.append(np.ones(n, bool) if seg.targets is None else seg.targets[start:start + n])
+            tgts.append(seg.targets if seg.targets is None else seg.targets[start:start + n])
+            any_targets = any_targets or seg.targets is not None
             srcs.append(seg.source)
             fims.append(seg.fim)
             lens.append(n)
+            newdoc.append(seg.uid < 0 or seg.uid != prev_uid)  # adjacent pieces of one document: one doc id
+            prev_uid = seg.uid
             need -= n
             if need == 0:
                 break
         window = np.concatenate(toks)
-        targets = np.concatenate(tgts)
-        lens = np.asarray(lens)
-        docnum = np.repeat(np.arange(len(lens)), lens)
+        docnum = np.repeat(np.cumsum(newdoc) - 1, lens)
         source = np.repeat(np.asarray(srcs, dtype=np.int64), lens)
         is_fim = np.repeat(np.asarray(fims, dtype=bool), lens)
-        loss_mask = targets[1:] & (docnum[1:] == docnum[:-1])
+        loss_mask = docnum[1:] == docnum[:-1]
+        if any_targets:
+            targets = np.concatenate([np.ones(n, bool) if t is None else t for t, n in zip(tgts, lens)])
+            loss_mask &= targets[1:]
         labels = np.where(loss_mask, window[1:], -100)
-        row = {"input_ids": window[:L], "labels": labels, "loss_mask": loss_mask, "source_ids": source[:L],
-               "doc_ids": docnum[:L], "is_fim": is_fim[:L]}
-        src = row["source_ids"]
+        src = source[:L]
         real = src >= 0
-        self.source_tokens += np.bincount(src[real], minlength=self.num_sources)
-        self.stats["pad_tokens"] += L - int(real.sum())
+        n_real = int(real.sum())
+        self.source_tokens += np.bincount(src[real] if n_real < L else src, minlength=self.num_sources)
+        self.stats["pad_tokens"] += L - n_real
         self.stats["rows"] += 1
         self._drop(L)
-        return row
+        return {"input_ids": window[:L], "labels": labels, "loss_mask": loss_mask, "source_ids": src,
+                "doc_ids": docnum[:L], "is_fim": is_fim[:L]}
 
     def _drop(self, n: int) -> None:
         self._pending_len -= n

@@ -32,7 +32,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from data.fim import FimConfig, check_tokenizer, fim_plan, fim_tokens
+from data.fim import FimBuilder, FimConfig, check_tokenizer, fim_plan
 from data.mixture import TokenMixture
 from data.packing import PAD_SOURCE, Packer, Segment
 from data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, _plain, parse_sources
@@ -67,7 +67,7 @@ class DataPlan:
     num_workers: int = 1
     max_doc_chars: int = 1_000_000
     strict: bool = False
-    max_epochs: int | None = None      # finite stream: stop when a source has done that many epochs
+    max_epochs: int | None = None      # finite stream: each source read that many times, then the end
     prefetch_factor: int = 2
 
     @classmethod
@@ -106,8 +106,7 @@ class DocumentEncoder:
         self.tokenizer, self.fim, self.seq_len, self.seed = tokenizer, fim, seq_len, seed
         self.apply_fim = apply_fim and fim.enabled
         self.counters = counters
-        # A token covers at most this many characters: longer texts cannot fit a row, whatever the cuts.
-        self.max_piece_chars = max(len(tokenizer.piece(i)) for i in range(tokenizer.vocab_size)) if self.apply_fim else 0
+        self.builder = FimBuilder(tokenizer) if self.apply_fim else None
 
     def encode(self, doc: Document, spec: SourceSpec, source: int) -> Segment:
         tok = self.tokenizer
@@ -115,19 +114,19 @@ class DocumentEncoder:
             tokens, mask = encode_dialog(tok, doc.messages)
             return Segment(np.asarray(tokens, np.int32), source, False, np.asarray(mask, bool))
         text = doc.text
+        with_ends = np.asarray(tok.encode(text, bos=True, eos=True), np.int32)
         if self.apply_fim and spec.fim:
             self.counters["fim/considered"] += 1
             plan = fim_plan(self.seed, spec.name, doc.key, len(text), self.fim.rate, self.fim.spm_rate)
             if plan is not None:
-                tokens = None
-                if len(text) <= self.seq_len * self.max_piece_chars:
-                    tokens = fim_tokens(tok, text, plan, bos=self.fim.bos, eos=self.fim.eos, max_tokens=self.seq_len)
+                tokens = self.builder.build(text, with_ends[1:-1], plan, bos=self.fim.bos, eos=self.fim.eos,
+                                            max_tokens=self.seq_len)
                 if tokens is not None:
                     self.counters["fim/transformed"] += 1
                     self.counters["fim/spm"] += int(plan.spm)
-                    return Segment(np.asarray(tokens, np.int32), source, True)
+                    return Segment(tokens, source, True)
                 self.counters["fim/too_long"] += 1
-        return Segment(np.asarray(tok.encode(text, bos=True, eos=True), np.int32), source)
+        return Segment(with_ends, source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,20 +151,47 @@ class RowStream:
         self.mixture = TokenMixture([s.name for s in specs], [s.weight for s in specs])
         self.encoder = DocumentEncoder(tokenizer, plan.fim, plan.seq_len, plan.seed, apply_fim, self.counters)
         self.packer = Packer(plan.seq_len, tokenizer.pad_id, num_sources or len(specs), plan.fim.max_deferred)
+        self.seq_len = plan.seq_len
+        self.open: list[tuple[Segment, int] | None] = [None] * len(specs)  # long document + next offset, per source
+        self.next_uid = 0
         self.finished = False
 
     def _fill(self, rows: int) -> None:
+        """Documents up to seq_len tokens go to the packer whole; longer ones in pieces that fill the
+        current row, the rest waiting (per source) until the mixture picks that source again. So a
+        mixture step moves at most seq_len tokens and token shares stay within about one row of the
+        weights whatever the document sizes (one 200 kB source file would otherwise skew them).
+        A piece that does not directly follow the previous piece of its document starts with that
+        piece's last token again, as context only (no loss on it): every token of the document is
+        still predicted exactly once, from its true predecessor."""
         packer = self.packer
         while packer.rows_ready() < rows and not self.finished:
-            i = self.mixture.pick()
-            doc = self.readers[i].next_document()
-            if doc is None:
+            done = {j for j, r in enumerate(self.readers) if r.exhausted and self.open[j] is None}
+            if len(done) == len(self.readers):  # finite stream (max_epochs): every source is done
                 packer.finish()
                 self.finished = True
                 break
-            seg = self.encoder.encode(doc, self.specs[i], self.source_indices[i])
-            self.mixture.add(i, len(seg))
-            packer.add(seg)
+            i = self.mixture.pick(exclude=done)
+            if self.open[i] is None:
+                doc = self.readers[i].next_document()
+                if doc is None:
+                    continue
+                seg = self.encoder.encode(doc, self.specs[i], self.source_indices[i])
+                if len(seg) <= self.seq_len:
+                    self.mixture.add(i, len(seg))
+                    packer.add(seg)
+                    continue
+                seg.uid, self.next_uid = self.next_uid, self.next_uid + 1
+                self.open[i] = (seg, 0)
+            seg, offset = self.open[i]
+            start = offset if offset == 0 or packer.last_uid() == seg.uid else offset - 1
+            end = min(len(seg), start + packer.remaining())
+            targets = np.ones(end - start, bool) if seg.targets is None else seg.targets[start:end].copy()
+            targets[:offset - start] = False  # the repeated context token
+            piece = Segment(seg.tokens[start:end], seg.source, False, targets, seg.uid)
+            self.open[i] = (seg, end) if end < len(seg) else None
+            self.mixture.add(i, len(piece))
+            packer.add(piece)
 
     def next_batch(self, batch_size: int) -> dict[str, np.ndarray] | None:
         """`batch_size` rows stacked ([B, T] arrays); fewer at the end of a finite stream; None after it."""
@@ -178,7 +204,13 @@ class RowStream:
 
     def state_dict(self) -> dict:
         return {"readers": [r.state_dict() for r in self.readers], "mixture": self.mixture.state_dict(),
-                "packer": self.packer.state_dict(), "counters": dict(self.counters), "finished": self.finished}
+                "packer": self.packer.state_dict(), "counters": dict(self.counters), "finished": self.finished,
+                "open": [None if o is None else self._open_state(*o) for o in self.open], "next_uid": self.next_uid}
+
+    @staticmethod
+    def _open_state(seg: Segment, offset: int) -> dict:
+        keep = max(0, offset - 1)  # tokens before the one that may be repeated are not needed again
+        return {"segment": seg.split(keep)[1].to_state(), "offset": offset - keep}
 
     def load_state_dict(self, state: dict) -> None:
         for reader, s in zip(self.readers, state["readers"], strict=True):
@@ -188,6 +220,8 @@ class RowStream:
         self.counters.clear()
         self.counters.update(state["counters"])
         self.finished = bool(state["finished"])
+        self.open = [None if o is None else (Segment.from_state(o["segment"]), int(o["offset"])) for o in state["open"]]
+        self.next_uid = int(state["next_uid"])
 
 
 def to_tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

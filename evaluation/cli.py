@@ -18,6 +18,7 @@ from evaluation.run import CONF_DIR, evaluate, score_samples_file
 def run(cfg: DictConfig) -> int:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     cfg.pop("hydra", None)
+    cfg.pop("defaults", None)
     if cfg.report_from:
         from evaluation.report import write_report
         print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")

@@ -114,12 +114,14 @@ class Generator:
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
 
         def forward(begin: int, end: int, cache):
-            """Logits of the last position, feeding columns [begin, end) (all of [0, end) without cache)."""
+            """Logits of the last position, feeding columns [begin, end) (all of [0, end) without cache).
+            Only the last position goes through the output layer (a prompt's other logits are unused)."""
             if cache is None:
                 begin = 0
-            return self.model(tokens[:, begin:end], start_pos=begin, kv_cache=cache,
-                              position_ids=positions[:, begin:end],
-                              key_padding_mask=valid[:, :end] if padded else None)[:, -1]
+            hidden = self.model(tokens[:, begin:end], start_pos=begin, kv_cache=cache,
+                                position_ids=positions[:, begin:end],
+                                key_padding_mask=valid[:, :end] if padded else None, return_hidden=True)
+            return self.model.output(hidden[:, -1])
 
         cache = self.model.new_kv_cache(B, P + N, device=self.device) if use_cache else None
         logits = forward(0, P, cache)

@@ -14,7 +14,7 @@ def _open(path: Path, mode: str):
 def read_jsonl(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark file {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{str(path)!r} does not exist or is not a file")
     rows = []
     with _open(path, "r") as f:
         for line_no, line in enumerate(f, 1):

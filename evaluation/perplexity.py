@@ -1,10 +1,10 @@
 """Perplexity by context length on long source files (Code Llama paper §3.3, Fig. on long-context
 extrapolation).
 
-Each file is tokenised ([BOS] + tokens) and read once from its start up to the largest context length,
-in chunks through the KV cache (same numbers as one big forward pass, bounded memory). Because the model
-is causal, the per-token losses of that single pass at positions < L are exactly those of a forward
-over the file's first L tokens, so:
+Each file is tokenised ([BOS] + tokens) and read once from its start up to the largest context length
+(one causal forward; the output layer and loss run in chunks, so the logits are never all in memory).
+Because the model is causal, the per-token losses of that single pass at positions < L are exactly
+those of a forward over the file's first L tokens, so:
 
     ppl@L      = exp(mean loss of the tokens at positions [0, L))        (cumulative)
     ppl_bin@L  = exp(mean loss of the tokens at positions [L_prev, L))   (the curve's shape)
@@ -23,16 +23,17 @@ import torch.nn.functional as F
 
 @torch.inference_mode()
 def token_losses(model, tokens: list[int], chunk_size: int = 2048, device=None) -> torch.Tensor:
-    """Loss of predicting tokens[1:], one value per position, from a chunked cached pass."""
+    """Loss of predicting tokens[1:], one value per position: one causal forward to the final hidden
+    states, then the output layer and the loss `chunk_size` positions at a time (the [T, vocab] logits
+    of a long file never exist at once)."""
     device = device or next(model.parameters()).device
     ids = torch.tensor(tokens, dtype=torch.long, device=device)[None]
-    n = ids.shape[1] - 1
-    cache = model.new_kv_cache(1, n, device=device)
+    hidden = model(ids[:, :-1], return_hidden=True)[0]
+    targets = ids[0, 1:]
     losses = []
-    for start in range(0, n, chunk_size):
-        end = min(n, start + chunk_size)
-        logits = model(ids[:, start:end], start_pos=start, kv_cache=cache)
-        losses.append(F.cross_entropy(logits[0].float(), ids[0, start + 1:end + 1], reduction="none"))
+    for start in range(0, targets.shape[0], chunk_size):
+        logits = model.output(hidden[start:start + chunk_size])
+        losses.append(F.cross_entropy(logits.float(), targets[start:start + chunk_size], reduction="none"))
     return torch.cat(losses).cpu()
 
 

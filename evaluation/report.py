@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 
 
 def _load(item) -> dict:
@@ -74,6 +75,7 @@ def plot_perplexity(results: Sequence[dict], path: Path) -> bool:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=label)
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("context position (tokens, end of bin)")
     ax.set_ylabel("perplexity of the tokens in the bin")
     ax.set_title("perplexity by context length")
@@ -89,13 +91,15 @@ def plot_key_retrieval(results: Sequence[dict], path: Path) -> bool:
              if "key_retrieval" in r.get("details", {})]
     if not grids:
         return False
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 3.8), squeeze=False)
-    for ax, (label, g) in zip(axes[0], grids):
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.6 * len(grids) + 1.2, 3.8), squeeze=False,
+                             constrained_layout=True)
+    for index, (ax, (label, g)) in enumerate(zip(axes[0], grids)):
         image = ax.imshow(g["accuracy"], vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(len(g["positions"])), [f"{p:g}" for p in g["positions"]])
         ax.set_yticks(range(len(g["lengths"])), [str(L) for L in g["lengths"]])
         ax.set_xlabel("relative key position")
-        ax.set_ylabel("prompt length (tokens)")
+        if index == 0:
+            ax.set_ylabel("prompt length (tokens)")
         ax.set_title(f"key retrieval: {label}", fontsize=9)
         for i, row in enumerate(g["accuracy"]):
             for j, v in enumerate(row):

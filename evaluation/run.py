@@ -39,6 +39,7 @@ def load_config(overrides=None, preset: str | None = None) -> DictConfig:
     list of "key=value") merged on top."""
     cfg = OmegaConf.load(CONF_DIR / "eval.yaml")
     cfg.pop("hydra", None)
+    cfg.pop("defaults", None)
     OmegaConf.set_struct(cfg, True)                  # a misspelt key is an error, not a silent no-op
     OmegaConf.set_struct(cfg.infilling.paths, False)
     if preset is not None:
@@ -81,15 +82,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def find_tokenizer(model_path, tokenizer_path, cache_dir) -> str:
+    """tokenizer_path when given; else a tokenizer.model in the model folder or, for a project checkpoint
+    (run_dir/checkpoints/<tag>), in the run's hf/ export or its config.yaml's tokenizer_path; else the
+    embedded default tokenizer (what training uses when tokenizer_path is null)."""
     if tokenizer_path:
         return str(tokenizer_path)
     if model_path:
-        for candidate in (Path(model_path) / "tokenizer.model", Path(model_path).parent / "hf" / "tokenizer.model"):
-            if candidate.is_file():
-                return str(candidate)
+        folder = Path(model_path)
+        for level in [folder, *list(folder.parents)[:3]]:
+            for candidate in (level / "tokenizer.model", level / "hf" / "tokenizer.model"):
+                if candidate.is_file():
+                    return str(candidate)
+            if (level / "config.yaml").is_file():
+                try:
+                    configured = OmegaConf.load(level / "config.yaml").get("tokenizer_path")
+                except Exception:  # noqa: BLE001 - an unreadable run config just means "not found here"
+                    configured = None
+                if configured:
+                    return str(configured)
     from data.embedded import ensure_embedded
     path = str(ensure_embedded(cache_dir).tokenizer_path)
-    log.warning("no tokenizer.model next to %s and no tokenizer_path: using the embedded default %s",
+    log.warning("no tokenizer.model found for %s and no tokenizer_path: using the embedded default %s",
                 model_path, path)
     return path
 
@@ -178,7 +191,7 @@ def run_key_retrieval(cfg, generator: Generator) -> tuple[dict, dict]:
     kr = cfg.key_retrieval
     texts = [t for _, t in select_texts(kr, cfg.cache_dir, min_bytes=0, max_files=kr.max_files)]
     lengths, positions = list(kr.lengths), list(kr.positions)
-    n_examples = _limit(cfg, "key_retrieval") or kr.n_examples
+    n_examples = min(kr.n_examples, _limit(cfg, "key_retrieval") or kr.n_examples)
     examples = build_examples(generator.tokenizer, texts, lengths, positions, n_examples, cfg.seed)
     params = GenerationParams(max_new_tokens=kr.max_new_tokens, temperature=0.0, stop=("\n",))
     completions = generator.complete([e.prompt for e in examples], params)
@@ -194,7 +207,8 @@ def run_perplexity(cfg, model, tokenizer) -> tuple[dict, dict]:
     from evaluation.perplexity import perplexity_by_context_length
 
     pc = cfg.perplexity
-    chosen = select_texts(pc, cfg.cache_dir, min_bytes=pc.min_bytes, max_files=_limit(cfg, "perplexity") or pc.max_files)
+    max_files = min(pc.max_files, _limit(cfg, "perplexity") or pc.max_files)
+    chosen = select_texts(pc, cfg.cache_dir, min_bytes=pc.min_bytes, max_files=max_files)
     result = perplexity_by_context_length(model, tokenizer, [t for _, t in chosen], list(pc.context_lengths),
                                           pc.chunk_size)
     result["files"] = [name for name, _ in chosen]
@@ -275,6 +289,8 @@ def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
     problems = load_problems(benchmark, cfg)
     rows = read_jsonl(samples_path)
+    if not rows:
+        raise ValueError(f"{samples_path}: no completions (expected jsonl rows {{task_id, completion}})")
     completions: dict[str, list[str]] = {}
     for i, row in enumerate(rows):
         if "task_id" not in row or "completion" not in row:
@@ -299,9 +315,13 @@ def log_to_wandb(results: dict, cfg) -> None:
         return
     import wandb
 
-    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                     name=cfg.wandb.name or f"eval-{results['label']}", job_type="eval", mode=mode,
-                     dir=str(cfg.out_dir), config={"model_path": results["model_path"]}, reinit=True)
+    kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                  name=cfg.wandb.name or f"eval-{results['label']}", job_type="eval", mode=mode,
+                  dir=str(cfg.out_dir), config={"model_path": results["model_path"]})
+    try:   # a separate run that leaves a caller's active run (e.g. the pipeline's) alone
+        run = wandb.init(**kwargs, reinit="create_new")
+    except (TypeError, ValueError):   # wandb < 0.19 has only the boolean form
+        run = wandb.init(**kwargs, reinit=True)
     run.log({f"eval/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))
              and math.isfinite(v)})
     run.finish()

@@ -45,6 +45,7 @@ LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 STATUSES = ("passed", "failed", "timed_out", "error")
 NETWORK_MODES = ("isolate", "require", "allow")
 SIGXCPU = getattr(signal, "SIGXCPU", 24)
+BACKUP_GRACE_S = 15.0     # the launcher enforces the timeout; the evaluator steps in only after this much more
 
 
 @dataclasses.dataclass
@@ -266,15 +267,52 @@ def kill_processes_of_uid(uid: int, attempts: int = 200) -> None:
         time.sleep(0.01)
 
 
-def _remove_tree(path: Path) -> None:
-    def make_writable_and_retry(func, p, exc_info):
+WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def remove_files_of_uid(uid: int) -> None:
+    """Root, dedicated uid: delete what the program left in world-writable directories (top level)."""
+    for directory in {*WORLD_WRITABLE_DIRS, tempfile.gettempdir()}:
         try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    _remove_tree(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also removes what the program made unwritable (chmod 0), never touching anything
+    outside `path` (and doing nothing when it is already gone)."""
+    root = Path(path)
+    if not os.path.lexists(root):
+        return
+
+    def inside(p: str) -> bool:
+        return Path(p) == root or root in Path(p).parents
+
+    def make_writable_and_retry(func, p, exc_info):
+        parent = os.path.dirname(p)
+        if not inside(parent):
+            return
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
             func(p)
         except OSError:
             pass
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+    shutil.rmtree(root, onerror=make_writable_and_retry)
+    if os.path.lexists(root) and os.path.isdir(root) and not os.path.islink(root):
+        shutil.rmtree(root, ignore_errors=True)   # second pass once permissions are fixed
 
 
 # ------------------------------------------------------------------ the sandbox
@@ -376,23 +414,30 @@ class Sandbox:
                     [sys.executable, "-S", "-B", str(LAUNCHER), json.dumps(spec)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
                     env=scrubbed_env(str(work)), start_new_session=True, pass_fds=(status_w,))
+        except BaseException:
+            os.close(status_r)
+            raise
         finally:
             os.close(status_w)
         status = b""
-        backup_deadline = started + cfg.timeout_s + 15.0   # the launcher enforces timeout_s itself
-        with os.fdopen(status_r, "rb") as status_file:
+        backup_deadline = started + cfg.timeout_s + BACKUP_GRACE_S
+        poller = select.poll()       # poll, not select: fd numbers above 1024 are fine
+        poller.register(status_r, select.POLLIN | select.POLLHUP)
+        backup_kill = False
+        try:
             while True:
                 remaining = backup_deadline - time.monotonic()
                 if remaining <= 0:
+                    backup_kill = True
                     break
-                ready, _, _ = select.select([status_file], [], [], remaining)
-                if not ready:
+                if not poller.poll(remaining * 1000):
                     continue
-                chunk = os.read(status_file.fileno(), 65536)
+                chunk = os.read(status_r, 65536)
                 if not chunk:
                     break
                 status += chunk
-        backup_kill = time.monotonic() >= backup_deadline
+        finally:
+            os.close(status_r)
         if backup_kill:
             self._kill_group(proc)
         try:
@@ -402,6 +447,7 @@ class Sandbox:
             proc.wait()
         if uid is not None:
             kill_processes_of_uid(uid)      # normally a no-op: the launcher already reaped everything
+            remove_files_of_uid(uid)
         wall = time.monotonic() - started
         cap = cfg.max_output_kb * 1024
         stdout, stderr = _read_capped(out_path, cap), _read_capped(err_path, cap)

@@ -26,6 +26,7 @@ import sys
 import time
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_CHILD_SUBREAPER = 36
@@ -64,7 +65,7 @@ def bind_mount(source: str, target: str) -> None:
 def enter_user_and_network_namespace() -> None:
     """Unprivileged: a new user namespace (mapping our own uid/gid) that owns a new network namespace."""
     uid, gid = os.getuid(), os.getgid()
-    unshare(CLONE_NEWUSER | CLONE_NEWNET)
+    unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC)
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")
     with open("/proc/self/uid_map", "w") as f:
@@ -77,7 +78,8 @@ def enter_namespaces(spec: dict) -> None:
     network = spec.get("netns")           # None | "root" | "userns"
     mount_ns = bool(spec.get("bind"))
     if network == "root":
-        unshare(CLONE_NEWNET | (CLONE_NEWNS if mount_ns else 0))
+        # A private IPC namespace too: SysV shared memory / message queues die with the program.
+        unshare(CLONE_NEWNET | CLONE_NEWIPC | (CLONE_NEWNS if mount_ns else 0))
     elif network == "userns":
         enter_user_and_network_namespace()
     elif mount_ns:
@@ -230,7 +232,7 @@ def probe(spec: dict) -> dict:
 
     def network_isolated():
         if os.geteuid() == 0:
-            unshare(CLONE_NEWNET)
+            unshare(CLONE_NEWNET | CLONE_NEWIPC)
         else:
             enter_user_and_network_namespace()
         s = socket.socket()

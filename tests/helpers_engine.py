@@ -110,8 +110,13 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *overrides]
     if nproc == 0:  # one plain process, no torchrun
         cmd = [PYTHON, *target, *overrides]
-    if log_path is None:
-        log_path = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False).name
+    if log_path is None:  # next to the run_dir: <run_dir>.<n>.log
+        run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")), None)
+        if run_dir:
+            n = len(list(pathlib.Path(run_dir).parent.glob(pathlib.Path(run_dir).name + ".*.log")))
+            log_path = f"{run_dir}.{n}.log"
+        else:
+            log_path = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False).name
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, text=True)

@@ -4,7 +4,6 @@ import pathlib
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -39,23 +38,58 @@ def assert_same_batches(a, b):
             assert x[k].dtype == y[k].dtype and bool((x[k] == y[k]).all()), k
 
 
+def run_with_states(loader, n):
+    """n batches from ONE uninterrupted iteration, and the loader's JSON state after each."""
+    it = iter(loader)
+    batches, states = [], []
+    for _ in range(n):
+        batches.append(next(it))
+        states.append(json.loads(json.dumps(loader.state_dict())))  # checkpoints store it as JSON
+    return batches, states
+
+
+def first_state(states, predicate, what):
+    for i, st in enumerate(states):
+        if any(w is not None and predicate(w) for w in st["workers"]):
+            return i
+    raise AssertionError(f"no saved state has {what}: the test does not exercise it")
+
+
 @pytest.mark.parametrize("num_workers, world_size, tokenizer", [
     (0, 1, "bytes"), (2, 1, "bytes"), (2, 1, "sentencepiece"), (0, 2, "bytes"), (2, 2, "bytes")])
 def test_resume_is_bit_exact(tmp_path, num_workers, world_size, tokenizer):
+    """Save points chosen where the state is hardest: mid-round-robin (odd batch count with 2 workers),
+    FIM documents waiting in the deferral queue, long documents waiting in pieces, half-read .gz and
+    parquet shards, after an epoch rolled over."""
     tok = ByteTokenizer() if tokenizer == "bytes" else small_tokenizer()
     cfg = mixed_cfg(tmp_path, num_workers=num_workers)
+    names = list(cfg["sources"])
+    nl, nl_code, prose = names.index("nl"), names.index("nl_code"), names.index("prose")
+    total, follow = 60, 10
     for rank in range(world_size):
-        first = build_train_loader(cfg, tok, rank, world_size, 3)
-        take(first, 7)  # odd: with 2 workers the next batch is worker 1's
-        state = json.loads(json.dumps(first.state_dict()))  # checkpoints store it as JSON
-        expected = take(first, 25)  # long enough for epochs to roll over in the small sources
-        resumed = build_train_loader(cfg, tok, rank, world_size, 3)
-        resumed.load_state_dict(state)
-        assert_same_batches(take(resumed, 25), expected)
-        assert resumed.state_dict() == first.state_dict()
-        assert resumed.metrics() == first.metrics()
-        m = first.metrics()
-        assert m["data/epoch/prose"] >= 1 and m["data/filtered/nl_code"] > 0 and m["data/fim_share"] > 0
+        batches, states = run_with_states(build_train_loader(cfg, tok, rank, world_size, 3), total)
+        points = {
+            6,
+            first_state(states, lambda w: w["packer"]["deferred"], "deferred FIM documents"),
+            first_state(states, lambda w: any(o is not None for o in w["open"]),
+                        "a long document waiting in pieces"),
+            first_state(states, lambda w: sum(o is not None for o in w["open"]) >= 2,
+                        "two long documents waiting in pieces"),
+            first_state(states, lambda w: w["readers"][nl]["record"] > 0, "a half-read .gz shard"),
+            first_state(states, lambda w: w["readers"][nl_code]["record"] > 25, "a parquet shard past a row group"),
+            first_state(states, lambda w: w["readers"][prose]["epoch"] >= 1, "a second epoch"),
+        }
+        assert max(points) < total - follow
+        for i in sorted(points):
+            resumed = build_train_loader(cfg, tok, rank, world_size, 3)
+            resumed.load_state_dict(states[i])
+            got, got_states = run_with_states(resumed, follow)
+            assert_same_batches(got, batches[i + 1:i + 1 + follow])
+            assert got_states[-1] == states[i + follow]
+        m = build_train_loader(cfg, tok, rank, world_size, 3)
+        m.load_state_dict(states[-1])
+        metrics = m.metrics()
+        assert metrics["data/filtered/nl_code"] > 0 and metrics["data/fim_share"] > 0
 
 
 def test_resume_does_not_replay_consumed_input(tmp_path):
@@ -64,10 +98,8 @@ def test_resume_does_not_replay_consumed_input(tmp_path):
     cfg = mixed_cfg(tmp_path)
     cfg["sources"] = {"code": cfg["sources"]["code"]}
     tok = ByteTokenizer()
-    first = build_train_loader(cfg, tok, 0, 1, 2)
-    take(first, 20)
-    state = json.loads(json.dumps(first.state_dict()))
-    expected = take(first, 10)
+    batches, states = run_with_states(build_train_loader(cfg, tok, 0, 1, 2), 30)
+    state, expected = states[19], batches[20:]
     reader_state = state["workers"][0]["readers"][0]
     assert reader_state["epoch"] == 0 and reader_state["offset"] > 0
     spec = parse_sources(cfg["sources"])[0]
@@ -116,3 +148,27 @@ def test_reiterating_continues_the_stream(tmp_path):
     whole = take(one, 12)
     two = build_train_loader(cfg, tok, 0, 1, 2)
     assert_same_batches(take(two, 5) + take(two, 7), whole)  # a second iter() goes on where the first stopped
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_hub_source_resumes_exactly(tmp_path, monkeypatch, num_workers):
+    """A `hub` source goes through datasets streaming (here its local json builder, offline); small
+    datasets batches make the saved position land on datasets' own state_dict."""
+    import data.sources
+
+    monkeypatch.setattr(data.sources, "HUB_BATCH", 4)
+    from helpers_data import data_cfg, make_corpus
+
+    make_corpus(tmp_path, {"code": (3, 20)}, spread=40)
+    cfg = data_cfg(tmp_path, {"code": 1.0}, num_workers=num_workers, fim={"enabled": True})
+    cfg["sources"]["code"] = {"weight": 1.0, "hub": {
+        "path": "json", "data_files": sorted(str(p) for p in (tmp_path / "code").glob("*.jsonl"))}}
+    tok = ByteTokenizer()
+    batches, states = run_with_states(build_train_loader(cfg, tok, 0, 1, 2), 49)
+    i = first_state(states[:-10], lambda w: w["readers"][0]["hub"] and w["readers"][0]["hub"]["state"],
+                    "a position inside datasets' own state")
+    state, expected = states[i], batches[i + 1:]
+    assert any(w["readers"][0]["epoch"] >= 1 for w in states[-1]["workers"])
+    resumed = build_train_loader(cfg, tok, 0, 1, 2)
+    resumed.load_state_dict(state)
+    assert_same_batches(take(resumed, len(expected)), expected)

@@ -4,6 +4,7 @@ For ZeRO-2 (DataLoader in-process) and ZeRO-3 (one DataLoader worker per rank), 
 steps is compared with an interrupted one:
 - ZeRO-2: SIGTERM after step 4 (checkpoint + exit 0) -> resume -> kill -9 after step 7 (latest: 6) -> resume;
 - ZeRO-3: kill -9 in the middle of saving checkpoint 6 (latest stays 3) -> resume.
+(and ZeRO-3 with activation checkpointing + the chunked loss gives the same losses up to rounding).
 Per-step losses must be identical, the exported final weights bitwise identical, metrics.jsonl must hold
 every step exactly once, and every session of a run must log to the same wandb run.
 """
@@ -90,7 +91,9 @@ def zero3(tmp_path_factory):
     state = {"latest": (run / "checkpoints" / "latest").read_text(),
              "dirs": sorted(p.name for p in (run / "checkpoints").iterdir())}
     out = _run_ok(_overrides(run, "zero3", 1))
-    return {"ref": ref, "run": run, "after_kill": state, "resume_out": out}
+    lean = root / "lean"   # the memory savers must not change the result (beyond summation order)
+    _run_ok(_overrides(lean, "zero3", 1, "trainer.activation_checkpointing=true", "trainer.loss_chunk_size=40"))
+    return {"ref": ref, "run": run, "after_kill": state, "resume_out": out, "lean": lean}
 
 
 def _losses(run_dir):
@@ -146,6 +149,16 @@ def test_zero3_kill_during_save_keeps_previous_checkpoint(zero3):
 
 def test_zero3_resume_with_dataloader_workers_is_exact(zero3):
     _assert_same_training(zero3["ref"], zero3["run"])
+
+
+def test_zero3_activation_checkpointing_and_chunked_loss_match(zero3):
+    ref, lean = _losses(zero3["ref"]), _losses(zero3["lean"])
+    assert ref.keys() == lean.keys()
+    for step in ref:
+        assert lean[step] == pytest.approx(ref[step], rel=1e-5), step
+    a, b = H.hf_weights(zero3["ref"]), H.hf_weights(zero3["lean"])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
 
 
 def test_export_loads_back_with_the_project_loader(zero3):

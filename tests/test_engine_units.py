@@ -197,3 +197,71 @@ def test_data_metrics_average_shares_and_sum_counts():
     got = combine_data_metrics([{"data/share/code": 0.8, "data/skipped/too_long": 2, "data/epoch/code": 1},
                                 {"data/share/code": 0.6, "data/skipped/too_long": 3, "data/epoch/code": 2}])
     assert got == {"data/share/code": pytest.approx(0.7), "data/skipped/too_long": 5, "data/epoch/code": 1.5}
+
+
+# ---------------------------------------------------------------------------- model construction
+def _saved_hf(tmp_path, vocab=100):
+    from train.checkpoint_io import save_hf
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=64)
+    model = Llama(cfg)
+    save_hf(model.state_dict(), cfg, tmp_path / "hf")
+    return tmp_path / "hf", model.state_dict()
+
+
+def test_init_from_grows_vocab_and_applies_the_configured_rope_theta(tmp_path):
+    from train.engine_setup import build_model, prepare_model
+
+    path, original = _saved_hf(tmp_path)
+    setup = prepare_model(compose(TINY + [f"init_from={path}", "model.rope_theta=1000000.0"]), vocab_size=120)
+    assert setup.config.vocab_size == 120 and setup.config.rope_theta == 1e6
+    assert setup.config.max_seq_len >= 32
+    assert any("rope_theta: 10000 in" in n and "-> 1e+06" in n for n in setup.notes)
+    assert any("vocab_size: 100 in the checkpoint -> 120" in n for n in setup.notes)
+    model = build_model(setup, seed=0, activation_checkpointing=False)
+    sd = model.state_dict()
+    for name, t in original.items():
+        if name in ("tok_embeddings.weight", "output.weight"):
+            torch.testing.assert_close(sd[name][:100], t)
+            torch.testing.assert_close(sd[name][100:], t.mean(0, keepdim=True).expand(20, -1))
+        else:
+            torch.testing.assert_close(sd[name], t)
+    assert model.cfg.rope_theta == 1e6
+
+
+def test_init_from_with_another_architecture_is_a_config_error(tmp_path):
+    from train.engine_setup import prepare_model
+
+    path, _ = _saved_hf(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        prepare_model(compose(TINY + [f"init_from={path}", "model.n_layers=3"]), vocab_size=100)
+    assert e.value.key == "model.n_layers" and "n_layers=2" in str(e.value)
+
+
+def test_checkpoint_with_nonfinite_weights_is_never_written(tmp_path):
+    class FakeEngine:
+        module = _tiny_model()
+
+        def save_checkpoint(self, *a, **k):
+            raise AssertionError("must not be reached")
+
+    with torch.no_grad():
+        next(FakeEngine.module.parameters())[0, 0] = float("inf")
+    with pytest.raises(ckpt.NonFiniteWeights, match="inf/NaN"):
+        ckpt.save(FakeEngine(), tmp_path / "checkpoints", 5, {}, {}, rank=0, keep_last=2, model_config={})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workspace_sections_use_the_metric_groups():
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "wandb_workspace", pathlib.Path(__file__).resolve().parents[1] / "bench" / "wandb_workspace.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sections = mod.sections_spec(["code", "nl"])
+    assert list(sections) == ["train", "val", "perf", "data", "eval"]
+    for group, panels in sections.items():
+        assert all(m.startswith(group + "/") for _, metrics in panels for m in metrics)

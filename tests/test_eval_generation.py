@@ -12,6 +12,15 @@ from evaluation.generation import (GenerationParams, Generator, infilling_prompt
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return small_tokenizer()
@@ -118,12 +127,14 @@ class ScriptedModel(torch.nn.Module):
         super().__init__()
         self.script, self.vocab_size = script, vocab_size
         self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.output = torch.nn.Identity()       # "hidden states" are already the logits
         self.prompt_lengths = []
 
     def new_kv_cache(self, batch_size, max_len, dtype=None, device=None):
         return object()
 
-    def forward(self, tokens, *, start_pos=0, kv_cache=None, position_ids=None, key_padding_mask=None):
+    def forward(self, tokens, *, start_pos=0, kv_cache=None, position_ids=None, key_padding_mask=None,
+                return_hidden=False):
         B, T = tokens.shape
         if start_pos == 0:
             self.prompt_lengths.append(T)

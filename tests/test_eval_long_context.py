@@ -15,6 +15,15 @@ from evaluation.perplexity import perplexity_by_context_length, token_losses
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return small_tokenizer()
@@ -91,3 +100,28 @@ def test_perplexity_by_context_length_matches_direct_forward(tok, texts):
     assert result["ppl_bin"][0] == pytest.approx(result["ppl"][0])
     short = perplexity_by_context_length(model, tok, ["x = 1\n"], [100], chunk_size=64)
     assert short["n_files"] == [0] and short["ppl"] == [None]
+
+
+def test_long_file_selection_from_corpus_layout_and_user_globs(tmp_path):
+    import json as _json
+
+    from omegaconf import OmegaConf
+
+    from evaluation.long_files import select_texts
+    corpus = tmp_path / "corpus"
+    (corpus / "python").mkdir(parents=True)
+    rows = {"val": [("v_small.py", 10), ("v_long.py", 600)], "train": [("t_long1.py", 700), ("t_long2.py", 800)]}
+    for split, files in rows.items():
+        with open(corpus / "python" / f"{split}-00000.jsonl", "w") as f:
+            for path, size in files:
+                f.write(_json.dumps({"text": "x" * size, "path": path}) + "\n")
+    section = OmegaConf.create({"source": "python", "splits": ["val", "train"], "corpus_dir": str(corpus)})
+    names = [n for n, _ in select_texts(section, min_bytes=500, max_files=2)]
+    assert names == ["python/val:v_long.py", "python/train:t_long1.py"]     # held-out split first
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.py").write_text("y" * 1000)
+    (tmp_path / "mine" / "b.py").write_text("y" * 10)
+    user = OmegaConf.create({"files": str(tmp_path / "mine" / "*.py")})
+    assert [n for n, _ in select_texts(user, min_bytes=500)] == [str(tmp_path / "mine" / "a.py")]
+    with pytest.raises(ValueError, match="min_bytes"):
+        select_texts(user, min_bytes=10_000)

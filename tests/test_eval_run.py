@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, shared_dir
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path, stdlib_python_files
@@ -20,6 +21,15 @@ pytestmark = pytest.mark.timeout(300)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
     problems = load_humaneval(limit=3)
     rows = []
@@ -32,7 +42,8 @@ def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "evaluation.cli", f"samples={samples}", "benchmark=humaneval",
                            f"out_dir={out}", "generation.ks=[1,2,3,10]", "sandbox.workers=2"],
-                          capture_output=True, text=True, cwd=REPO, timeout=240)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "humaneval pass@1 = 0.3333" in lines
@@ -44,6 +55,7 @@ def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
     assert scores["status_counts"] == {"passed": 3, "failed": 6, "timed_out": 0, "error": 0}
     per_sample = [json.loads(line) for line in (out / "model_samples_humaneval_results.jsonl").read_text().splitlines()]
     assert len(per_sample) == 9 and {s["status"] for s in per_sample} == {"passed", "failed"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_samples.jsonl", "out"]   # no stray log files
 
 
 def test_samples_file_with_unknown_task_is_rejected(tmp_path):

@@ -2,6 +2,7 @@
 evaluator survives and reports each one correctly. CI runs these as root (dedicated uid + netns)."""
 import os
 import socket
+import tempfile
 import threading
 import time
 
@@ -166,6 +167,79 @@ def test_environment_is_scrubbed_and_cwd_is_private(sandbox, monkeypatch):
                          "open('scratch.txt', 'w').write('x')\nprint(os.getcwd())")
     assert result.status == "passed", result.stderr
     assert not os.path.exists(result.stdout.strip())   # the private directory is removed afterwards
+
+
+def test_unremovable_looking_leftovers_are_cleaned_and_nothing_outside_is_touched(sandbox):
+    tmp_mode = os.stat(tempfile.gettempdir()).st_mode
+    result = sandbox.run("import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').write('x')\n"
+                         "os.chmod('a/b', 0)\nos.chmod('a', 0o500)\nprint(os.getcwd())")
+    assert result.status == "passed", result.stderr
+    assert not os.path.exists(result.stdout.strip())
+    assert os.stat(tempfile.gettempdir()).st_mode == tmp_mode
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="files of the dedicated sandbox uid are swept only as root")
+def test_files_left_in_world_writable_dirs_are_removed(sandbox):
+    tmp_mode = os.stat("/tmp").st_mode
+    marker = f"sandbox-litter-{os.getpid()}-{time.time_ns()}"
+    result = sandbox.run(f"import os\nfor d in ('/tmp', '/dev/shm'):\n"
+                         f"    os.makedirs(os.path.join(d, {marker!r}, 'sub'))\n"
+                         f"open('/tmp/{marker}.txt', 'w').write('x')")
+    assert result.status == "passed", result.stderr
+    assert not any(os.path.exists(p) for p in (f"/tmp/{marker}", f"/dev/shm/{marker}", f"/tmp/{marker}.txt"))
+    assert os.stat("/tmp").st_mode == tmp_mode
+
+
+def _probe_without(monkeypatch, **changes):
+    """Pretend the probe found less than this machine offers (the settings CI cannot reach directly)."""
+    import evaluation.sandbox as sandbox_module
+    real = sandbox_module._probe
+
+    def probe(uid, candidates):
+        report = dict(real(uid, candidates))
+        for key, value in changes.items():
+            report[key] = value(candidates) if callable(value) else value
+        return report
+    monkeypatch.setattr(sandbox_module, "_probe", probe)
+
+
+def test_without_network_namespace_the_network_is_reported_open(monkeypatch):
+    _probe_without(monkeypatch, network_namespace=False, network_namespace_error="EPERM (simulated)")
+    sandbox = Sandbox(SandboxConfig(timeout_s=5, workers=1))
+    assert not sandbox.capabilities.network_isolated
+    assert "network namespace unavailable" in sandbox.capabilities.describe()
+    server = LoopbackServer()
+    try:
+        result = sandbox.run(f"import socket\nsocket.create_connection(('127.0.0.1', {server.port}), timeout=2)")
+    finally:
+        server.close()
+    assert result.status == "passed"
+    with pytest.raises(ValueError, match="sandbox.network"):
+        Sandbox(SandboxConfig(network="require"))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the interpreter bind mount is the root fallback")
+def test_interpreter_unreadable_by_the_sandbox_uid_is_bind_mounted(monkeypatch):
+    _probe_without(monkeypatch, interpreters=lambda candidates: {c: False for c in candidates})
+    sandbox = Sandbox(SandboxConfig(timeout_s=10, workers=1))
+    assert sandbox.capabilities.interpreter_via_bind_mount
+    result = sandbox.run("import json, math, os\nprint(os.getuid())\nopen('/etc/codellama-test', 'w')")
+    assert result.status == "failed" and "PermissionError" in result.stderr
+    assert int(result.stdout) != 0
+
+
+def test_unresponsive_launcher_is_killed_by_the_evaluator(sandbox, monkeypatch, tmp_path):
+    import evaluation.sandbox as sandbox_module
+    marker = f"hung-launcher-{os.getpid()}-{time.time_ns()}"
+    fake = tmp_path / "hung_launcher.py"
+    fake.write_text(f"import time\ntime.sleep(120)  # {marker}\n")
+    monkeypatch.setattr(sandbox_module, "LAUNCHER", fake)
+    monkeypatch.setattr(sandbox_module, "BACKUP_GRACE_S", 1.0)
+    started = time.monotonic()
+    result = sandbox.run("print(1)")
+    assert result.status == "timed_out" and "unresponsive" in result.message
+    assert time.monotonic() - started < sandbox.cfg.timeout_s + 10
+    assert processes_with_marker(str(fake)) == []
 
 
 def test_launch_failure_is_an_error_not_a_crash(sandbox, monkeypatch):

@@ -9,7 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import BYTE0, ByteTokenizer, data_cfg, make_corpus, text_of, write_jsonl  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
-from data.fim import FimConfig, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
+from data.fim import FimBuilder, FimConfig, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
 from data.pipeline import build_train_loader  # noqa: E402
 from data.sources import Location, SourceReader, parse_sources  # noqa: E402
 from train.errors import ConfigError  # noqa: E402
@@ -103,6 +103,51 @@ def test_real_tokenizer_layout_round_trips():
         + tok.encode_no_space("\nb") + [tok.middle_id] + tok.encode("a = ")
 
 
+def _tricky_texts(rng, n):
+    alphabet = list("ab_(): =") + ["\n", "\n", "    ", " ", "\t", "é", "€", "😀", "<PRE>", "\n\n", "☺"]
+    out = ["\n", "\n\nx", "x\n", "  \n  ", "a\nb", "😀\n😀"]
+    for _ in range(n):
+        out.append("".join(rng.choice(alphabet, size=int(rng.integers(1, 80)))))
+    return out
+
+
+@pytest.mark.parametrize("tokenizer", ["sentencepiece", "bytes", "no_fast_path"])
+def test_fast_builder_equals_the_reference(tokenizer):
+    """The pipeline derives FIM tokens from the plain encoding (one encode per document); it must be
+    identical to the reference construction for every cut, including cuts at or next to newlines."""
+    if tokenizer == "sentencepiece":
+        tok = small_tokenizer()
+    elif tokenizer == "bytes":
+        tok = ByteTokenizer()
+    else:
+        class NewlinePiece(ByteTokenizer):  # a vocabulary with a "\n" piece: the builder must not assume locality
+            def piece(self, i):
+                return "\n" if i == BYTE0 + 10 else super().piece(i)
+        tok = NewlinePiece()
+    builder = FimBuilder(tok)
+    assert (builder.newline is None) == (tokenizer == "no_fast_path")
+    rng = np.random.default_rng(1)
+    checked = 0
+    for text in _tricky_texts(rng, 60):
+        plain = np.asarray(tok.encode(text), np.int32)
+        at_newlines = sorted({i + d for i, ch in enumerate(text) if ch == "\n" for d in (0, 1)})
+        cuts = {0, len(text)} | set(rng.choice(at_newlines, size=min(3, len(at_newlines)), replace=False).tolist()
+                                    if at_newlines else [])
+        cuts = sorted(cuts | set(rng.integers(0, len(text) + 1, size=2).tolist()))
+        for lo in cuts:
+            for hi in cuts:
+                if hi < lo:
+                    continue
+                for spm in (False, True):
+                    plan = FimPlan(spm, lo, hi)
+                    want = fim_tokens(tok, text, plan)
+                    got = builder.build(text, plain, plan, bos=True, eos=True)
+                    assert got.tolist() == want, (text, plan)
+                    assert builder.build(text, plain, plan, bos=False, eos=True, max_tokens=len(want) - 2) is None
+                    checked += 1
+    assert checked > 1500
+
+
 # ---------------------------------------------------------------- randomness
 def test_plan_is_pure_and_cut_points_uniform():
     assert fim_plan(3, "code", (0, 1, 2), 100, 0.9, 0.5) == fim_plan(3, "code", (0, 1, 2), 100, 0.9, 0.5)
@@ -121,11 +166,14 @@ def test_plan_is_pure_and_cut_points_uniform():
     assert [fim_plan(1, "code", (0, 0, k), n, 1.0, 0.5) for k in range(50)] != plans[:50]
 
 
-def _loader_docs(cfg, tok, batches):
-    """Documents of a finite single-stream run, as token lists, with per-row bookkeeping checks."""
+def _loader_docs(cfg, tok, batches, with_masks=False):
+    """Rows (input_ids, is_fim, doc_ids, source_ids) of a finite single-stream run [and loss masks]."""
     loader = build_train_loader(cfg, tok, 0, 1, 4)
-    rows = [row for batch in loader for row in zip(*(batch[k].numpy() for k in ("input_ids", "is_fim", "doc_ids",
-                                                                                 "source_ids")))]
+    batches = list(loader)
+    rows = [row for batch in batches for row in zip(*(batch[k].numpy() for k in ("input_ids", "is_fim", "doc_ids",
+                                                                                  "source_ids")))]
+    if with_masks:
+        return loader, rows, [b["loss_mask"].numpy() for b in batches]
     return loader, rows
 
 
@@ -186,7 +234,7 @@ def test_only_whole_documents_are_transformed_and_never_straddle(tmp_path):
              enumerate(rng.integers(1, 220, size=600))]
     write_jsonl(tmp_path / "code" / "train-00000.jsonl", texts)
     cfg = data_cfg(tmp_path, {"code": 1.0}, seq_len=seq_len, max_epochs=1, fim={"enabled": True, "rate": 0.9})
-    loader, rows = _loader_docs(cfg, tok, None)
+    loader, rows, masks = _loader_docs(cfg, tok, None, with_masks=True)
     runs = _fim_runs(rows)
     for run in runs:  # whole documents: each run is a complete FIM document
         assert run[:2] == [B, PRE] and run[-2:] == [EOT, E] and len(run) <= seq_len
@@ -194,13 +242,14 @@ def test_only_whole_documents_are_transformed_and_never_straddle(tmp_path):
     long_ones = [t for t in texts if len(tok.encode(t)) + 2 > seq_len + 10]
     assert long_ones, "the corpus must contain documents longer than a row"
     assert loader.metrics()["data/fim_too_long"] > 0
-    # every document appears once, in its FIM form when that fits and drawn, else plain
-    expected_total = 0
+    # every document appears once, in its FIM form when that fits and drawn, else plain: every token
+    # but its first (BOS) is a trained label exactly once
+    expected_labels = 0
     for record, text in enumerate(texts):
         plan = fim_plan(0, "code", (0, 0, record), len(text), 0.9, 0.5)
         toks = fim_tokens(tok, text, plan) if plan else None
-        expected_total += len(toks) if toks is not None and len(toks) <= seq_len else len(tok.encode(text)) + 2
-    assert sum(int((src >= 0).sum()) for _, _, _, src in rows) == expected_total
+        expected_labels += (len(toks) if toks is not None and len(toks) <= seq_len else len(tok.encode(text)) + 2) - 1
+    assert sum(int(m.sum()) for m in masks) == expected_labels
 
 
 def test_per_source_switch_and_missing_pieces(tmp_path):

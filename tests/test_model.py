@@ -156,6 +156,22 @@ def test_explicit_mask_path_equals_causal_fast_path():
     torch.testing.assert_close(single_doc, fast, atol=1e-5, rtol=1e-5)
 
 
+def test_repeated_kv_heads_path_equals_native_gqa(monkeypatch):
+    """The fallback for torch < 2.5 and for masked CUDA calls (kv heads repeated) computes the same attention."""
+    import train.model as model_module
+
+    model = random_model()
+    tokens = torch.randint(0, 320, (2, 20))
+    padding = torch.ones(2, 20, dtype=torch.bool)
+    padding[1, :5] = False
+    with torch.no_grad():
+        native = [model(tokens), model(tokens, key_padding_mask=padding)]
+        monkeypatch.setattr(model_module, "_SDPA_HAS_GQA", False)
+        repeated = [model(tokens), model(tokens, key_padding_mask=padding)]
+    for a, b in zip(native, repeated):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
 def test_doc_ids_isolate_packed_documents():
     model = random_model()
     a, b = torch.randint(0, 320, (1, 11)), torch.randint(0, 320, (1, 17))

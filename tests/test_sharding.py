@@ -19,10 +19,14 @@ def sha(text):
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("num_files, mode", [(9, "files"), (2, "documents")])
-def test_each_document_once_per_epoch_over_2_ranks_x_2_workers(tmp_path, num_files, mode):
+@pytest.mark.parametrize("num_files, mode, hub", [(9, "files", False), (2, "documents", False),
+                                                  (5, "files", True), (3, "documents", True)])
+def test_each_document_once_per_epoch_over_2_ranks_x_2_workers(tmp_path, num_files, mode, hub):
     texts = make_corpus(tmp_path, {"code": (num_files, 31)})["code"]
-    spec = parse_sources({"code": {"weight": 1, "paths": [str(tmp_path / "code" / "*.jsonl")]}})[0]
+    where = {"paths": [str(tmp_path / "code" / "*.jsonl")]}
+    if hub:  # datasets streaming (its local json builder: offline), one datasets shard per file
+        where = {"hub": {"path": "json", "data_files": sorted(str(p) for p in (tmp_path / "code").glob("*.jsonl"))}}
+    spec = parse_sources({"code": {"weight": 1, **where}})[0]
     loc = Location(spec)
     for epoch in range(2):
         seen = Counter()
@@ -55,3 +59,42 @@ def test_whole_pipeline_2_ranks_x_2_workers_reads_every_document_once(tmp_path, 
         for batches in per_worker.values():
             got.update(digest(d) for d in split_documents(batches, tok.bos_id))
     assert got == Counter(digest(tok.encode(t, bos=True, eos=True)) for t in texts)
+
+
+def test_validation_rows_are_split_over_ranks_independently_of_world_size(tmp_path):
+    """Val loaders: finite, deterministic, every rank the same number of batches, rows interleaved by
+    rank from one global sequence (so the rows evaluated do not depend on the world size), and only
+    the last real row padded."""
+    from data.pipeline import build_val_loaders
+
+    texts = make_corpus(tmp_path, {"code": (3, 7)})["code"]
+    for f in (tmp_path / "code").glob("train-*.jsonl"):
+        f.rename(f.with_name(f.name.replace("train", "val")))
+    tok = ByteTokenizer()
+    cfg = data_cfg(tmp_path, {"code": 1.0}, seq_len=40, fim={"enabled": True, "rate": 1.0})
+    cfg["sources"]["code"]["paths"] = [str(tmp_path / "code" / "val-*.jsonl")]  # (train paths must exist too)
+    cfg["sources"]["code"]["val_paths"] = [str(tmp_path / "code" / "val-*.jsonl")]
+
+    def rows(world_size, max_batches=None):
+        per_rank = []
+        for rank in range(world_size):
+            loader = build_val_loaders(cfg, tok, rank, world_size, 2, max_batches)["code"]
+            batches = list(loader)
+            assert [b["input_ids"].tolist() for b in batches] == [b["input_ids"].tolist() for b in loader]  # again
+            per_rank.append(batches)
+        assert len({len(b) for b in per_rank}) == 1  # every rank the same number of batches
+        out = []
+        for step in range(len(per_rank[0])):
+            for rank in range(world_size):
+                b = per_rank[rank][step]
+                out += [{k: v[i] for k, v in b.items()} for i in range(b["input_ids"].shape[0])]
+        return out
+    one, three = rows(1), rows(3)
+    real = lambda rs: [r for r in rs if (r["source_ids"] >= 0).any()]  # noqa: E731
+    assert [r["input_ids"].tolist() for r in real(one)] == [r["input_ids"].tolist() for r in real(three)]
+    padded = [i for i, r in enumerate(real(one)) if (r["source_ids"] < 0).any()]
+    assert padded == [len(real(one)) - 1]  # only the last real row has padding
+    assert not any(r["is_fim"].any() for r in one)  # validation measures plain next-token loss (fim.in_val)
+    stream = [t for r in real(one) for t in r["input_ids"][r["source_ids"] >= 0].tolist()]
+    assert stream == [t for text in texts for t in tok.encode(text, bos=True, eos=True)]  # file order, all of it
+    assert len(rows(2, max_batches=2)) == 2 * 2 * 2

@@ -147,9 +147,14 @@ def deepspeed_config(cfg: DictConfig, plan: RunPlan) -> dict:
     if zero.get("offload_optimizer") or zero.get("offload_param"):
         ds["zero_force_ds_cpu_optimizer"] = False
     if OmegaConf.select(cfg, "optim.impl", default="torch") == "deepspeed":
-        ds["optimizer"] = {"type": "AdamW", "params": {
+        # A preset may add DeepSpeed optimizer options (e.g. deepspeed.optimizer.params.torch_adam=true).
+        preset = ds.get("optimizer") or {}
+        ds["optimizer"] = {"type": preset.get("type", "AdamW"), "params": {
+            **(preset.get("params") or {}),
             "lr": float(cfg.optim.lr), "betas": [float(b) for b in cfg.optim.betas], "eps": float(cfg.optim.eps),
             "weight_decay": float(cfg.optim.weight_decay)}}
+    else:
+        ds.pop("optimizer", None)
     return ds
 
 

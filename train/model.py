@@ -9,7 +9,6 @@ path and an explicit boolean mask only when document ids, key padding or a KV-ca
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +97,11 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+def _numel(p: torch.Tensor) -> int:
+    """Full size of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (numel() is then 0)."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 class RMSNorm(nn.Module):
     """Normalisation in fp32, scaled by the weight in the activation dtype (as Meta's and HF's)."""
 
@@ -151,6 +155,8 @@ class Rope:
 
 
 def apply_rope(x, cos, sin):
+    # In x's dtype (as HF does): under autocast x is bf16 while the tables follow the fp32 residual stream.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     return x * cos + swapped * sin
 
@@ -190,9 +196,12 @@ class Attention(nn.Module):
             k, v = kv_cache.update(layer_idx, start_pos, k, v)
         # The causal shortcut is only right when queries and keys start at the same position.
         is_causal = mask is None and k.shape[2] == T and T > 1
+        # CUDA's kernels that take GQA natively (flash) take no mask; the one that takes masks (memory-efficient)
+        # wants equal head counts, so masked CUDA calls get the kv heads repeated instead of the math fallback.
+        native_gqa = _SDPA_HAS_GQA and (mask is None or q.device.type == "cpu")
         if self.n_kv_heads == self.n_heads:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        elif _SDPA_HAS_GQA:
+        elif native_gqa:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
         else:
             repeats = self.n_heads // self.n_kv_heads
@@ -313,9 +322,9 @@ class Llama(nn.Module):
     def num_params(self, include_embeddings: bool = True) -> int:
         """All parameters; with include_embeddings=False, without the two vocab-sized matrices
         (tok_embeddings and output)."""
-        total = sum(p.numel() for p in self.parameters())
+        total = sum(_numel(p) for p in self.parameters())
         if not include_embeddings:
-            total -= self.tok_embeddings.weight.numel() + self.output.weight.numel()
+            total -= _numel(self.tok_embeddings.weight) + _numel(self.output.weight)
         return total
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -331,6 +340,6 @@ class Llama(nn.Module):
         """
         cfg = self.cfg
         n_matmul = cfg.n_layers * sum(
-            m.weight.numel() for m in (*self.layers[0].attention.children(), *self.layers[0].feed_forward.children())
-        ) + self.output.weight.numel()
+            _numel(m.weight) for m in (*self.layers[0].attention.children(), *self.layers[0].feed_forward.children())
+        ) + _numel(self.output.weight)
         return 6.0 * n_matmul + 12.0 * cfg.n_layers * cfg.dim * seq_len

@@ -1,0 +1,156 @@
+"""codellama-preview: print the first packed training sequences exactly as the model will see them.
+
+    codellama-preview model=tiny stage=code                       # same Hydra config as codellama-train
+    codellama-preview model=tiny stage=instruct preview.n=3
+    codellama-preview stage=code data.sources.code.paths='[/data/*.parquet]' preview.format=jsonl
+
+Options (not part of the training config): preview.n=N rows (default 2), preview.format=text|jsonl,
+preview.rank=R and preview.world_size=W (the stream of one data-parallel rank; default 0 of 1).
+Text output shows special pieces as <s> </s> <PRE> <SUF> <MID> <EOT>, padding as <pad>×N, and one
+header line per row (tokens per source, FIM documents, trained labels). jsonl prints one object per
+row: tokens, text, labels, loss_mask, source_ids, source_names, doc_ids, is_fim.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PREVIEW_DEFAULTS = {"n": 2, "format": "text", "rank": 0, "world_size": 1}
+
+
+def _split_args(argv: list[str]) -> tuple[dict, list[str]]:
+    opts, overrides = dict(PREVIEW_DEFAULTS), []
+    for arg in argv:
+        key = arg.lstrip("+")
+        if not key.startswith("preview."):
+            overrides.append(arg)
+            continue
+        name, _, value = key[len("preview."):].partition("=")
+        if name not in PREVIEW_DEFAULTS:
+            raise SystemExit(f"codellama-preview: unknown option preview.{name}; known: "
+                             f"{', '.join('preview.' + k for k in PREVIEW_DEFAULTS)}")
+        opts[name] = int(value) if isinstance(PREVIEW_DEFAULTS[name], int) else value
+    if opts["format"] not in ("text", "jsonl"):
+        raise SystemExit(f"codellama-preview: preview.format={opts['format']!r}; allowed: text, jsonl")
+    return opts, overrides
+
+
+def compose_train_config(overrides: list[str]):
+    """conf/train.yaml with the same overrides codellama-train would get."""
+    from hydra import compose, initialize_config_dir
+
+    import train  # noqa: F401  (registers the config resolvers)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def load_tokenizer(cfg):
+    """The configured tokenizer, or the embedded default (building the corpus and tokenizer if needed).
+    The embedded corpus is also built when data paths point into a cache_dir that does not have it yet."""
+    from data.embedded import ensure_corpus, ensure_embedded
+    from data.tokenizer import Tokenizer
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if not cfg.tokenizer_path:
+        return Tokenizer(ensure_embedded(str(cfg.cache_dir), log=log).tokenizer_path)
+    import glob
+
+    cache = str(Path(str(cfg.cache_dir)).expanduser())
+    patterns = [str(p) for src in cfg.data.sources.values() for p in (src.get("paths") or [])]
+    if any(p.startswith(cache) and not glob.glob(p) for p in patterns):
+        ensure_corpus(cache, log=log)
+    return Tokenizer(str(cfg.tokenizer_path))
+
+
+class RowRenderer:
+    """Token ids -> readable text with the special pieces named."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        names = {tokenizer.bos_id: "<s>", tokenizer.eos_id: "</s>", tokenizer.prefix_id: "<PRE>",
+                 tokenizer.suffix_id: "<SUF>", tokenizer.middle_id: "<MID>", tokenizer.eot_id: "<EOT>"}
+        self.special = {k: v for k, v in names.items() if k is not None}
+
+    def render(self, ids: list[int], is_pad: list[bool]) -> str:
+        out, run, no_space, prev = [], [], True, None  # a row may start inside a document: keep its spaces
+        spm = False
+
+        def flush():
+            if run:
+                out.append(self.tok.decode_no_space(run) if no_space else self.tok.decode(run))
+                run.clear()
+        n_pad = 0
+        for t, pad in zip(ids, is_pad):
+            if pad:
+                n_pad += 1
+                continue
+            name = self.special.get(t)
+            if name is None:
+                run.append(t)
+                prev = t
+                continue
+            flush()
+            out.append(name)
+            if name == "<PRE>":
+                spm, no_space = False, False
+            elif name == "<SUF>":
+                spm = spm or prev == self.tok.prefix_id
+                no_space = True
+            elif name == "<MID>":
+                no_space = not spm  # PSM: EncNoSpace(middle); SPM: Enc(prefix + middle)
+            else:
+                no_space = name == "</s>"
+            prev = t
+        flush()
+        if n_pad:
+            out.append(f"<pad>×{n_pad}")
+        return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    opts, overrides = _split_args(argv)
+    from data.pipeline import build_train_loader
+    from train.errors import ConfigError
+
+    try:
+        cfg = compose_train_config(overrides)
+        tokenizer = load_tokenizer(cfg)
+        loader = build_train_loader(cfg.data, tokenizer, opts["rank"], opts["world_size"],
+                                    int(cfg.trainer.micro_batch_size))
+    except (ConfigError, ValueError) as exc:
+        print(f"codellama-preview: {exc}", file=sys.stderr)
+        return 2
+    renderer = RowRenderer(tokenizer)
+    names = loader.source_names
+    shown = 0
+    for batch in loader:
+        for i in range(batch["input_ids"].shape[0]):
+            if shown >= opts["n"]:
+                return 0
+            row = {k: v[i].tolist() for k, v in batch.items()}
+            text = renderer.render(row["input_ids"], [s < 0 for s in row["source_ids"]])
+            if opts["format"] == "jsonl":
+                print(json.dumps({"row": shown, "tokens": row["input_ids"], "text": text, "labels": row["labels"],
+                                  "loss_mask": row["loss_mask"], "source_ids": row["source_ids"],
+                                  "source_names": names, "doc_ids": row["doc_ids"], "is_fim": row["is_fim"]},
+                                 ensure_ascii=False))
+            else:
+                counts = {n: sum(1 for s in row["source_ids"] if s == j) for j, n in enumerate(names)}
+                fim_docs = len({d for d, f in zip(row["doc_ids"], row["is_fim"]) if f})
+                header = ", ".join(f"{n} {c}" for n, c in counts.items() if c)
+                print(f"=== row {shown} | {len(row['input_ids'])} tokens ({header}) | {fim_docs} FIM document(s) | "
+                      f"{sum(row['loss_mask'])} trained labels ===")
+                print(text)
+            shown += 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
