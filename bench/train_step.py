@@ -1,7 +1,7 @@
 """Training-step throughput of train.model.Llama against transformers' LlamaForCausalLM, side by side.
 
 Both models get the same configuration, batch, dtype and SDPA attention; one step is forward + cross-entropy
-+ backward + AdamW (foreach). Runs are interleaved (ours, theirs, ours, ...) after warm-up so that load from
++ backward + AdamW (fused). Runs are interleaved (ours, theirs, ours, ...) after warm-up so that load from
 other processes hits both alike. Reported per model: median and fastest step. The ratio uses the fastest step
 of each (timeit's rule: on a shared machine other load only ever adds time, so the minimum is the best
 estimate of the code's own cost); the per-pair ratios are printed too, to show the noise. MFU is measured against the
@@ -70,7 +70,8 @@ class Runner:
     def __init__(self, name, model, logits_fn, batch, labels):
         self.name, self.model, self.logits_fn = name, model, logits_fn
         self.batch, self.labels = batch, labels
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+        # The same optimizer for both: fused AdamW (one pass per tensor; ~5x faster than foreach on CPU).
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         self.times = []
         self.losses = []
 

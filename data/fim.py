@@ -183,5 +183,6 @@ class FimBuilder:
             return [self.tok.encode_no_space(text[a:b])]
         end_a = text.find("\n", a)
         start_b = text.rfind("\n", 0, b) + 1
-        return [self.tok.encode_no_space(text[a:end_a]), plain[nl_pos[ja]:nl_pos[jb - 1] + 1],
-                self.tok.encode_no_space(text[start_b:b])]
+        # up to the end of the text, the last line is a whole line of the plain encoding (every suffix)
+        tail = plain[nl_pos[jb - 1] + 1:] if b == len(text) else self.tok.encode_no_space(text[start_b:b])
+        return [self.tok.encode_no_space(text[a:end_a]), plain[nl_pos[ja]:nl_pos[jb - 1] + 1], tail]

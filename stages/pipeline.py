@@ -61,9 +61,6 @@ def validate_pipeline(cfg: DictConfig) -> None:
         options = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
         if kind not in options:
             raise ConfigError(f"stages.{name}.groups.stage", kind, f"one of {options}")
-    for name in cfg.stages:
-        if name not in order:
-            raise ConfigError(f"stages.{name}", "(entry)", f"a stage that is not in pipeline.order {order}")
     for name in cfg.restart:
         if name not in order:
             raise ConfigError("restart", list(cfg.restart), f"stage names from pipeline.order {order}")
@@ -81,8 +78,9 @@ def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictCon
     except ConfigKeyError as e:
         raise ConfigError(f"stages.{name}.{e.full_key}", "(unknown key)",
                           "keys that codellama-train's config has (see `codellama-train --cfg job`)") from None
-    group = pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
+    group = _wandb_group(pcfg)
     cfg.run_dir = str(Path(str(pcfg.run_dir)) / name)
+    cfg.cache_dir = pcfg.cache_dir
     cfg.init_from = init_from
     cfg.wandb.mode = pcfg.wandb.mode
     cfg.wandb.project = pcfg.wandb.project
@@ -91,6 +89,10 @@ def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictCon
     cfg.wandb.job_type = name
     cfg.wandb.name = f"{group}/{name}"
     return cfg
+
+
+def _wandb_group(pcfg: DictConfig) -> str:
+    return pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
 
 
 def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
@@ -212,12 +214,19 @@ def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> lis
 
 
 def _evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
-    try:
-        from evaluation.run import evaluate_after_stage
-    except ImportError:
-        print("[pipeline] evaluation package not available; skipping the per-stage evaluation", flush=True)
-        return
-    evaluate_after_stage(stage_dir, pcfg.eval)
+    """The fast evaluation of one stage's export; earlier stages' results feed the metric-by-stage plot."""
+    from evaluation.run import evaluate
+
+    order = list(pcfg.pipeline.order)
+    earlier = [Path(str(pcfg.run_dir)) / s / "eval" / "results.json" for s in order[: order.index(name)]]
+    overrides = OmegaConf.merge(pcfg.eval.overrides, {
+        "label": name, "out_dir": str(stage_dir / "eval"), "cache_dir": pcfg.cache_dir,
+        "report": {"compare": [str(p) for p in earlier if p.exists()]},
+        "wandb": {"mode": pcfg.wandb.mode, "project": pcfg.wandb.project, "entity": pcfg.wandb.entity,
+                  "group": _wandb_group(pcfg), "name": f"{_wandb_group(pcfg)}/{name}/eval"}})
+    results = evaluate(stage_dir / "hf", overrides, preset=pcfg.eval.preset)
+    shown = {k: round(v, 3) for k, v in results["metrics"].items() if isinstance(v, (int, float))}
+    print(f"[pipeline] stage '{name}' evaluation: {shown}", flush=True)
 
 
 def summary_row(name: str, stage_dir: Path) -> dict:

@@ -268,6 +268,18 @@ def test_activation_checkpointing_gives_same_gradients():
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
 
 
+def test_rmsnorm_backward_is_exact():
+    from train.model import RMSNorm, _RMSNormFunction
+
+    x = torch.randn(2, 5, 16, dtype=torch.double, requires_grad=True)
+    w = torch.randn(16, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormFunction.apply(x, w, 1e-5), (x, w))
+    norm = RMSNorm(16, 1e-5)
+    x = torch.randn(3, 16)
+    reference = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)  # Meta's _norm, weight 1
+    torch.testing.assert_close(norm(x), reference)
+
+
 def test_return_hidden_and_bf16():
     model = random_model()
     tokens = torch.randint(0, 320, (2, 16))
