@@ -41,10 +41,13 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def compose_pipeline(argv: list[str]) -> DictConfig:
-    """Hydra overrides for the pipeline itself, plus ``stages.<stage>.<key>=value`` applied to one stage."""
+    """Hydra overrides for the pipeline itself, ``stages.<stage>.<key>=value`` for one stage, and
+    ``corpus.<source>.<key>=value`` (where a named source's data lives) for every stage."""
     per_stage = [a for a in argv if a.startswith("stages.")]
-    cfg = _compose("run_pipeline", [a for a in argv if not a.startswith("stages.")])
+    per_corpus = [a for a in argv if a.startswith("corpus.")]
+    cfg = _compose("run_pipeline", [a for a in argv if not a.startswith(("stages.", "corpus."))])
     OmegaConf.set_struct(cfg, False)
+    cfg.common = [*per_corpus, *cfg.common]
     if per_stage:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(per_stage))
     validate_pipeline(cfg)

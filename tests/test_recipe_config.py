@@ -124,3 +124,13 @@ def test_tiny_pipeline_runs_every_stage_kind_in_release_order():
     code = compose_stage(pcfg, "code", None)
     assert lc.model.rope_theta == 1e6 and lc.data.seq_len > code.data.seq_len
     assert code.data.fim.enabled
+
+
+def test_corpus_override_reaches_every_stage_that_reads_the_source():
+    pcfg = compose_pipeline(["pipeline=tiny", "corpus.code.paths=[/data/stack/*.parquet]",
+                             "corpus.code.text_field=content"])
+    for stage in pcfg.pipeline.order:
+        cfg = compose_stage(pcfg, stage, None)
+        assert list(cfg.data.sources.code.paths) == ["/data/stack/*.parquet"], stage
+        assert cfg.data.sources.code.text_field == "content"
+        assert str(cfg.data.sources.nl.paths[0]).endswith("corpus-v1/nl/train-*.jsonl")
