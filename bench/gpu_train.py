@@ -3,6 +3,8 @@
     PYTHONPATH=. python3 bench/gpu_train.py                 # 1.1B, seq 4096, bf16 autocast, ~50 steps
     PYTHONPATH=. python3 bench/gpu_train.py --smoke         # tiny dims, 2 steps (runs on CPU too)
 
+First, a correctness check on this device's attention kernels: left-padded batched decoding with the KV cache
+must equal each prompt recomputed alone (exit 1 otherwise).
 Model: dim 2048, 22 layers, 32 heads, 4 kv heads, FFN 5632 (TinyLlama-1.1B's shape), vocab 32000. Random
 tokens; fp32 master weights, bf16 autocast, fused AdamW, optional torch.compile per block (falls back to eager
 if compiling fails). Reports tokens/s and MFU against --peak-flops (default 989e12: H100 SXM dense bf16), then

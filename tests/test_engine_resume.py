@@ -100,11 +100,16 @@ def _losses(run_dir):
     return {m["step"]: m["loss"] for m in H.metrics(run_dir)}
 
 
-def _assert_same_training(ref, run):
+def _assert_same_training(ref, run, first_interruption):
     ref_rows, rows = H.metrics(ref), H.metrics(run)
     assert [m["step"] for m in rows] == list(range(1, STEPS + 1)), "every step logged exactly once"
     assert [m["step"] for m in ref_rows] == list(range(1, STEPS + 1))
-    assert _losses(run) == _losses(ref)          # exact equality, step by step
+    a, b = _losses(ref), _losses(run)
+    before = [s for s in a if s <= first_interruption]
+    assert [a[s] for s in before] == [b[s] for s in before], (
+        "the two runs diverged before the first interruption: training itself was not deterministic here "
+        "(not a resume problem)")
+    assert b == a                                # exact equality, step by step
     assert {k: v for k, v in rows[-1].items() if k.startswith("val/")} == \
            {k: v for k, v in ref_rows[-1].items() if k.startswith("val/")}
     a, b = H.hf_weights(ref), H.hf_weights(run)
@@ -127,7 +132,7 @@ def test_zero2_resume_after_sigterm_and_kill9_is_exact(zero2):
     assert zero2["latest_after_kill"] == "step_00000006"
     assert zero2["steps_before_resume"] == list(range(1, 8))   # step 7 was logged after the last checkpoint
     assert "resumed from" in zero2["logs"]["final"] and "step 6" in zero2["logs"]["final"]
-    _assert_same_training(zero2["ref"], zero2["run"])
+    _assert_same_training(zero2["ref"], zero2["run"], first_interruption=4)
 
 
 def test_zero2_same_wandb_run_across_sessions_and_retention(zero2):
@@ -148,7 +153,7 @@ def test_zero3_kill_during_save_keeps_previous_checkpoint(zero3):
 
 
 def test_zero3_resume_with_dataloader_workers_is_exact(zero3):
-    _assert_same_training(zero3["ref"], zero3["run"])
+    _assert_same_training(zero3["ref"], zero3["run"], first_interruption=3)
 
 
 def test_zero3_activation_checkpointing_and_chunked_loss_match(zero3):

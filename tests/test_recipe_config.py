@@ -92,6 +92,8 @@ def test_python_pipeline_uses_default_lcft_length(model):
     assert lc.trainer.max_steps == SIZE[model]["lcft_steps_python"]
     assert not compose_stage(pcfg, "code", None).data.fim.enabled
     assert set(weights(lc)) == {"python", "code", "nl_code", "nl"}
+    for stage in pcfg.pipeline.order:  # RECIPE §1: the Python variant keeps Llama 2's 32,000-piece vocabulary
+        assert compose_stage(pcfg, stage, None).model.vocab_size == 32000
 
 
 @pytest.mark.parametrize("model", sorted(SIZE))

@@ -2,8 +2,12 @@
 
 Importing the package registers the small OmegaConf resolvers the configs use (for example
 ``${ceil_div:${stage.token_budget},${trainer.batch_tokens}}`` turns a token budget into a step count).
+Without omegaconf (e.g. a bare GPU box running bench/gpu_train.py) the model still imports.
 """
-from omegaconf import OmegaConf
+try:
+    from omegaconf import OmegaConf
+except ImportError:  # pragma: no cover - only on machines without the config stack
+    OmegaConf = None
 
 
 def _ceil_div(a, b) -> int:
@@ -11,5 +15,5 @@ def _ceil_div(a, b) -> int:
     return -(-a // b)
 
 
-if not OmegaConf.has_resolver("ceil_div"):
+if OmegaConf is not None and not OmegaConf.has_resolver("ceil_div"):
     OmegaConf.register_new_resolver("ceil_div", _ceil_div)
