@@ -181,8 +181,8 @@ def plan(pcfg: DictConfig) -> list[dict]:
     return steps
 
 
-def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> list[dict]:
-    """Run every stage of the plan in order; returns one summary row per stage."""
+def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> list[dict] | None:
+    """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
     if train_stage is None:
         from train.trainer import run as train_stage
     if evaluate_stage is None:
@@ -204,7 +204,11 @@ def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> lis
         else:
             print(f"[pipeline] stage '{name}': {step['action']} → {cfg.run_dir}"
                   + (f" (from {cfg.init_from})" if cfg.init_from else ""), flush=True)
-            train_stage(cfg)
+            result = train_stage(cfg) or {}
+            if "stopped" in result:  # SIGTERM / SIGUSR1: checkpointed; the same command resumes here
+                print(f"[pipeline] stage '{name}' stopped by signal {result['stopped']} after its checkpoint; "
+                      "rerun the same command to resume", flush=True)
+                return None
             if _rank() == 0:
                 state = _read_state(run_dir)
                 state[name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
@@ -263,12 +267,18 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from train.engine_setup import shutdown_distributed
+
     try:
         pcfg = compose_pipeline(argv)
         rows = run_pipeline(pcfg)
     except (ConfigError, PipelineError) as e:
         print(f"codellama-pipeline: {e}", file=sys.stderr)
         return 2
+    finally:
+        shutdown_distributed()  # the stages share one process group; it ends with the pipeline
+    if rows is None:
+        return 0
     if _rank() == 0:
         table = format_summary(rows, Path(str(pcfg.run_dir)))
         (Path(str(pcfg.run_dir)) / "summary.md").write_text(table + "\n")

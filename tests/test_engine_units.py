@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
 
 from helpers_engine import TINY, compose
@@ -162,6 +161,10 @@ def test_changed_model_or_data_config_is_refused_with_the_keys():
     assert len(ckpt.check_resumable({"identity": old}, new, allow_change=True)) == 2
     optim_only = ckpt.resume_identity(compose(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
     assert ckpt.check_resumable({"identity": old}, optim_only, allow_change=False) == []
+    moved = ckpt.resume_identity(compose(TINY + ["cache_dir=/elsewhere"]), 2)   # data moved, same content
+    assert ckpt.check_resumable({"identity": old}, moved, allow_change=False) == []
+    with pytest.raises(ckpt.ResumeRefused, match="world_size: 2 -> 4"):
+        ckpt.check_resumable({"identity": old}, ckpt.resume_identity(compose(TINY), 4), allow_change=False)
 
 
 def test_rng_states_round_trip_through_json():

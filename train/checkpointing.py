@@ -93,10 +93,20 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Where a source's files live may change between sessions (moved data, another cache_dir); what they hold may
+# not, and the data pipeline checks that itself when it loads its state.
+LOCATION_KEYS = ("paths", "val_paths", "hub", "val_hub")
+
+
 def resume_identity(cfg: DictConfig, world_size: int) -> dict:
     """What a checkpoint must share with the run that resumes it."""
     full = resolved(cfg)
     identity = {k: full.get(k) for k in RESUME_SECTIONS}
+    sources = (identity.get("data") or {}).get("sources") or {}
+    for spec in sources.values():
+        if isinstance(spec, dict):
+            for key in LOCATION_KEYS:
+                spec.pop(key, None)
     identity["world_size"] = world_size
     return identity
 
