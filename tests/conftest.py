@@ -25,3 +25,13 @@ def shared_dir() -> pathlib.Path | None:
         if (c / "benchmarks").is_dir():
             return c
     return None
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service(monkeypatch):
+    """wandb exports WANDB_SERVICE once a run starts in this process; a training subprocess that inherits it
+    joins this process's wandb service, where a run id left open by a killed subprocess stays 'in use'."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)

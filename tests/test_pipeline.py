@@ -124,3 +124,18 @@ def test_kill_during_second_stage_then_rerun_resumes_it(tmp_path):
 def test_launch_scripts_parse():
     for script in sorted((REPO / "launch").iterdir()):
         subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_cpu_launcher_runs_a_short_stage_with_two_processes(tmp_path):
+    run_dir = tmp_path / "code"
+    proc = subprocess.run(
+        ["bash", "launch/cpu.sh", "2", "model=tiny", "stage=code", f"run_dir={run_dir}", "data.seq_len=64",
+         "trainer.micro_batch_size=2", "trainer.batch_tokens=256", "trainer.max_steps=2",
+         "trainer.checkpoint_every=0", "trainer.val_every=0", "trainer.log_every=1", "wandb.mode=disabled"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 process(es)" in out
+    done = json.loads((run_dir / "DONE.json").read_text())
+    assert done["steps"] == 2 and done["tokens"] == 2 * 256
+    assert (run_dir / "hf" / "model.safetensors").exists()
