@@ -14,6 +14,8 @@ export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS   ?= 0
 export WANDB_MODE     ?= offline
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+# HumanEval-infilling files for the per-stage evaluation, when a checkout has them beside it (optional).
+export CODELLAMA_INFILLING_DIR ?= $(wildcard $(CURDIR)/../shared/benchmarks)
 
 .PHONY: venv demo test clean
 

@@ -8,7 +8,6 @@ stage whose config changed is refused unless it is named in ``restart=[…]``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,13 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 import train  # noqa: F401  (registers the config resolvers)
+from train.checkpointing import config_differences, fingerprint
 from train.errors import ConfigError
 
 CONF_DIR = Path(os.environ.get("CODELLAMA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 STATE_FILE = "pipeline_state.json"
-# Keys that change how a run is observed, not what it computes: they may differ between reruns.
-OBSERVATION_KEYS = ("run_dir", "cache_dir", "wandb", "deepspeed", "trainer.log_every", "trainer.checkpoint_every",
-                    "trainer.keep_last", "trainer.val_every", "trainer.val_batches", "trainer.allow_config_change")
 
 
 class PipelineError(RuntimeError):
@@ -99,36 +96,13 @@ def _wandb_group(pcfg: DictConfig) -> str:
 
 
 def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
-    """Hash of what the stage computes (observation-only keys left out), chained with the previous stage's."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in OBSERVATION_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for p in parents:
-            node = node.get(p, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    resolved.pop("init_from", None)  # the previous stage's identity is in `previous`, not in its path
-    blob = json.dumps({"config": resolved, "previous": previous}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16], resolved
+    """Hash of what the stage computes, chained with the previous stage's fingerprint (which stands for the
+    weights it starts from, so the path in init_from is left out)."""
+    from train.trainer import fingerprinted_config
 
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_difference(old: dict, new: dict, limit: int = 8) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return diffs[:limit] + ([f"… and {len(diffs) - limit} more"] if len(diffs) > limit else [])
+    config = fingerprinted_config(cfg)
+    config.pop("init_from", None)
+    return fingerprint({"config": config, "previous": previous}), config
 
 
 def _rank() -> int:
@@ -170,7 +144,9 @@ def plan(pcfg: DictConfig) -> list[dict]:
         elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
             action = "skip"
         elif record:
-            diff = "\n  ".join(config_difference(record["config"], resolved)) or "(an earlier stage changed)"
+            diffs = config_differences(record["config"], resolved)
+            diff = "\n  ".join(diffs[:8] + [f"… and {len(diffs) - 8} more"] * (len(diffs) > 8)) \
+                or "(an earlier stage changed)"
             raise PipelineError(
                 f"stage '{name}' already finished in {run_dir / name} with a different configuration:\n  {diff}\n"
                 f"Rerun with restart=[{name}] to train it (and every stage after it) again, or use another run_dir.")

@@ -107,8 +107,8 @@ def _all_reduce(t: torch.Tensor, device: torch.device, op=dist.ReduceOp.SUM) -> 
     return t
 
 
-def run_fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that determines the result of the stage (observation-only keys left out)."""
+def fingerprinted_config(cfg: DictConfig) -> dict:
+    """The resolved config without the keys that only change how a run is observed (OBSERVATION_KEYS)."""
     full = ckpt.resolved(cfg)
     for dotted in OBSERVATION_KEYS:
         *parents, leaf = dotted.split(".")
@@ -117,7 +117,12 @@ def run_fingerprint(cfg: DictConfig) -> str:
             node = node.get(p, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(leaf, None)
-    return ckpt.fingerprint(full)
+    return full
+
+
+def run_fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that determines the result of the stage."""
+    return ckpt.fingerprint(fingerprinted_config(cfg))
 
 
 def resolve_tokenizer_path(cfg: DictConfig) -> str:
