@@ -38,13 +38,16 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def compose_pipeline(argv: list[str]) -> DictConfig:
-    """Hydra overrides for the pipeline itself, ``stages.<stage>.<key>=value`` for one stage, and
-    ``corpus.<source>.<key>=value`` (where a named source's data lives) for every stage."""
-    per_stage = [a for a in argv if a.startswith("stages.")]
-    per_corpus = [a for a in argv if a.startswith("corpus.")]
-    cfg = _compose("run_pipeline", [a for a in argv if not a.startswith(("stages.", "corpus."))])
+    """Overrides of the pipeline's own keys (conf/run_pipeline.yaml), ``stages.<stage>.<key>=value`` for one
+    stage, and any other override (``deepspeed=zero3``, ``trainer.precision=bf16``, ``corpus.code.paths=[…]``)
+    for every stage's training config."""
+    own = set(OmegaConf.load(CONF_DIR / "run_pipeline.yaml")) | {"pipeline", "stages", "hydra"}
+    top = lambda a: a.lstrip("+~").split("=", 1)[0].split(".", 1)[0]  # noqa: E731
+    per_stage = [a for a in argv if top(a) == "stages"]
+    every_stage = [a for a in argv if top(a) not in own]
+    cfg = _compose("run_pipeline", [a for a in argv if top(a) in own and top(a) != "stages"])
     OmegaConf.set_struct(cfg, False)
-    cfg.common = [*per_corpus, *cfg.common]
+    cfg.common = [*cfg.common, *every_stage]
     if per_stage:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(per_stage))
     validate_pipeline(cfg)
