@@ -317,7 +317,8 @@ def log_to_wandb(results: dict, cfg) -> None:
 
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
                   name=cfg.wandb.name or f"eval-{results['label']}", job_type="eval", mode=mode,
-                  dir=str(cfg.out_dir), config={"model_path": results["model_path"]})
+                  dir=str(cfg.out_dir), config={"model_path": results["model_path"]},
+                  settings=wandb.Settings(silent=True, console="off"))   # results are printed by the caller
     try:   # a separate run that leaves a caller's active run (e.g. the pipeline's) alone
         run = wandb.init(**kwargs, reinit="create_new")
     except (TypeError, ValueError):   # wandb < 0.19 has only the boolean form
