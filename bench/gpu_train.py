@@ -153,6 +153,11 @@ def main(argv=None):
     compiled = False
     if not args.no_compile:
         try:
+            # Blocks differ only in the int attribute layer_idx: let dynamo treat it as dynamic (one graph for
+            # all blocks) and allow a recompile per block where that is not honoured; with the default limit
+            # of 8, blocks past the 8th silently ran eager.
+            torch._dynamo.config.allow_unspec_int_on_nn_module = True
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(model.layers))
             for layer in model.layers:
                 layer.compile()
             t0 = time.perf_counter()
