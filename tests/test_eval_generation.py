@@ -3,6 +3,7 @@ sampling is seeded, stop strings / tokens end completions, infilling prompts mat
 import pytest
 import sentencepiece as spm
 import torch
+from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path
 
@@ -10,15 +11,6 @@ from evaluation.generation import (GenerationParams, Generator, infilling_prompt
                                    truncate_at_stop)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

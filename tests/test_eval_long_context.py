@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, stdlib_python_files
 
@@ -13,15 +14,6 @@ from evaluation.key_retrieval import (QUESTION, accuracy_grid, build_example, bu
 from evaluation.perplexity import perplexity_by_context_length, token_losses
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

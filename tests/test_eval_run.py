@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, shared_dir
+from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path, stdlib_python_files
 
@@ -19,15 +20,6 @@ from train.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is faster, and much faster on a shared, busy CPU (no OpenMP waiting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
