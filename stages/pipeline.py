@@ -22,7 +22,7 @@ import train  # noqa: F401  (registers the config resolvers)
 from train.checkpointing import config_differences, fingerprint
 from train.errors import ConfigError
 
-CONF_DIR = Path(os.environ.get("CODELLAMA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STATE_FILE = "pipeline_state.json"
 
 
@@ -160,12 +160,10 @@ def plan(pcfg: DictConfig) -> list[dict]:
     return steps
 
 
-def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> list[dict] | None:
+def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
-    if train_stage is None:
-        from train.trainer import run as train_stage
-    if evaluate_stage is None:
-        evaluate_stage = _evaluate_stage
+    from train.trainer import run as train_stage
+
     run_dir = Path(str(pcfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = plan(pcfg)
@@ -199,7 +197,7 @@ def run_pipeline(pcfg: DictConfig, train_stage=None, evaluate_stage=None) -> lis
     return rows
 
 
-def _evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
+def evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
     """The fast evaluation of one stage's export; earlier stages' results feed the metric-by-stage plot."""
     from evaluation.run import evaluate
 

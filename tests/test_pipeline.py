@@ -16,13 +16,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pipeline_cmd(run_dir, *overrides):
-    return [sys.executable, "-m", "stages.pipeline", "pipeline=smoke", f"run_dir={run_dir}", "eval.enabled=false",
-            *overrides]
+def pipeline_cmd(run_dir, *overrides, evaluate=False):
+    return [sys.executable, "-m", "stages.pipeline", "pipeline=smoke", f"run_dir={run_dir}",
+            f"eval.enabled={str(evaluate).lower()}", *overrides]
 
 
-def run_pipeline(run_dir, *overrides, timeout=600):
-    proc = subprocess.run(pipeline_cmd(run_dir, *overrides), cwd=REPO, capture_output=True, text=True,
+def run_pipeline(run_dir, *overrides, timeout=600, evaluate=False):
+    proc = subprocess.run(pipeline_cmd(run_dir, *overrides, evaluate=evaluate), cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -48,7 +48,7 @@ def exported_weights(hf_dir):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke")
-    out = run_pipeline(run_dir)
+    out = run_pipeline(run_dir, evaluate=True)
     return run_dir, out
 
 
@@ -77,6 +77,12 @@ def test_every_stage_kind_runs_and_chains_weights(smoke_run):
             assert stage_cfg.data.seq_len > compose_stage(pcfg, "code", None).data.seq_len
             hf_config = json.loads((run_dir / name / "hf" / "config.json").read_text())
             assert hf_config["rope_theta"] == 1e6
+        if i == len(order) - 1:  # the per-stage evaluation ran after every stage; the last report compares them
+            results = json.loads((run_dir / name / "eval" / "results.json").read_text())
+            assert results["label"] == name and "humaneval/pass@1" in results["metrics"]
+            assert len(results["config"]["report"]["compare"]) == len(order) - 1
+    for name in order:
+        assert (run_dir / name / "eval" / "results.json").exists(), name
     summary = (run_dir / "summary.md").read_text()
     for name in order:
         assert f"| {name} |" in summary
