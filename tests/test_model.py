@@ -122,11 +122,39 @@ def _meta_reference_rope(x, theta):
 
 
 @pytest.mark.parametrize("theta", [1e4, 1e6])
-def test_rope_matches_meta_reference(theta):
+@pytest.mark.parametrize("form", ["complex", "real"])
+def test_rope_matches_meta_reference(theta, form):
+    """Both forms of the rotation (complex multiplication on the CPU in fp32, cos/sin with swapped pairs
+    elsewhere), in value and in gradient."""
     model = Llama(tiny_config(rope_theta=theta))
-    x = torch.randn(2, 37, 8, 16)
-    cos, sin = model.rope.for_positions(range(0, 37), x.device, x.dtype)
-    torch.testing.assert_close(apply_rope(x, cos, sin), _meta_reference_rope(x, theta), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 37, 8, 16, dtype=torch.float64, requires_grad=True)
+    angles = model.rope.for_positions(range(0, 37), x.device, x.dtype)
+    assert angles.cis is not None
+    if form == "real":
+        angles = angles._replace(cis=None)
+    ours = apply_rope(x, angles)
+    reference = _meta_reference_rope(x.detach().float(), theta).double()
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ours)
+    (grad_ours,) = torch.autograd.grad(ours, x, grad)
+    # The rotation is orthogonal: the gradient is the output gradient rotated back (angle -> -angle), which is
+    # a forward rotation of the pair-swapped gradient, swapped back.
+    def swap_pairs(t):
+        return t.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    grad_reference = swap_pairs(_meta_reference_rope(swap_pairs(grad.float()), theta)).double()
+    torch.testing.assert_close(grad_ours, grad_reference, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_positions_tensor_matches_range():
+    model = Llama(tiny_config())
+    x = torch.randn(2, 9, 8, 16)
+    positions = torch.arange(5, 14).expand(2, 9)
+    for form in ("complex", "real"):
+        by_range = model.rope.for_positions(range(5, 14), x.device, x.dtype)
+        by_tensor = model.rope.for_positions(positions, x.device, x.dtype)
+        if form == "real":
+            by_range, by_tensor = by_range._replace(cis=None), by_tensor._replace(cis=None)
+        torch.testing.assert_close(apply_rope(x, by_tensor), apply_rope(x, by_range))
 
 
 def test_set_rope_theta_equals_model_built_with_it():
