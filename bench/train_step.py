@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per model")
-    p.add_argument("--repeats", type=int, default=8, help="timed steps per model (interleaved)")
+    p.add_argument("--repeats", type=int, default=16, help="timed steps per model (interleaved)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return p.parse_args(argv)
 
