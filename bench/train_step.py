@@ -3,9 +3,9 @@
 Both models get the same configuration, batch, dtype and SDPA attention; one step is forward + cross-entropy
 + backward + AdamW (fused, the same for both). Steps are interleaved (ours, theirs, theirs, ours, ...) after warm-up,
 so each pair of neighbouring steps sees the same machine load. Printed per model: wall-clock tokens/s of the
-fastest and the median step, and MFU against the fp32 2048^3 matmul rate measured in the same run. The last
-line is the median over the pairs of (their step time / our step time): the median discards the bursts of
-other jobs on a shared machine, which otherwise swing single pairs by 0.4-2.4x on 2 cores.
+fastest and the median step, and MFU against the 2048^3 matmul rate in the run's dtype, measured in the same run
+(between pairs, best sample kept). The last line is the median over the pairs of (their step time / our step
+time): the median discards the bursts of other jobs on a shared machine, which swing single pairs by 0.7-1.45x.
 
     python bench/train_step.py                    # ~29M non-embedding params, seq 512, batch 4, fp32
     python bench/train_step.py --seq-len 256 --batch-size 2 --repeats 3
@@ -109,7 +109,7 @@ def main(argv=None):
     print(f"params: {ours.num_params(include_embeddings=False) / 1e6:.2f}M non-embedding, "
           f"{ours.num_params() / 1e6:.2f}M total | batch {args.batch_size} x seq {args.seq_len} | {args.dtype} | "
           f"threads {torch.get_num_threads()}")
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(dtype)
     for _ in range(args.warmup):
         for r in runners:
             r.step(timed=False)
@@ -119,10 +119,10 @@ def main(argv=None):
             r.step()
         # The peak is sampled between pairs too: one sample taken during a burst of other load would otherwise
         # put MFU above 100%.
-        peak = max(peak, matmul_peak_flops(repeats=1))
+        peak = max(peak, matmul_peak_flops(dtype, repeats=1))
     step_tokens = args.batch_size * args.seq_len
     flops_per_step = ours.flops_per_token(args.seq_len) * step_tokens
-    print(f"fp32 matmul peak (2048^3, best of {args.repeats + 3} samples): {peak / 1e9:.1f} GFLOP/s; "
+    print(f"{args.dtype} matmul peak (2048^3, best of {args.repeats + 3} samples): {peak / 1e9:.1f} GFLOP/s; "
           f"model FLOPs/token {ours.flops_per_token(args.seq_len) / 1e6:.1f}M")
     for r in runners:
         med, best = statistics.median(r.times), min(r.times)

@@ -349,3 +349,23 @@ def test_gpu_train_smoke_runs_with_only_torch():
                           text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "RESULT train" in proc.stdout and "RESULT long" in proc.stdout, proc.stdout[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------- CPU train-step bench
+
+def test_train_step_bench_runs_and_both_models_start_from_the_same_loss(capsys):
+    """bench/train_step.py on a toy shape: its last line has the documented format, and transformers' model (built
+    from our weights through the HF export) gives the same first loss as ours on the same batch."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--dim", "64", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--multiple-of", "32",
+                "--vocab-size", "300", "--seq-len", "32", "--batch-size", "2", "--repeats", "2"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"ours/transformers = \d+\.\d\d", out[-1]), out[-1]
+    first_losses = [float(re.search(r"first/last loss ([\d.]+)/", line).group(1))
+                    for line in out if "first/last loss" in line]
+    assert len(first_losses) == 2 and abs(first_losses[0] - first_losses[1]) <= 2e-4, first_losses
