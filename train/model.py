@@ -155,7 +155,7 @@ class RopeAngles(NamedTuple):
 
 
 class Rope:
-    """Tables for Meta's adjacent-pair rotation, kept in fp32 per device, grown on demand.
+    """Tables for Meta's adjacent-pair rotation, computed in fp32, cached per device and dtype, grown on demand.
 
     For pair i of a head: angle(p) = p * theta^(-2i/head_dim). `cos` repeats each angle's cosine for both
     members of the pair; `sin` carries the sign of the rotation (-sin on the even member, +sin on the odd), so
