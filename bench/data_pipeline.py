@@ -45,7 +45,7 @@ def _peak_rss_mb() -> float:
 
 
 def child_raw(args) -> dict:
-    from data.tokenizer import Tokenizer
+    from codellama_recipe.data.tokenizer import Tokenizer
 
     files = json.loads(args.files)
     texts = [json.loads(line)["text"] for fs in files.values() for f in fs for line in open(f, encoding="utf-8")]
@@ -59,8 +59,8 @@ def child_raw(args) -> dict:
 
 
 def child_pipeline(args) -> dict:
-    from data.pipeline import build_train_loader
-    from data.tokenizer import Tokenizer
+    from codellama_recipe.data.pipeline import build_train_loader
+    from codellama_recipe.data.tokenizer import Tokenizer
 
     files = json.loads(args.files)
     cfg = {"seq_len": args.seq_len, "seed": 0, "num_workers": args.workers, "max_epochs": 1,
@@ -121,7 +121,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded import ensure_embedded
 
     paths = ensure_embedded(args.cache_dir, log=lambda m: print(m, file=sys.stderr))
     files = _files(pathlib.Path(paths.corpus_dir), args.shards)

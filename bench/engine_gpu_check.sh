@@ -15,7 +15,9 @@ if [ -z "${NO_WHEELS:-}" ] && compgen -G ".whl/*.whl" >/dev/null; then   # offli
   [ -f .whl/site_extra.tgz ] && tar xzf .whl/site_extra.tgz -C /tmp/site
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+# The checkout as the package it installs as (codellama_recipe), without installing it.
+mkdir -p /tmp/codellama_pkgroot && ln -sfn "$PWD" /tmp/codellama_pkgroot/codellama_recipe
+export PYTHONPATH="/tmp/codellama_pkgroot${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/engine_gpu}
 LOGS=${OUT:-$WORK}

@@ -14,8 +14,8 @@ import types
 
 import torch
 
-from evaluation.generation import GenerationParams, Generator
-from train.model import Llama, ModelConfig
+from codellama_recipe.evaluation.generation import GenerationParams, Generator
+from codellama_recipe.train.model import Llama, ModelConfig
 
 
 def main() -> None:

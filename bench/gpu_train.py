@@ -1,4 +1,4 @@
-"""Single-GPU training throughput of train.model.Llama on a 1.1B-class model, with nothing but torch.
+"""Single-GPU training throughput of codellama_recipe.train.model.Llama on a 1.1B-class model, with nothing but torch.
 
     PYTHONPATH=. python3 bench/gpu_train.py                 # 1.1B, seq 4096, bf16 autocast, ~50 steps
     PYTHONPATH=. python3 bench/gpu_train.py --smoke         # tiny dims, 2 steps (runs on CPU too)
@@ -25,16 +25,15 @@ import torch.nn.functional as F
 
 
 def import_model():
-    """Import train.model without running train/__init__.py (which needs omegaconf, absent on GPU boxes)."""
+    """codellama_recipe.train.model, also from a bare checkout on a box with only torch (nothing installed):
+    the repository root is then registered as the package it is installed as."""
     try:
-        return importlib.import_module("train.model")
+        import codellama_recipe  # noqa: F401
     except ImportError:
-        for name in [n for n in sys.modules if n == "train" or n.startswith("train.")]:
-            del sys.modules[name]
-        package = types.ModuleType("train")
-        package.__path__ = [str(Path(__file__).resolve().parents[1] / "train")]
-        sys.modules["train"] = package
-        return importlib.import_module("train.model")
+        package = types.ModuleType("codellama_recipe")
+        package.__path__ = [str(Path(__file__).resolve().parents[1])]
+        sys.modules["codellama_recipe"] = package
+    return importlib.import_module("codellama_recipe.train.model")
 
 
 def parse_args(argv=None):

@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from train.model import Llama, ModelConfig
+from codellama_recipe.train.model import Llama, ModelConfig
 
 
 def parse_args(argv=None):
@@ -58,7 +58,7 @@ def build_hf(cfg: ModelConfig, state_dict, dtype):
 
     from transformers import LlamaForCausalLM
 
-    from train.checkpoint_io import save_hf
+    from codellama_recipe.train.weight_formats import save_hf
 
     with tempfile.TemporaryDirectory() as d:
         save_hf(state_dict, cfg, d)

@@ -32,7 +32,7 @@ import sysconfig
 import time
 from typing import Callable, Iterable, Iterator
 
-from data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
+from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
 
 CORPUS_FORMAT_VERSION = 1
 SOURCES = ("code", "python", "nl_code", "nl", "instruct")

@@ -21,7 +21,7 @@ from typing import Mapping
 
 import numpy as np
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 _U64 = 1 << 64
 

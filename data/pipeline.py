@@ -32,12 +32,12 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from data.fim import FimBuilder, FimConfig, check_tokenizer, fim_plan
-from data.mixture import TokenMixture
-from data.packing import PAD_SOURCE, Packer, Segment
-from data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, _plain, parse_sources
-from stages.chat import encode_dialog
-from train.errors import ConfigError
+from codellama_recipe.data.fim import FimBuilder, FimConfig, check_tokenizer, fim_plan
+from codellama_recipe.data.mixture import TokenMixture
+from codellama_recipe.data.packing import PAD_SOURCE, Packer, Segment
+from codellama_recipe.data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, _plain, parse_sources
+from codellama_recipe.data.chat import encode_dialog
+from codellama_recipe.core.errors import ConfigError
 
 STATE_VERSION = 1
 DATA_KEYS = {"sources", "seq_len", "seed", "fim", "num_workers", "max_doc_chars", "strict", "max_epochs",

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PREVIEW_DEFAULTS = {"n": 2, "format": "text", "rank": 0, "world_size": 1}
 
 
@@ -39,19 +38,16 @@ def _split_args(argv: list[str]) -> tuple[dict, list[str]]:
 
 def compose_train_config(overrides: list[str]):
     """conf/train.yaml with the same overrides codellama-train would get."""
-    from hydra import compose, initialize_config_dir
+    from codellama_recipe.core.config import compose
 
-    import train  # noqa: F401  (registers the config resolvers)
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+    return compose("train", overrides)
 
 
 def load_tokenizer(cfg):
     """The configured tokenizer, or the embedded default (building the corpus and tokenizer if needed).
     The embedded corpus is also built when data paths point into a cache_dir that does not have it yet."""
-    from data.embedded import ensure_corpus, ensure_embedded
-    from data.tokenizer import Tokenizer
+    from codellama_recipe.data.embedded import ensure_corpus, ensure_embedded
+    from codellama_recipe.data.tokenizer import Tokenizer
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if not cfg.tokenizer_path:
@@ -116,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     opts, overrides = _split_args(argv)
-    from data.pipeline import build_train_loader
-    from train.errors import ConfigError
+    from codellama_recipe.data.pipeline import build_train_loader
+    from codellama_recipe.core.errors import ConfigError
 
     try:
         cfg = compose_train_config(overrides)

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 SKIP_REASONS = (
     "malformed_json",   # a line that is not a JSON object

@@ -1,1 +1,1 @@
-
+"""Evaluation: generation, sandboxed execution, benchmarks, reports."""

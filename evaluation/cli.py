@@ -12,7 +12,8 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.run import CONF_DIR, evaluate, score_samples_file
+from codellama_recipe.core.config import HYDRA_CONFIG_PATH
+from codellama_recipe.evaluation.run import evaluate, score_samples_file
 
 
 def run(cfg: DictConfig) -> int:
@@ -20,7 +21,7 @@ def run(cfg: DictConfig) -> int:
     cfg.pop("hydra", None)
     cfg.pop("defaults", None)
     if cfg.report_from:
-        from evaluation.report import write_report
+        from codellama_recipe.evaluation.report import write_report
         print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")
         return 0
     if cfg.samples:
@@ -46,7 +47,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base=None)
+    @hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="eval", version_base=None)
     def _main(cfg: DictConfig) -> None:
         code = run(cfg)
         if code:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 
 @dataclasses.dataclass

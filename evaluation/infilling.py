@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.jsonl import evenly_spaced, read_jsonl
-from evaluation.problems import Problem
-from train.errors import ConfigError
+from codellama_recipe.core.jsonl import evenly_spaced, read_jsonl
+from codellama_recipe.evaluation.problems import Problem
+from codellama_recipe.core.errors import ConfigError
 
 INFILLING_FILES = {
     "single": "HumanEval-SingleLineInfilling.jsonl.gz",

@@ -8,12 +8,12 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 
 def corpus_dir_for(cache_dir) -> Path:
     """The embedded corpus, built on first use by data.embedded (tokenizer/corpus helper's module)."""
-    from data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded import ensure_embedded
     return Path(ensure_embedded(cache_dir).corpus_dir)
 
 

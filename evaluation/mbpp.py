@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from evaluation.jsonl import evenly_spaced, read_jsonl
-from evaluation.problems import Problem
-from train.errors import ConfigError
+from codellama_recipe.core.jsonl import evenly_spaced, read_jsonl
+from codellama_recipe.evaluation.problems import Problem
+from codellama_recipe.core.errors import ConfigError
 
 MBPP_SHOT_IDS = (2, 3, 4)
 MBPP_TEST_RANGE = (11, 510)

@@ -5,8 +5,8 @@ import collections
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from evaluation.pass_at_k import mean_pass_at_k
-from evaluation.sandbox import STATUSES, Sandbox
+from codellama_recipe.evaluation.pass_at_k import mean_pass_at_k
+from codellama_recipe.evaluation.sandbox import STATUSES, Sandbox
 
 
 @dataclasses.dataclass

@@ -17,17 +17,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.generation import Generator, GenerationParams
-from evaluation.humaneval import load_humaneval
-from evaluation.infilling import INFILLING_FILES, MODES, load_infilling
-from evaluation.jsonl import read_jsonl, write_jsonl
-from evaluation.mbpp import load_mbpp
-from evaluation.problems import Problem, score_completions
-from train.errors import ConfigError
+from codellama_recipe.evaluation.generation import Generator, GenerationParams
+from codellama_recipe.evaluation.humaneval import load_humaneval
+from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_infilling
+from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
+from codellama_recipe.evaluation.mbpp import load_mbpp
+from codellama_recipe.evaluation.problems import Problem, score_completions
+from codellama_recipe.core.config import conf_dir
+from codellama_recipe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = conf_dir()
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
 BENCHMARKS = CODE_BENCHMARKS + ("key_retrieval", "perplexity")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,7 +101,7 @@ def find_tokenizer(model_path, tokenizer_path, cache_dir) -> str:
                     configured = None
                 if configured:
                     return str(configured)
-    from data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded import ensure_embedded
     path = str(ensure_embedded(cache_dir).tokenizer_path)
     log.warning("no tokenizer.model found for %s and no tokenizer_path: using the embedded default %s",
                 model_path, path)
@@ -108,9 +109,9 @@ def find_tokenizer(model_path, tokenizer_path, cache_dir) -> str:
 
 
 def load_model_and_tokenizer(cfg: DictConfig):
-    from data.tokenizer import Tokenizer
-    from train.checkpoint_io import load_pretrained
-    from train.model import Llama
+    from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.train.pretrained import load_pretrained
+    from codellama_recipe.train.model import Llama
 
     if not cfg.model_path:
         raise ConfigError("model_path", None, "give an HF export, a Meta folder or a project checkpoint")
@@ -185,8 +186,8 @@ def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: P
 
 
 def run_key_retrieval(cfg, generator: Generator) -> tuple[dict, dict]:
-    from evaluation.key_retrieval import accuracy_grid, build_examples
-    from evaluation.long_files import select_texts
+    from codellama_recipe.evaluation.key_retrieval import accuracy_grid, build_examples
+    from codellama_recipe.evaluation.long_files import select_texts
 
     kr = cfg.key_retrieval
     texts = [t for _, t in select_texts(kr, cfg.cache_dir, min_bytes=0, max_files=kr.max_files)]
@@ -203,8 +204,8 @@ def run_key_retrieval(cfg, generator: Generator) -> tuple[dict, dict]:
 
 
 def run_perplexity(cfg, model, tokenizer) -> tuple[dict, dict]:
-    from evaluation.long_files import select_texts
-    from evaluation.perplexity import perplexity_by_context_length
+    from codellama_recipe.evaluation.long_files import select_texts
+    from codellama_recipe.evaluation.perplexity import perplexity_by_context_length
 
     pc = cfg.perplexity
     max_files = min(pc.max_files, _limit(cfg, "perplexity") or pc.max_files)
@@ -268,13 +269,13 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log_to_wandb(results, cfg)
     if cfg.report.enabled:
-        from evaluation.report import write_report
+        from codellama_recipe.evaluation.report import write_report
         write_report([*cfg.report.compare, out_dir / "results.json"], out_dir)
     return results
 
 
 def make_sandbox(cfg):
-    from evaluation.sandbox import Sandbox, SandboxConfig
+    from codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig
     return Sandbox(SandboxConfig.from_dict(OmegaConf.to_container(cfg.sandbox, resolve=True)))
 
 

@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

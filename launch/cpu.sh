@@ -20,4 +20,4 @@ PY=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo pytho
 export OMP_NUM_THREADS=1
 export DS_ACCELERATOR=cpu
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
-exec "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m train.cli "$@"
+exec "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m codellama_recipe.train.cli "$@"

@@ -9,11 +9,11 @@ usage() { sed -n '2,6p' "$0" >&2; exit 2; }
 [[ $# -ge 1 && "$1" =~ ^[0-9]+$ ]] || usage
 NGPU=$1; shift
 LAUNCHER=torchrun
-ENTRY=train.cli
+ENTRY=codellama_recipe.train.cli
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --launcher) LAUNCHER=${2:?}; shift 2 ;;
-    --pipeline) ENTRY=stages.pipeline; shift ;;
+    --pipeline) ENTRY=codellama_recipe.stages.pipeline; shift ;;
     -h|--help) usage ;;
     *) break ;;
   esac

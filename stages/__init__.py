@@ -1,1 +1,1 @@
-
+"""Stages and pipelines: chaining codellama-train runs through their exports."""

@@ -18,23 +18,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-import train  # noqa: F401  (registers the config resolvers)
-from train.checkpointing import config_differences, fingerprint
-from train.errors import ConfigError
+from codellama_recipe.core.config import compose as _compose, conf_dir
+from codellama_recipe.train.checkpoints import config_differences, fingerprint
+from codellama_recipe.core.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
 
 
 class PipelineError(RuntimeError):
     pass
-
-
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
 
 
 def compose_pipeline(argv: list[str]) -> DictConfig:
@@ -101,7 +94,7 @@ def _wandb_group(pcfg: DictConfig) -> str:
 def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
     """Hash of what the stage computes, chained with the previous stage's fingerprint (which stands for the
     weights it starts from, so the path in init_from is left out)."""
-    from train.trainer import fingerprinted_config
+    from codellama_recipe.train.trainer import fingerprinted_config
 
     config = fingerprinted_config(cfg)
     config.pop("init_from", None)
@@ -162,7 +155,7 @@ def plan(pcfg: DictConfig) -> list[dict]:
 
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
-    from train.trainer import run as train_stage
+    from codellama_recipe.train.trainer import run as train_stage
 
     run_dir = Path(str(pcfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +192,7 @@ def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
 
 def evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
     """The fast evaluation of one stage's export; earlier stages' results feed the metric-by-stage plot."""
-    from evaluation.run import evaluate
+    from codellama_recipe.evaluation.run import evaluate
 
     order = list(pcfg.pipeline.order)
     earlier = [Path(str(pcfg.run_dir)) / s / "eval" / "results.json" for s in order[: order.index(name)]]
@@ -244,7 +237,7 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from train.engine_setup import shutdown_distributed
+    from codellama_recipe.train.engine_setup import shutdown_distributed
 
     try:
         pcfg = compose_pipeline(argv)

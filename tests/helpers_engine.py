@@ -80,13 +80,9 @@ TINY = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads
 
 def compose(overrides: list[str]):
     """The composed codellama-train config, as the CLI would build it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from codellama_recipe.core.config import compose as compose_config
 
-    import train  # noqa: F401  (resolvers)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -106,7 +102,7 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
     stderr go to a log file (a pipe could fill up and block the ranks); `output(proc)` reads it."""
     import tempfile
 
-    target = [str(REPO / "tests" / "helpers_engine.py")] if synthetic else ["-m", "train.cli"]
+    target = [str(REPO / "tests" / "helpers_engine.py")] if synthetic else ["-m", "codellama_recipe.train.cli"]
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *overrides]
     if nproc == 0:  # one plain process, no torchrun
         cmd = [PYTHON, *target, *overrides]
@@ -186,11 +182,11 @@ def hf_weights(run_dir) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
-    import train.trainer
+    from codellama_recipe.train import trainer
     from helpers_tokenizer import small_tokenizer_path
 
-    train.trainer.build_loaders = synthetic_loaders
-    train.trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
-    from train.cli import main
+    trainer.build_loaders = synthetic_loaders
+    trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+    from codellama_recipe.train.cli import main
 
     main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from train.model import Llama, ModelConfig
+from codellama_recipe.train.model import Llama, ModelConfig
 
 # Small, but with every feature that conversions get wrong: GQA (8 query heads, 2 kv heads), theta 1e6,
 # a non-default FFN width (ffn_dim_multiplier), and head_dim 16.
@@ -32,7 +32,7 @@ def random_model(cfg: ModelConfig | None = None, seed: int = 0) -> Llama:
 
 
 # How Meta's fairscale layers split each tensor across model-parallel ranks, written out by hand (independent
-# of train.checkpoint_io): ColumnParallelLinear -> rows (dim 0), RowParallelLinear -> columns (dim 1),
+# of train.weight_formats): ColumnParallelLinear -> rows (dim 0), RowParallelLinear -> columns (dim 1),
 # ParallelEmbedding -> the embedding dimension (dim 1), RMSNorm weights replicated.
 META_SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1,
                   "tok_embeddings": 1}

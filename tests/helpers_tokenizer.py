@@ -19,7 +19,7 @@ import tempfile
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from data.tokenizer import LLAMA_VOCAB_SIZE, LOSSLESS_CODE_FLAGS, Tokenizer, train_tokenizer
+from codellama_recipe.data.tokenizer import LLAMA_VOCAB_SIZE, LOSSLESS_CODE_FLAGS, Tokenizer, train_tokenizer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL_VOCAB_SIZE = 2048

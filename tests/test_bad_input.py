@@ -10,9 +10,9 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, write_jsonl  # noqa: E402
 
-from data.pipeline import build_train_loader, build_val_loaders  # noqa: E402
-from data.sources import BadInputError  # noqa: E402
-from train.errors import ConfigError  # noqa: E402
+from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders  # noqa: E402
+from codellama_recipe.data.sources import BadInputError  # noqa: E402
+from codellama_recipe.core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 MAX_CHARS = 100

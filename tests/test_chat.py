@@ -9,8 +9,8 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
-from data.pipeline import build_train_loader  # noqa: E402
-from stages.chat import encode_dialog, encode_dialog_prompt  # noqa: E402
+from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
+from codellama_recipe.data.chat import encode_dialog, encode_dialog_prompt  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import helpers_engine as H
-from train.checkpointing import load_consolidated, tag_for
+from codellama_recipe.train.checkpoints import load_consolidated, tag_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -167,7 +167,7 @@ def test_zero3_activation_checkpointing_and_chunked_loss_match(zero3):
 
 
 def test_export_loads_back_with_the_project_loader(zero3):
-    from train.checkpoint_io import load_pretrained
+    from codellama_recipe.train.pretrained import load_pretrained
 
     cfg, sd = load_pretrained(zero3["run"])             # a run_dir: marker -> DONE.json -> hf/
     cfg2, sd2 = load_pretrained(zero3["run"] / "checkpoints" / "step_00000008")   # consolidated ZeRO-3 shards

@@ -10,14 +10,14 @@ import torch
 import torch.distributed as dist
 
 from helpers_engine import TINY, compose
-from train import checkpointing as ckpt
-from train.config_checks import check_config
-from train.errors import ConfigError
-from train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
-from train.metrics import truncate_jsonl
-from train.model import Llama, ModelConfig
-from train.optim import GuardedAdamW, lr_at, param_groups
-from train.trainer import combine_data_metrics
+from codellama_recipe.train import checkpoints as ckpt
+from codellama_recipe.train.config_checks import check_config
+from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
+from codellama_recipe.train.metrics import truncate_jsonl
+from codellama_recipe.train.model import Llama, ModelConfig
+from codellama_recipe.train.optim import GuardedAdamW, lr_at, param_groups
+from codellama_recipe.train.trainer import combine_data_metrics
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,7 +141,7 @@ def test_gradient_accumulation_is_derived_from_tokens():
 
 
 def test_run_fails_before_any_process_group(tmp_path):
-    from train.trainer import run
+    from codellama_recipe.train.trainer import run
 
     cfg = compose(TINY + [f"run_dir={tmp_path}", "trainer.batch_tokens=1000"])
     with pytest.raises(ConfigError, match="trainer.batch_tokens"):
@@ -204,7 +204,7 @@ def test_data_metrics_average_shares_and_sum_counts():
 
 # ---------------------------------------------------------------------------- model construction
 def _saved_hf(tmp_path, vocab=100):
-    from train.checkpoint_io import save_hf
+    from codellama_recipe.train.weight_formats import save_hf
 
     torch.manual_seed(1)
     cfg = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=64)
@@ -214,7 +214,7 @@ def _saved_hf(tmp_path, vocab=100):
 
 
 def test_init_from_grows_vocab_and_applies_the_configured_rope_theta(tmp_path):
-    from train.engine_setup import build_model, prepare_model
+    from codellama_recipe.train.engine_setup import build_model, prepare_model
 
     path, original = _saved_hf(tmp_path)
     setup = prepare_model(compose(TINY + [f"init_from={path}", "model.rope_theta=1000000.0"]), vocab_size=120)
@@ -234,7 +234,7 @@ def test_init_from_grows_vocab_and_applies_the_configured_rope_theta(tmp_path):
 
 
 def test_init_from_with_another_architecture_is_a_config_error(tmp_path):
-    from train.engine_setup import prepare_model
+    from codellama_recipe.train.engine_setup import prepare_model
 
     path, _ = _saved_hf(tmp_path)
     with pytest.raises(ConfigError) as e:

@@ -7,7 +7,7 @@ from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path
 
-from evaluation.generation import (GenerationParams, Generator, infilling_prompt_tokens, sample_next_token,
+from codellama_recipe.evaluation.generation import (GenerationParams, Generator, infilling_prompt_tokens, sample_next_token,
                                    truncate_at_stop)
 
 pytestmark = pytest.mark.timeout(180)

@@ -2,12 +2,12 @@
 import pytest
 from conftest import shared_dir
 
-from evaluation.humaneval import default_humaneval_path, load_humaneval
-from evaluation.infilling import INFILLING_FILES, load_infilling
-from evaluation.mbpp import load_mbpp, mbpp_prompt
-from evaluation.jsonl import read_jsonl
-from evaluation.problems import score_completions
-from evaluation.sandbox import Sandbox, SandboxConfig
+from codellama_recipe.evaluation.humaneval import default_humaneval_path, load_humaneval
+from codellama_recipe.evaluation.infilling import INFILLING_FILES, load_infilling
+from codellama_recipe.evaluation.mbpp import load_mbpp, mbpp_prompt
+from codellama_recipe.core.jsonl import read_jsonl
+from codellama_recipe.evaluation.problems import score_completions
+from codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.timeout(300)
 

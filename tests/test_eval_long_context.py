@@ -10,8 +10,8 @@ from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, stdlib_python_files
 
-from evaluation.key_retrieval import (QUESTION, accuracy_grid, build_example, build_examples, parse_answer)
-from evaluation.perplexity import perplexity_by_context_length, token_losses
+from codellama_recipe.evaluation.key_retrieval import (QUESTION, accuracy_grid, build_example, build_examples, parse_answer)
+from codellama_recipe.evaluation.perplexity import perplexity_by_context_length, token_losses
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,7 +99,7 @@ def test_long_file_selection_from_corpus_layout_and_user_globs(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from evaluation.long_files import select_texts
+    from codellama_recipe.evaluation.long_files import select_texts
     corpus = tmp_path / "corpus"
     (corpus / "python").mkdir(parents=True)
     rows = {"val": [("v_small.py", 10), ("v_long.py", 600)], "train": [("t_long1.py", 700), ("t_long2.py", 800)]}

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from evaluation.pass_at_k import mean_pass_at_k, pass_at_k
+from codellama_recipe.evaluation.pass_at_k import mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize("n,c,k,expected", [

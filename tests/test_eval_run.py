@@ -12,11 +12,11 @@ from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path, stdlib_python_files
 
-from evaluation.humaneval import load_humaneval
-from evaluation.report import write_report
-from evaluation.run import evaluate, load_config
-from train.checkpoint_io import save_hf
-from train.errors import ConfigError
+from codellama_recipe.evaluation.humaneval import load_humaneval
+from codellama_recipe.evaluation.report import write_report
+from codellama_recipe.evaluation.run import evaluate, load_config
+from codellama_recipe.train.weight_formats import save_hf
+from codellama_recipe.core.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(300)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +32,7 @@ def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
     samples = tmp_path / "model_samples.jsonl"
     samples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "evaluation.cli", f"samples={samples}", "benchmark=humaneval",
+    done = subprocess.run([sys.executable, "-m", "codellama_recipe.evaluation.cli", f"samples={samples}", "benchmark=humaneval",
                            f"out_dir={out}", "generation.ks=[1,2,3,10]", "sandbox.workers=2"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=240,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -51,7 +51,7 @@ def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
 
 
 def test_samples_file_with_unknown_task_is_rejected(tmp_path):
-    from evaluation.run import score_samples_file
+    from codellama_recipe.evaluation.run import score_samples_file
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"task_id": "HumanEval/9999", "completion": ""}) + "\n")
     with pytest.raises(ValueError, match="unknown task ids"):

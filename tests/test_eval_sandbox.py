@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from evaluation.sandbox import Sandbox, SandboxConfig
+from codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,7 +192,7 @@ def test_files_left_in_world_writable_dirs_are_removed(sandbox):
 
 def _probe_without(monkeypatch, **changes):
     """Pretend the probe found less than this machine offers (the settings CI cannot reach directly)."""
-    import evaluation.sandbox as sandbox_module
+    import codellama_recipe.evaluation.sandbox as sandbox_module
     real = sandbox_module._probe
 
     def probe(uid, candidates):
@@ -229,7 +229,7 @@ def test_interpreter_unreadable_by_the_sandbox_uid_is_bind_mounted(monkeypatch):
 
 
 def test_unresponsive_launcher_is_killed_by_the_evaluator(sandbox, monkeypatch, tmp_path):
-    import evaluation.sandbox as sandbox_module
+    import codellama_recipe.evaluation.sandbox as sandbox_module
     marker = f"hung-launcher-{os.getpid()}-{time.time_ns()}"
     fake = tmp_path / "hung_launcher.py"
     fake.write_text(f"import time\ntime.sleep(120)  # {marker}\n")

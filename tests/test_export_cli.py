@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from helpers_model import assert_same_state, random_model, tiny_config, write_meta_checkpoint
-from train.checkpoint_io import load_hf, save_hf
-from train.export import main
-from train.model import Llama
+from codellama_recipe.train.weight_formats import load_hf, save_hf
+from codellama_recipe.train.export import main
+from codellama_recipe.train.model import Llama
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,7 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 def _console_script() -> list[str]:
     script = Path(sys.executable).with_name("codellama-export")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "train.export"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "codellama_recipe.train.export"]
 
 
 def test_meta_folder_export_loads_in_transformers_with_our_logits(tmp_path):

@@ -9,10 +9,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import BYTE0, ByteTokenizer, data_cfg, make_corpus, text_of, write_jsonl  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
-from data.fim import FimBuilder, FimConfig, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
-from data.pipeline import build_train_loader  # noqa: E402
-from data.sources import Location, SourceReader, parse_sources  # noqa: E402
-from train.errors import ConfigError  # noqa: E402
+from codellama_recipe.data.fim import FimBuilder, FimConfig, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
+from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
+from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,9 +10,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, data_cfg, make_corpus  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
-from data.mixture import TokenMixture  # noqa: E402
-from data.pipeline import build_train_loader  # noqa: E402
-from data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.mixture import TokenMixture  # noqa: E402
+from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
+from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 CODE_MIX = {"code": 0.85, "nl_code": 0.08, "nl": 0.07}

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers_model import random_model, tiny_config
-from train.errors import ConfigError
-from train.model import Llama, ModelConfig, apply_rope
+from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.train.model import Llama, ModelConfig, apply_rope
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,7 +186,7 @@ def test_explicit_mask_path_equals_causal_fast_path():
 
 def test_repeated_kv_heads_path_equals_native_gqa(monkeypatch):
     """The fallback for torch < 2.5 and for masked CUDA calls (kv heads repeated) computes the same attention."""
-    import train.model as model_module
+    import codellama_recipe.train.model as model_module
 
     model = random_model()
     tokens = torch.randint(0, 320, (2, 20))
@@ -297,7 +297,7 @@ def test_activation_checkpointing_gives_same_gradients():
 
 
 def test_rmsnorm_backward_is_exact():
-    from train.model import RMSNorm, _RMSNormFunction
+    from codellama_recipe.train.model import RMSNorm, _RMSNormFunction
 
     x = torch.randn(2, 5, 16, dtype=torch.double, requires_grad=True)
     w = torch.randn(16, dtype=torch.double, requires_grad=True)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data.packing import PAD_SOURCE, Packer, Segment
+from codellama_recipe.data.packing import PAD_SOURCE, Packer, Segment
 
 pytestmark = pytest.mark.timeout(60)
 PAD = 0

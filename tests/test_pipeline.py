@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.pipeline import compose_pipeline, compose_stage
+from codellama_recipe.stages.pipeline import compose_pipeline, compose_stage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pipeline_cmd(run_dir, *overrides, evaluate=False):
-    return [sys.executable, "-m", "stages.pipeline", "pipeline=smoke", f"run_dir={run_dir}",
+    return [sys.executable, "-m", "codellama_recipe.stages.pipeline", "pipeline=smoke", f"run_dir={run_dir}",
             f"eval.enabled={str(evaluate).lower()}", *overrides]
 
 
@@ -30,9 +30,9 @@ def run_pipeline(run_dir, *overrides, timeout=600, evaluate=False):
 
 def initial_weights(stage_cfg):
     """The weights the engine starts a stage from, built by the engine's own code path."""
-    from data.tokenizer import Tokenizer
-    from train.engine_setup import build_model, prepare_model
-    from train.trainer import resolve_tokenizer_path
+    from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.train.engine_setup import build_model, prepare_model
+    from codellama_recipe.train.trainer import resolve_tokenizer_path
 
     vocab = Tokenizer(resolve_tokenizer_path(stage_cfg)).vocab_size
     setup = prepare_model(stage_cfg, vocab)
@@ -40,7 +40,7 @@ def initial_weights(stage_cfg):
 
 
 def exported_weights(hf_dir):
-    from train.checkpoint_io import load_pretrained
+    from codellama_recipe.train.pretrained import load_pretrained
 
     return load_pretrained(str(hf_dir))
 

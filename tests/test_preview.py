@@ -9,7 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import text_of, write_jsonl  # noqa: E402
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path  # noqa: E402
 
-from data.preview import RowRenderer, main  # noqa: E402
+from codellama_recipe.data.preview import RowRenderer, main  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,7 +51,7 @@ def test_text_output_and_bad_config(tmp_path, capsys):
 
 def test_renderer_restores_text_and_names_pieces():
     tok = small_tokenizer()
-    from data.fim import FimPlan, fim_tokens
+    from codellama_recipe.data.fim import FimPlan, fim_tokens
 
     text = "def f(x):\n    return x\n"
     for spm in (False, True):

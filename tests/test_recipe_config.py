@@ -6,8 +6,8 @@ Hydra configs exactly as codellama-train and codellama-pipeline do and compares.
 import pytest
 from omegaconf import OmegaConf
 
-import train  # noqa: F401  (resolvers)
-from stages.pipeline import _compose, compose_pipeline, compose_stage
+from codellama_recipe.core.config import compose as _compose
+from codellama_recipe.stages.pipeline import compose_pipeline, compose_stage
 
 M = 1 << 20
 # RECIPE.md §3: peak LR of the code stage, LCFT batch (tokens), LCFT steps (Code Llama), infilling (§1).

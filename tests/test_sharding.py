@@ -9,8 +9,8 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, data_cfg, digest, make_corpus, split_documents  # noqa: E402
 
-from data.pipeline import build_train_loader  # noqa: E402
-from data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
+from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,7 +65,7 @@ def test_validation_rows_are_split_over_ranks_independently_of_world_size(tmp_pa
     """Val loaders: finite, deterministic, every rank the same number of batches, rows interleaved by
     rank from one global sequence (so the rows evaluated do not depend on the world size), and only
     the last real row padded."""
-    from data.pipeline import build_val_loaders
+    from codellama_recipe.data.pipeline import build_val_loaders
 
     texts = make_corpus(tmp_path, {"code": (3, 7)})["code"]
     for f in (tmp_path / "code").glob("train-*.jsonl"):

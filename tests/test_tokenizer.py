@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from data.tokenizer import (CODE_LLAMA_INFILLING_IDS, INFILLING_PIECES, Tokenizer, extend_with_infilling,
+from codellama_recipe.data.tokenizer import (CODE_LLAMA_INFILLING_IDS, INFILLING_PIECES, Tokenizer, extend_with_infilling,
                             train_tokenizer)
 from helpers_tokenizer import (llama_style_model_path, python_c_headers, small_tokenizer,
                                small_tokenizer_path, stdlib_python_files)
@@ -240,7 +240,7 @@ def test_train_tokenizer_input_errors(tmp_path):
 
 
 def test_cli_train_extend_info(tmp_path, capsys):
-    from data.tokenizer_cli import main
+    from codellama_recipe.data.tokenizer_cli import main
     files = [str(p) for p in stdlib_python_files()[:30]]
     assert main(["train", str(tmp_path / "tok.model"), *files, "--vocab-size", "1024"]) == 0
     assert Tokenizer(tmp_path / "tok.model").vocab_size == 1024

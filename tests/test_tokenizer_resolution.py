@@ -4,9 +4,9 @@ import shutil
 
 from omegaconf import OmegaConf
 
-from data.tokenizer import Tokenizer
+from codellama_recipe.data.tokenizer import Tokenizer
 from helpers_tokenizer import llama_style_model_path, small_tokenizer_path
-from train.trainer import resolve_tokenizer_path
+from codellama_recipe.train.trainer import resolve_tokenizer_path
 
 
 def stage_cfg(tmp_path, init_from, fim, tokenizer_path=None):

@@ -1,7 +1,7 @@
 """codellama-train [Hydra overrides]: train one stage (conf/train.yaml).
 
     codellama-train model=tiny stage=code run_dir=runs/code trainer.max_steps=200
-    torchrun --standalone --nproc_per_node 2 -m train.cli deepspeed=zero2 ...     (or launch/cpu.sh 2 ...)
+    torchrun --standalone --nproc_per_node 2 -m codellama_recipe.train.cli deepspeed=zero2 ...     (or launch/cpu.sh 2 ...)
 
 Rerunning the same command resumes from the latest complete checkpoint in run_dir.
 Exit codes: 0 finished or stopped by SIGTERM/SIGUSR1 (checkpoint written), 2 invalid configuration or
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from codellama_recipe.core.config import HYDRA_CONFIG_PATH, register_resolvers
 
 
 def _run(cfg) -> int:
-    from train.checkpoint_io import CheckpointError
-    from train.engine_setup import shutdown_distributed
-    from train.errors import ConfigError
-    from train.trainer import TooManyNonFinite, run
+    from codellama_recipe.train.weight_formats import CheckpointError
+    from codellama_recipe.train.engine_setup import shutdown_distributed
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.train.trainer import TooManyNonFinite, run
 
     try:
         run(cfg)
@@ -38,13 +37,13 @@ def _run(cfg) -> int:
 def main() -> None:
     import hydra
 
-    import train  # noqa: F401  (registers the config resolvers)
+    register_resolvers()
 
     if not _has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     exit_code = 0
 
-    @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+    @hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="train", version_base="1.3")
     def _main(cfg) -> None:
         nonlocal exit_code
         exit_code = _run(cfg)

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from train.config_checks import RunPlan
-from train.errors import ConfigError
-from train.model import Llama, ModelConfig
-from train.optim import build_optimizer, param_groups
+from codellama_recipe.train.config_checks import RunPlan
+from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.train.model import Llama, ModelConfig
+from codellama_recipe.train.optim import build_optimizer, param_groups
 
 # Shape-defining fields: a checkpoint that differs in one of these cannot initialise the configured model.
 ARCHITECTURE_KEYS = ("dim", "n_layers", "n_heads", "kv_heads", "hidden_dim")
@@ -86,7 +86,8 @@ def prepare_model(cfg: DictConfig, vocab_size: int, load_weights: bool = True) -
     setup = ModelSetup(model_cfg)
     if not cfg.init_from:
         return setup
-    from train.checkpoint_io import grow_vocab, load_pretrained
+    from codellama_recipe.train.pretrained import load_pretrained
+    from codellama_recipe.train.weight_formats import grow_vocab
 
     ckpt_cfg, state_dict = load_pretrained(str(cfg.init_from))
     for key in ARCHITECTURE_KEYS:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint_io import DTYPES, CheckpointError, grow_vocab, load_pretrained, save_hf
+from codellama_recipe.train.pretrained import load_pretrained
+from codellama_recipe.train.weight_formats import DTYPES, CheckpointError, grow_vocab, save_hf
 
 
 def parse_args(argv=None):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from train.checkpointing import write_json_atomic
+from codellama_recipe.train.checkpoints import write_json_atomic
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"

@@ -2,7 +2,7 @@
 
 Parameter names are exactly Meta's (`tok_embeddings`, `layers.{i}.attention.wq`, ..., `norm`, `output`), so a
 Meta `consolidated.*.pth` state dict loads with `load_state_dict` as is. RoPE follows Meta's convention: it
-rotates adjacent pairs (2i, 2i+1) of each head (Hugging Face rotates (i, i + d/2); train/checkpoint_io.py
+rotates adjacent pairs (2i, 2i+1) of each head (Hugging Face rotates (i, i + d/2); train/weight_formats.py
 converts). Attention goes through `F.scaled_dot_product_attention`, with `is_causal=True` on the training
 path and an explicit boolean mask only when document ids, key padding or a KV-cache offset need one.
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from train.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError
 
 # `enable_gqa` arrived in torch 2.5; older versions get the kv heads repeated explicitly.
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)

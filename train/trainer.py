@@ -28,14 +28,14 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from train import checkpointing as ckpt
-from train.config_checks import RunPlan, check_config
-from train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend, init_distributed,
+from codellama_recipe.train import checkpoints as ckpt
+from codellama_recipe.train.config_checks import RunPlan, check_config
+from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend, init_distributed,
                                 prepare_model)
-from train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
-from train.metrics import MetricsLogger, ProgressBar, memory_gb, peak_flops_per_device
-from train.model import ModelConfig
-from train.optim import lr_at, set_lr
+from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
+from codellama_recipe.train.metrics import MetricsLogger, ProgressBar, memory_gb, peak_flops_per_device
+from codellama_recipe.train.model import ModelConfig
+from codellama_recipe.train.optim import lr_at, set_lr
 
 # DeepSpeed calls torch.distributed's deprecated collective names on every step; one warning per rank and call
 # site drowns the log.
@@ -134,7 +134,7 @@ def resolve_tokenizer_path(cfg: DictConfig) -> str:
         return str(cfg.tokenizer_path)
     shipped = Path(str(cfg.init_from)) / "tokenizer.model" if cfg.init_from else None
     if shipped is not None and shipped.is_file():
-        from data.tokenizer import Tokenizer, extend_with_infilling
+        from codellama_recipe.data.tokenizer import Tokenizer, extend_with_infilling
 
         if not OmegaConf.select(cfg, "data.fim.enabled", default=False) or Tokenizer(str(shipped)).has_infilling:
             return str(shipped)
@@ -142,13 +142,13 @@ def resolve_tokenizer_path(cfg: DictConfig) -> str:
         if not extended.is_file():
             extend_with_infilling(str(shipped), str(extended))  # deterministic, atomic: every rank may do it
         return str(extended)
-    from data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded import ensure_embedded
 
     return str(ensure_embedded(str(cfg.cache_dir)).tokenizer_path)
 
 
 def build_loaders(cfg: DictConfig, tokenizer, rank: int, world_size: int, plan: RunPlan):
-    from data.pipeline import build_train_loader, build_val_loaders
+    from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders
 
     train_loader = build_train_loader(cfg.data, tokenizer, rank, world_size, plan.micro_batch_size)
     val_loaders = {}
@@ -232,7 +232,7 @@ def run(cfg: DictConfig) -> dict:
             _log(rank_env, f"{run_dir} already finished with this configuration ({DONE_FILE}); nothing to do")
             return done
 
-    from data.tokenizer import Tokenizer
+    from codellama_recipe.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(resolve_tokenizer_path(cfg))
     if resume_client and not diffs:
@@ -508,7 +508,7 @@ def fit(cfg: DictConfig, plan: RunPlan, *, engine, optimizer, train_loader, val_
 
 def export_hf(tag_dir: Path, out_dir: Path, tokenizer_path: str, dtype: str) -> None:
     """Consolidate a checkpoint (ZeRO shards included) and write it in Hugging Face format, atomically."""
-    from train.checkpoint_io import save_hf
+    from codellama_recipe.train.weight_formats import save_hf
 
     model_cfg, state_dict = ckpt.load_consolidated(tag_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")

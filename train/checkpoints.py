@@ -9,7 +9,7 @@ Layout under `<run_dir>/checkpoints/`:
                                       fingerprint, last losses (rank 0)
         client/rank_00000.json        every rank's data-pipeline state and RNG states (python, numpy,
                                       torch, CUDA), one file per rank
-        codellama_checkpoint.json     marker: `train.checkpoint_io.load_pretrained` reads this folder
+        codellama_checkpoint.json     marker: `train.pretrained.load_pretrained` reads this folder
     latest                            the tag of the newest complete checkpoint (replaced atomically)
 
 A checkpoint is written into `.tmp-step_…/`, every rank finishes (barrier), then rank 0 renames the folder
@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from train.checkpoint_io import CHECKPOINT_MARKER, CheckpointError, load_hf
-from train.model import ModelConfig
+from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError, load_hf
+from codellama_recipe.train.model import ModelConfig
 
 FORMAT_VERSION = 1
 LATEST = "latest"

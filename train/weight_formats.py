@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from train.model import Llama, ModelConfig
+from codellama_recipe.train.model import Llama, ModelConfig
 
 CHECKPOINT_MARKER = "codellama_checkpoint.json"  # written by the training engine into its checkpoints
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
@@ -442,33 +442,3 @@ def grow_vocab(state_dict, new_vocab_size: int) -> dict[str, torch.Tensor]:
         mean = w.float().mean(dim=0, keepdim=True).to(w.dtype)
         grown[name] = torch.cat([w, mean.expand(new_vocab_size - old, -1)], dim=0)
     return grown
-
-
-def detect_format(path) -> str:
-    """'project', 'meta' or 'hf'; CheckpointError naming what was found otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint path {path} is a file; expected a folder (Meta, Hugging Face or "
-                              f"project checkpoint)")
-    if (path / CHECKPOINT_MARKER).is_file():
-        return "project"
-    if (path / "params.json").is_file() and meta_shard_paths(path):
-        return "meta"
-    if (path / "config.json").is_file() and (any(path.glob("*.safetensors"))
-                                             or (path / "model.safetensors.index.json").is_file()):
-        return "hf"
-    found = sorted(p.name for p in path.iterdir())[:10]
-    raise CheckpointError(
-        f"unknown checkpoint format in {path}: expected params.json + consolidated.*.pth (Meta), config.json + "
-        f"*.safetensors (Hugging Face) or {CHECKPOINT_MARKER} (project checkpoint); found {found}")
-
-
-def load_pretrained(path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    fmt = detect_format(path)
-    if fmt == "project":
-        from train.checkpointing import load_consolidated  # the engine's helper; imported lazily
-
-        return load_consolidated(path)
-    return load_meta(path) if fmt == "meta" else load_hf(path)

@@ -1,17 +1,16 @@
-"""train.checkpoint_io: Meta / Hugging Face import, HF export parity with transformers, errors, vocab growth."""
+"""train.weight_formats and train.pretrained: Meta / Hugging Face import, HF export parity with transformers, errors, vocab growth."""
 import json
-import sys
-import types
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from helpers_model import assert_same_state, random_model, tiny_config, write_meta_checkpoint
-from train.checkpoint_io import (CheckpointError, detect_format, grow_vocab, load_hf, load_meta, load_pretrained,
-                                 save_hf)
-from train.errors import ConfigError
-from train.model import Llama
+from codellama_recipe.train import pretrained
+from codellama_recipe.train.pretrained import detect_format, load_pretrained
+from codellama_recipe.train.weight_formats import CheckpointError, grow_vocab, load_hf, load_meta, save_hf
+from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.train.model import Llama
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,7 +214,5 @@ def test_unknown_folder_and_file(tmp_path):
 def test_project_checkpoint_is_delegated_to_the_engine(tmp_path, monkeypatch):
     (tmp_path / "codellama_checkpoint.json").write_text("{}")
     sentinel = (tiny_config(), {"x": torch.zeros(1)})
-    fake = types.ModuleType("train.checkpointing")
-    fake.load_consolidated = lambda path: sentinel if path == tmp_path else None
-    monkeypatch.setitem(sys.modules, "train.checkpointing", fake)
+    monkeypatch.setattr(pretrained, "load_consolidated", lambda path: sentinel if path == tmp_path else None)
     assert load_pretrained(tmp_path) is sentinel
