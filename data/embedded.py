@@ -9,6 +9,7 @@ fcntl lock, and every artefact appears by atomic rename, so a reader never sees 
 from __future__ import annotations
 
 import contextlib
+import glob
 import fcntl
 import os
 import pathlib
@@ -88,3 +89,12 @@ def ensure_embedded(cache_dir=None, log=print, corpus_cfg: CorpusConfig | None =
             log(f"trained the embedded tokenizer ({DEFAULT_VOCAB_SIZE} pieces) in "
                 f"{time.perf_counter() - start:.1f}s -> {paths.tokenizer_path}")
     return paths
+
+
+def ensure_corpus_for(plan_sources, cache_dir, log=print) -> None:
+    """Build the embedded corpus when a configured path points into `cache_dir` and matches nothing yet
+    (the defaults point there: the corpus is made on first use)."""
+    cache = str(pathlib.Path(str(cache_dir)).expanduser())
+    patterns = [p for spec in plan_sources for p in (*spec.paths, *spec.val_paths)]
+    if any(p.startswith(cache) and not glob.glob(p) for p in patterns):
+        ensure_corpus(cache, log=log)

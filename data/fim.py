@@ -17,40 +17,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Mapping
 
 import numpy as np
 
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import FimConfig
 
 _U64 = 1 << 64
 
 
-@dataclasses.dataclass(frozen=True)
-class FimConfig:
-    enabled: bool = False
-    rate: float = 0.9          # share of eligible documents transformed (paper: 0.9)
-    spm_rate: float = 0.5      # share of transformed documents in SPM (paper: half)
-    bos: bool = True           # OPEN: BOS before <PRE>
-    eos: bool = True           # OPEN: EOS after <EOT>
-    max_deferred: int = 16     # packer: FIM documents waiting for a row with room (see data/packing.py)
-    in_val: bool = False       # validation streams apply FIM too (default: plain next-token loss)
-
-    @classmethod
-    def from_cfg(cls, cfg: Mapping | None) -> "FimConfig":
-        cfg = dict(cfg or {})
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ConfigError("data.fim", sorted(unknown), f"unknown key(s); allowed: {sorted(allowed)}")
-        out = cls(**cfg)
-        for key in ("rate", "spm_rate"):
-            v = getattr(out, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ConfigError(f"data.fim.{key}", v, "expected a probability in [0, 1]")
-        if not isinstance(out.max_deferred, int) or out.max_deferred < 1:
-            raise ConfigError("data.fim.max_deferred", out.max_deferred, "expected an integer >= 1")
-        return out
+def check_fim_config(fim: FimConfig) -> FimConfig:
+    """The values a typed `data.fim` may not take (its types are the schema's business)."""
+    for key in ("rate", "spm_rate"):
+        if not 0.0 <= getattr(fim, key) <= 1.0:
+            raise ConfigError(f"data.fim.{key}", getattr(fim, key), "expected a probability in [0, 1]")
+    if fim.max_deferred < 1:
+        raise ConfigError("data.fim.max_deferred", fim.max_deferred, "expected an integer >= 1")
+    return fim
 
 
 @dataclasses.dataclass(frozen=True)

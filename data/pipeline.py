@@ -1,6 +1,6 @@
 """From configured sources to training batches: read -> tokenize (BOS/EOS per document) -> FIM -> mix -> pack.
 
-    loader = build_train_loader(data_cfg, tokenizer, rank, world_size, micro_batch_size)
+    loader = build_train_loader(data, tokenizer, rank, world_size, micro_batch_size)
     for batch in loader: ...          # infinite; dict of [B, seq_len] tensors (see CONTRACTS.md)
     loader.state_dict() / loader.load_state_dict(sd) / loader.metrics()
 
@@ -32,16 +32,16 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from codellama_recipe.data.fim import FimBuilder, FimConfig, check_tokenizer, fim_plan
+from codellama_recipe.data.fim import FimBuilder, check_fim_config, check_tokenizer, fim_plan
 from codellama_recipe.data.mixture import TokenMixture
 from codellama_recipe.data.packing import PAD_SOURCE, Packer, Segment
-from codellama_recipe.data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, _plain, parse_sources
+from codellama_recipe.data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, parse_sources
 from codellama_recipe.data.chat import encode_dialog
+from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import DataConfig, FimConfig
 
 STATE_VERSION = 1
-DATA_KEYS = {"sources", "seq_len", "seed", "fim", "num_workers", "max_doc_chars", "strict", "max_epochs",
-             "prefetch_factor"}
 BATCH_KEYS = ("input_ids", "labels", "loss_mask", "source_ids", "doc_ids", "is_fim")
 _BATCH_DTYPES = {"input_ids": torch.long, "labels": torch.long, "loss_mask": torch.bool, "source_ids": torch.long,
                  "doc_ids": torch.long, "is_fim": torch.bool}
@@ -50,13 +50,6 @@ _BATCH_DTYPES = {"input_ids": torch.long, "labels": torch.long, "loss_mask": tor
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
-
-def _int(cfg, key, default, minimum):
-    v = cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"data.{key}", v, f"expected an integer >= {minimum}")
-    return v
-
 
 @dataclasses.dataclass(frozen=True)
 class DataPlan:
@@ -71,24 +64,21 @@ class DataPlan:
     prefetch_factor: int = 2
 
     @classmethod
-    def from_cfg(cls, data_cfg) -> "DataPlan":
-        cfg = _plain(data_cfg)
-        if not isinstance(cfg, Mapping):
-            raise ConfigError("data", cfg, "expected a mapping (conf/data/*.yaml)")
-        unknown = set(cfg) - DATA_KEYS
-        if unknown:
-            raise ConfigError("data", sorted(unknown), f"unknown key(s); allowed: {sorted(DATA_KEYS)}")
-        if "seq_len" not in cfg:
-            raise ConfigError("data.seq_len", None, "required: tokens per training sequence")
-        max_epochs = cfg.get("max_epochs")
-        if max_epochs is not None:
-            max_epochs = _int(cfg, "max_epochs", None, 1)
-        return cls(
-            sources=tuple(parse_sources(cfg.get("sources"))), seq_len=_int(cfg, "seq_len", None, 2),
-            seed=_int(cfg, "seed", 0, 0), fim=FimConfig.from_cfg(cfg.get("fim")),
-            num_workers=_int(cfg, "num_workers", 1, 0), max_doc_chars=_int(cfg, "max_doc_chars", 1_000_000, 1),
-            strict=bool(cfg.get("strict", False)), max_epochs=max_epochs,
-            prefetch_factor=_int(cfg, "prefetch_factor", 2, 1))
+    def of(cls, data) -> "DataPlan":
+        """The plan of a typed `data` node (core.schema.DataConfig; a mapping of its keys is converted), with
+        the values checked that the schema's types cannot express."""
+        if isinstance(data, DataPlan):
+            return data
+        cfg = typed(DataConfig, data, "data")
+        for key, minimum in (("seq_len", 2), ("seed", 0), ("num_workers", 0), ("max_doc_chars", 1),
+                             ("prefetch_factor", 1)):
+            if getattr(cfg, key) < minimum:
+                raise ConfigError(f"data.{key}", getattr(cfg, key), f"expected an integer >= {minimum}")
+        if cfg.max_epochs is not None and cfg.max_epochs < 1:
+            raise ConfigError("data.max_epochs", cfg.max_epochs, "expected an integer >= 1, or null (endless)")
+        return cls(sources=tuple(parse_sources(cfg.sources)), seq_len=cfg.seq_len, seed=cfg.seed,
+                   fim=check_fim_config(cfg.fim), num_workers=cfg.num_workers, max_doc_chars=cfg.max_doc_chars,
+                   strict=cfg.strict, max_epochs=cfg.max_epochs, prefetch_factor=cfg.prefetch_factor)
 
     @property
     def source_names(self) -> list[str]:
@@ -420,8 +410,8 @@ def stream_metrics(source_names: list[str], states: list[dict], seq_len: int) ->
     return out
 
 
-def build_train_loader(data_cfg, tokenizer, rank: int, world_size: int, micro_batch_size: int) -> TrainLoader:
-    return TrainLoader(DataPlan.from_cfg(data_cfg), tokenizer, rank, world_size, micro_batch_size)
+def build_train_loader(data, tokenizer, rank: int, world_size: int, micro_batch_size: int) -> TrainLoader:
+    return TrainLoader(DataPlan.of(data), tokenizer, rank, world_size, micro_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,10 +459,10 @@ class ValLoader:
         return np.full((n, L), fill, dtype=dtype)
 
 
-def build_val_loaders(data_cfg, tokenizer, rank: int, world_size: int, micro_batch_size: int,
+def build_val_loaders(data, tokenizer, rank: int, world_size: int, micro_batch_size: int,
                       max_batches: int | None) -> dict[str, ValLoader]:
     """{source name: finite loader} for the sources that have val_paths or val_hub."""
-    plan = DataPlan.from_cfg(data_cfg)
+    plan = DataPlan.of(data)
     if plan.fim.enabled and plan.fim.in_val:
         check_tokenizer(tokenizer)
     loaders = {}

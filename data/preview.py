@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from codellama_recipe.core.errors import ConfigError
+
+PROG = "codellama-preview"
 PREVIEW_DEFAULTS = {"n": 2, "format": "text", "rank": 0, "world_size": 1}
 
 
@@ -28,37 +30,35 @@ def _split_args(argv: list[str]) -> tuple[dict, list[str]]:
             continue
         name, _, value = key[len("preview."):].partition("=")
         if name not in PREVIEW_DEFAULTS:
-            raise SystemExit(f"codellama-preview: unknown option preview.{name}; known: "
-                             f"{', '.join('preview.' + k for k in PREVIEW_DEFAULTS)}")
+            raise ConfigError(f"preview.{name}", value,
+                              f"unknown option; known: {', '.join('preview.' + k for k in PREVIEW_DEFAULTS)}")
+        if isinstance(PREVIEW_DEFAULTS[name], int) and not value.isdigit():
+            raise ConfigError(f"preview.{name}", value, "expected a non-negative integer")
         opts[name] = int(value) if isinstance(PREVIEW_DEFAULTS[name], int) else value
     if opts["format"] not in ("text", "jsonl"):
-        raise SystemExit(f"codellama-preview: preview.format={opts['format']!r}; allowed: text, jsonl")
+        raise ConfigError("preview.format", opts["format"], "allowed: text, jsonl")
     return opts, overrides
 
 
 def compose_train_config(overrides: list[str]):
-    """conf/train.yaml with the same overrides codellama-train would get."""
-    from codellama_recipe.core.config import compose
+    """conf/train.yaml with the same overrides codellama-train would get, checked against the schema."""
+    from codellama_recipe.core.cli import compose_checked
 
-    return compose("train", overrides)
+    return compose_checked("train", overrides)
 
 
 def load_tokenizer(cfg):
-    """The configured tokenizer, or the embedded default (building the corpus and tokenizer if needed).
-    The embedded corpus is also built when data paths point into a cache_dir that does not have it yet."""
-    from codellama_recipe.data.embedded import ensure_corpus, ensure_embedded
+    """The configured tokenizer, or the embedded default (building the corpus and tokenizer if needed)."""
+    from codellama_recipe.data.embedded import ensure_embedded
     from codellama_recipe.data.tokenizer import Tokenizer
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if not cfg.tokenizer_path:
-        return Tokenizer(ensure_embedded(str(cfg.cache_dir), log=log).tokenizer_path)
-    import glob
-
-    cache = str(Path(str(cfg.cache_dir)).expanduser())
-    patterns = [str(p) for src in cfg.data.sources.values() for p in (src.get("paths") or [])]
-    if any(p.startswith(cache) and not glob.glob(p) for p in patterns):
-        ensure_corpus(cache, log=log)
+        return Tokenizer(ensure_embedded(str(cfg.cache_dir), log=_log).tokenizer_path)
     return Tokenizer(str(cfg.tokenizer_path))
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 class RowRenderer:
@@ -111,18 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    opts, overrides = _split_args(argv)
-    from codellama_recipe.data.pipeline import build_train_loader
-    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.core.cli import refuse, split_argv
+    from codellama_recipe.data.embedded import ensure_corpus_for
+    from codellama_recipe.data.pipeline import DataPlan, TrainLoader
 
+    flags, rest = split_argv(argv)
+    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
+    if unknown:
+        return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
     try:
+        opts, overrides = _split_args(rest)
         cfg = compose_train_config(overrides)
+        if {"--cfg", "-c"} & set(flags):
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg, resolve="--resolve" in flags))
+            return 0
+        plan = DataPlan.of(cfg.data)
+        ensure_corpus_for(plan.sources, cfg.cache_dir, log=_log)
         tokenizer = load_tokenizer(cfg)
-        loader = build_train_loader(cfg.data, tokenizer, opts["rank"], opts["world_size"],
-                                    int(cfg.trainer.micro_batch_size))
+        loader = TrainLoader(plan, tokenizer, opts["rank"], opts["world_size"], cfg.trainer.micro_batch_size)
     except (ConfigError, ValueError) as exc:
-        print(f"codellama-preview: {exc}", file=sys.stderr)
-        return 2
+        return refuse(PROG, str(exc))
     renderer = RowRenderer(tokenizer)
     names = loader.source_names
     shown = 0

@@ -31,7 +31,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import SourceConfig
 
 SKIP_REASONS = (
     "malformed_json",   # a line that is not a JSON object
@@ -45,10 +47,6 @@ SKIP_REASONS = (
 )
 
 TEXT_EXTENSIONS_JSONL = (".jsonl", ".json", ".ndjson")
-SOURCE_KEYS = {
-    "weight", "paths", "hub", "text_field", "format", "messages_field", "prompt_field", "response_field",
-    "input_field", "system_field", "system_prompt", "filters", "val_paths", "val_hub", "file_format", "fim",
-}
 HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
 FILE_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "text")
 PEEK_RECORDS = 200          # records looked at, at start-up, to tell an unknown field from a few bad rows
@@ -132,17 +130,6 @@ class SourceSpec:
         return json.loads(json.dumps(d, default=list))
 
 
-def _plain(node) -> Any:
-    """OmegaConf node / mapping -> plain Python containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(node, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return node
-
-
 def _str_tuple(value, key) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -186,52 +173,39 @@ def _filters(value, key) -> tuple[RecordFilter, ...]:
     return tuple(out)
 
 
-def parse_sources(sources_cfg) -> list[SourceSpec]:
-    """data.sources (a dict keyed by source name) -> specs of the sources with weight > 0, in config order."""
-    sources_cfg = _plain(sources_cfg)
-    if not isinstance(sources_cfg, Mapping) or not sources_cfg:
-        raise ConfigError("data.sources", sources_cfg, "expected a non-empty mapping {name: {weight, paths|hub, ...}}")
+def parse_sources(sources) -> list[SourceSpec]:
+    """`data.sources` ({name: SourceConfig or a mapping of its keys}) -> specs of the sources with weight > 0,
+    in config order. Types are the schema's (core/schema.py); the rules between values are checked here."""
+    if not isinstance(sources, Mapping) or not sources:
+        raise ConfigError("data.sources", sources, "expected a non-empty mapping {name: {weight, paths|hub, ...}}")
     specs = []
-    for name, cfg in sources_cfg.items():
+    for name, source in sources.items():
         key = f"data.sources.{name}"
-        if not isinstance(cfg, Mapping):
-            raise ConfigError(key, cfg, "expected a mapping with weight and paths (or hub)")
-        unknown = set(cfg) - SOURCE_KEYS
-        if unknown:
-            raise ConfigError(key, sorted(unknown), f"unknown key(s); allowed: {sorted(SOURCE_KEYS)}")
-        weight = cfg.get("weight")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ConfigError(f"{key}.weight", weight, "expected a number >= 0 (0 disables the source)")
-        if weight == 0:
+        cfg = typed(SourceConfig, source, key)
+        if not cfg.weight >= 0:
+            raise ConfigError(f"{key}.weight", cfg.weight, "expected a number >= 0 (0 disables the source)")
+        if cfg.weight == 0:
             continue
-        paths, hub = _str_tuple(cfg.get("paths"), f"{key}.paths"), _hub(cfg.get("hub"), f"{key}.hub")
+        paths, hub = _str_tuple(cfg.paths, f"{key}.paths"), _hub(cfg.hub, f"{key}.hub")
         if bool(paths) == bool(hub):
             raise ConfigError(key, {"paths": list(paths), "hub": hub}, "give exactly one of `paths` (local globs) or `hub`")
-        fmt = cfg.get("format", "text")
-        if fmt not in ("text", "chat"):
-            raise ConfigError(f"{key}.format", fmt, "allowed: text, chat")
-        file_format = cfg.get("file_format", "auto") or "auto"
-        if file_format not in FILE_FORMATS:
-            raise ConfigError(f"{key}.file_format", file_format, f"allowed: {', '.join(FILE_FORMATS)}")
-        if bool(cfg.get("prompt_field")) != bool(cfg.get("response_field")):
-            raise ConfigError(key, cfg, "prompt_field and response_field go together")
-        for field in ("text_field", "messages_field", "prompt_field", "response_field", "input_field",
-                      "system_field", "system_prompt"):
-            if cfg.get(field) is not None and not isinstance(cfg.get(field), str):
-                raise ConfigError(f"{key}.{field}", cfg.get(field), "expected a string")
+        if cfg.format not in ("text", "chat"):
+            raise ConfigError(f"{key}.format", cfg.format, "allowed: text, chat")
+        if cfg.file_format not in FILE_FORMATS:
+            raise ConfigError(f"{key}.file_format", cfg.file_format, f"allowed: {', '.join(FILE_FORMATS)}")
+        if bool(cfg.prompt_field) != bool(cfg.response_field):
+            raise ConfigError(key, {"prompt_field": cfg.prompt_field, "response_field": cfg.response_field},
+                              "prompt_field and response_field go together")
         specs.append(SourceSpec(
-            name=str(name), weight=float(weight), paths=paths, hub=hub,
-            text_field=cfg.get("text_field") or "text", format=fmt,
-            messages_field=cfg.get("messages_field") or "messages",
-            prompt_field=cfg.get("prompt_field"), response_field=cfg.get("response_field"),
-            input_field=cfg.get("input_field"), system_field=cfg.get("system_field"),
-            system_prompt=cfg.get("system_prompt"), filters=_filters(cfg.get("filters"), f"{key}.filters"),
-            val_paths=_str_tuple(cfg.get("val_paths"), f"{key}.val_paths"),
-            val_hub=_hub(cfg.get("val_hub"), f"{key}.val_hub"), file_format=file_format,
-            fim=bool(cfg.get("fim", True)),
+            name=str(name), weight=float(cfg.weight), paths=paths, hub=hub, text_field=cfg.text_field,
+            format=cfg.format, messages_field=cfg.messages_field, prompt_field=cfg.prompt_field,
+            response_field=cfg.response_field, input_field=cfg.input_field, system_field=cfg.system_field,
+            system_prompt=cfg.system_prompt, filters=_filters(cfg.filters, f"{key}.filters"),
+            val_paths=_str_tuple(cfg.val_paths, f"{key}.val_paths"), val_hub=_hub(cfg.val_hub, f"{key}.val_hub"),
+            file_format=cfg.file_format, fim=cfg.fim,
         ))
     if not specs:
-        raise ConfigError("data.sources", list(sources_cfg), "every source has weight 0; enable at least one")
+        raise ConfigError("data.sources", list(sources), "every source has weight 0; enable at least one")
     return specs
 
 

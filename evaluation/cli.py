@@ -12,22 +12,17 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from codellama_recipe.core.config import HYDRA_CONFIG_PATH
-from codellama_recipe.evaluation.run import evaluate, score_samples_file
+from codellama_recipe.core.cli import run_hydra_command
+from codellama_recipe.evaluation.run import evaluate, load_config, score_samples_file
 
 
 def run(cfg: DictConfig) -> int:
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    cfg.pop("hydra", None)
-    cfg.pop("defaults", None)
+    cfg = _plain(cfg)
     if cfg.report_from:
         from codellama_recipe.evaluation.report import write_report
         print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")
         return 0
     if cfg.samples:
-        if not cfg.benchmark:
-            print("codellama-eval: samples=FILE needs benchmark=NAME", file=sys.stderr)
-            return 2
         result = score_samples_file(cfg.samples, cfg.benchmark, cfg)
         for k, v in result["metrics"].items():
             print(f"{cfg.benchmark} {k} = {v:.4f}")
@@ -42,18 +37,25 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
+def check(cfg: DictConfig) -> None:
+    """What can be refused before a model is loaded (exit 2 with one line)."""
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.evaluation.run import validate_config
+
+    validate_config(load_config(_plain(cfg)))
+    if cfg.samples and not cfg.benchmark:
+        raise ConfigError("benchmark", None, "samples=FILE needs benchmark=NAME")
+
+
+def _plain(cfg: DictConfig) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.pop("hydra", None)
+    return cfg
+
+
 def main() -> None:
-    import hydra
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    @hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="eval", version_base=None)
-    def _main(cfg: DictConfig) -> None:
-        code = run(cfg)
-        if code:
-            sys.exit(code)
-
-    _main()
+    sys.exit(run_hydra_command("codellama-eval", "eval", run, check=check))
 
 
 if __name__ == "__main__":

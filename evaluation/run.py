@@ -23,8 +23,9 @@ from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_i
 from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
 from codellama_recipe.evaluation.mbpp import load_mbpp
 from codellama_recipe.evaluation.problems import Problem, score_completions
-from codellama_recipe.core.config import conf_dir
+from codellama_recipe.core.config import conf_dir, typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import EvalConfig, SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +38,25 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # ------------------------------------------------------------------ config
 def load_config(overrides=None, preset: str | None = None) -> DictConfig:
     """conf/eval.yaml, then conf/eval/<preset>.yaml (e.g. "fast"), then `overrides` (dict / DictConfig /
-    list of "key=value") merged on top."""
-    cfg = OmegaConf.load(CONF_DIR / "eval.yaml")
-    cfg.pop("hydra", None)
-    cfg.pop("defaults", None)
-    OmegaConf.set_struct(cfg, True)                  # a misspelt key is an error, not a silent no-op
-    OmegaConf.set_struct(cfg.infilling.paths, False)
+    list of "key=value") on top, checked against the schema (core.schema.EvalConfig)."""
+    layers = [OmegaConf.load(CONF_DIR / "eval.yaml")]
     if preset is not None:
         path = CONF_DIR / "eval" / f"{preset}.yaml"
         if not path.is_file():
             raise ConfigError("preset", preset, f"one of {sorted(p.stem for p in (CONF_DIR / 'eval').glob('*.yaml'))}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-    if overrides is None:
-        return cfg
+        layers.append(OmegaConf.load(path))
     if isinstance(overrides, (list, tuple)):
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.merge(cfg, overrides if isinstance(overrides, DictConfig) else OmegaConf.create(overrides))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    elif overrides is not None:
+        layers.append(overrides if isinstance(overrides, DictConfig) else OmegaConf.create(overrides))
+    merged = OmegaConf.merge(*layers)
+    for key in ("hydra", "defaults"):
+        merged.pop(key, None)
+    return OmegaConf.structured(typed(EvalConfig, merged, "eval"))
 
 
-def _validate(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig) -> None:
+    """The values an evaluation config may not take (its types are the schema's)."""
     unknown = [b for b in cfg.benchmarks if b not in BENCHMARKS]
     if unknown:
         raise ConfigError("benchmarks", list(cfg.benchmarks), f"allowed: {list(BENCHMARKS)}")
@@ -65,9 +66,20 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError("generation.n_samples", cfg.generation.n_samples, "must be >= 1")
     if cfg.generation.n_samples > 1 and cfg.generation.temperature == 0:
         raise ConfigError("generation.temperature", 0, "n_samples > 1 needs sampling (temperature > 0)")
+    if cfg.generation.max_new_tokens < 1:
+        raise ConfigError("generation.max_new_tokens", cfg.generation.max_new_tokens, "must be >= 1")
+    if not 0 < cfg.generation.top_p <= 1:
+        raise ConfigError("generation.top_p", cfg.generation.top_p, "must be in (0, 1]")
+    if cfg.generation.temperature < 0:
+        raise ConfigError("generation.temperature", cfg.generation.temperature, "must be >= 0 (0 = greedy)")
     bad_modes = [m for m in cfg.infilling.modes if m not in MODES]
     if bad_modes:
         raise ConfigError("infilling.modes", list(cfg.infilling.modes), f"each one of {list(MODES)}")
+    if cfg.benchmark is not None and cfg.benchmark not in CODE_BENCHMARKS:
+        raise ConfigError("benchmark", cfg.benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    from codellama_recipe.evaluation.sandbox import check_sandbox_config
+
+    check_sandbox_config(typed(SandboxConfig, cfg.sandbox, "sandbox"))
 
 
 def _limit(cfg: DictConfig, section: str):
@@ -228,7 +240,7 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
     cfg = load_config(cfg, preset)
     if model_path is not None:
         cfg.model_path = str(model_path)
-    _validate(cfg)
+    validate_config(cfg)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,15 +287,15 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
 
 
 def make_sandbox(cfg):
-    from codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig
-    return Sandbox(SandboxConfig.from_dict(OmegaConf.to_container(cfg.sandbox, resolve=True)))
+    from codellama_recipe.evaluation.sandbox import Sandbox
+    return Sandbox(cfg.sandbox)
 
 
 def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     """Score completions written by any model: jsonl rows {task_id, completion} (several per task for
     pass@k). Infilling completions are middles. Returns and writes {metrics, ...}."""
     cfg = load_config(cfg)
-    _validate(cfg)
+    validate_config(cfg)
     if benchmark not in CODE_BENCHMARKS:
         raise ConfigError("benchmark", benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
     cfg.limit = None            # score every task that has completions

@@ -37,7 +37,9 @@ import threading
 import time
 from pathlib import Path
 
+from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,46 +50,18 @@ SIGXCPU = getattr(signal, "SIGXCPU", 24)
 BACKUP_GRACE_S = 15.0     # the launcher enforces the timeout; the evaluator steps in only after this much more
 
 
-@dataclasses.dataclass
-class SandboxConfig:
-    timeout_s: float = 10.0          # wall clock per program
-    cpu_s: int = 10                  # RLIMIT_CPU (seconds of CPU time)
-    memory_mb: int = 2048            # RLIMIT_AS (address space)
-    max_procs: int = 64              # RLIMIT_NPROC (processes/threads of the sandbox uid)
-    max_file_mb: int = 16            # RLIMIT_FSIZE: any file written, including captured stdout/stderr
-    max_output_kb: int = 32          # captured stdout/stderr kept per stream (head + tail)
-    workers: int = 0                 # parallel programs; 0 = number of CPUs
-    network: str = "isolate"         # isolate: own netns when possible | require: fail if impossible | allow
-    user: str | int = "auto"         # auto: dedicated uids when root | none | an int uid base
-    uid_base: int = 64000            # dedicated uids uid_base .. uid_base+workers-1 (root only)
-    python: str | None = None        # interpreter for programs; None = auto (must be usable by the uid)
-    tmp_root: str | None = None      # where sandbox directories are made (default: system temp dir)
-
-    @classmethod
-    def from_dict(cls, d) -> "SandboxConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError("sandbox." + sorted(unknown)[0], d[sorted(unknown)[0]],
-                              f"allowed keys: {sorted(names)}")
-        cfg = cls(**dict(d))
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.network not in NETWORK_MODES:
-            raise ConfigError("sandbox.network", self.network, f"one of {NETWORK_MODES}")
-        for key in ("timeout_s", "cpu_s", "memory_mb", "max_procs", "max_file_mb", "max_output_kb"):
-            if not getattr(self, key) or getattr(self, key) <= 0:
-                raise ConfigError(f"sandbox.{key}", getattr(self, key), "must be > 0")
-        if self.workers < 0:
-            raise ConfigError("sandbox.workers", self.workers, "must be >= 0 (0 = number of CPUs)")
-        if not (self.user in ("auto", "none") or isinstance(self.user, int)):
-            raise ConfigError("sandbox.user", self.user, "'auto', 'none' or an integer uid base")
-
-    @property
-    def n_workers(self) -> int:
-        return self.workers or os.cpu_count() or 1
+def check_sandbox_config(cfg: SandboxConfig) -> SandboxConfig:
+    """The values a typed `sandbox` node may not take."""
+    if cfg.network not in NETWORK_MODES:
+        raise ConfigError("sandbox.network", cfg.network, f"one of {NETWORK_MODES}")
+    for key in ("timeout_s", "cpu_s", "memory_mb", "max_procs", "max_file_mb", "max_output_kb"):
+        if not getattr(cfg, key) or getattr(cfg, key) <= 0:
+            raise ConfigError(f"sandbox.{key}", getattr(cfg, key), "must be > 0")
+    if cfg.workers < 0:
+        raise ConfigError("sandbox.workers", cfg.workers, "must be >= 0 (0 = number of CPUs)")
+    if not (cfg.user in ("auto", "none") or isinstance(cfg.user, int)):
+        raise ConfigError("sandbox.user", cfg.user, "'auto', 'none' or an integer uid base")
+    return cfg
 
 
 @dataclasses.dataclass
@@ -320,10 +294,7 @@ class Sandbox:
     """Runs programs; thread-safe; `run_many` runs them in parallel workers."""
 
     def __init__(self, cfg: SandboxConfig | dict | None = None):
-        if isinstance(cfg, dict) or (cfg is not None and not isinstance(cfg, SandboxConfig)):
-            cfg = SandboxConfig.from_dict(cfg)
-        self.cfg = cfg or SandboxConfig()
-        self.cfg.validate()
+        self.cfg = check_sandbox_config(typed(SandboxConfig, cfg, "sandbox"))
         self.capabilities = detect_capabilities(self.cfg)
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.cfg.n_workers):

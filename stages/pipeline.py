@@ -8,6 +8,7 @@ stage whose config changed is refused unless it is named in ``restart=[…]``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,15 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, ValidationError
 
-from codellama_recipe.core.config import compose as _compose, conf_dir
-from codellama_recipe.train.checkpoints import config_differences, fingerprint
+from codellama_recipe.core.cli import compose_checked, refuse, split_argv
+from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
+from codellama_recipe.train.checkpoints import config_differences, fingerprint
 
 CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
+PROG = "codellama-pipeline"
 
 
 class PipelineError(RuntimeError):
@@ -33,16 +37,24 @@ class PipelineError(RuntimeError):
 def compose_pipeline(argv: list[str]) -> DictConfig:
     """Overrides of the pipeline's own keys (conf/run_pipeline.yaml), ``stages.<stage>.<key>=value`` for one
     stage, and any other override (``deepspeed=zero3``, ``trainer.precision=bf16``, ``corpus.code.paths=[…]``)
-    for every stage's training config."""
-    own = set(OmegaConf.load(CONF_DIR / "run_pipeline.yaml")) | {"pipeline", "stages", "hydra"}
+    for every stage's training config. Every stage's config is composed and checked here, before anything
+    runs."""
+    own = {f.name for f in dataclasses.fields(PipelineRunConfig)} | {"hydra"}
     top = lambda a: a.lstrip("+~").split("=", 1)[0].split(".", 1)[0]  # noqa: E731
     per_stage = [a for a in argv if top(a) == "stages"]
     every_stage = [a for a in argv if top(a) not in own]
-    cfg = _compose("run_pipeline", [a for a in argv if top(a) in own and top(a) != "stages"])
-    OmegaConf.set_struct(cfg, False)
+    cfg = compose_checked("run_pipeline", [a for a in argv if top(a) in own and top(a) != "stages"])
     cfg.common = [*cfg.common, *every_stage]
+    for override in per_stage:
+        key, _, value = override.lstrip("+~").partition("=")
+        name = key.split(".")[1] if key.count(".") >= 1 else ""
+        if name not in cfg.stages:
+            raise ConfigError(key, value, f"no stage '{name}' in pipeline '{cfg.pipeline.name}'; its stages: "
+                                          f"{', '.join(cfg.stages)}")
     if per_stage:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(per_stage))
+        with open_dict(cfg.stages):   # a stage's keys are checked against codellama-train's schema below
+            cfg.stages = OmegaConf.merge(cfg.stages, OmegaConf.from_dotlist(
+                [a.lstrip("+").removeprefix("stages.") for a in per_stage]))
     validate_pipeline(cfg)
     return cfg
 
@@ -60,6 +72,8 @@ def validate_pipeline(cfg: DictConfig) -> None:
     for name in cfg.restart:
         if name not in order:
             raise ConfigError("restart", list(cfg.restart), f"stage names from pipeline.order {order}")
+    for name in order:
+        compose_stage(cfg, name, cfg.pipeline.init_from)   # every stage's keys against codellama-train's schema
 
 
 def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictConfig:
@@ -68,12 +82,14 @@ def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictCon
     groups = entry.pop("groups", {})
     overrides = [f"model={pcfg.pipeline.model}", *[f"{g}={v}" for g, v in groups.items()],
                  f"seed={pcfg.seed}", *pcfg.common]
-    cfg = _compose("train", overrides)
+    cfg = compose_checked("train", overrides)
     try:
         cfg = OmegaConf.merge(cfg, entry)
-    except ConfigKeyError as e:
-        raise ConfigError(f"stages.{name}.{e.full_key}", "(unknown key)",
-                          "keys that codellama-train's config has (see `codellama-train --cfg job`)") from None
+    except (ConfigKeyError, ValidationError) as e:
+        key = e.full_key or ""
+        reason = allowed_keys(TrainConfig, key) if isinstance(e, ConfigKeyError) else str(e).splitlines()[0]
+        value = OmegaConf.select(OmegaConf.create(entry), key, default="?")
+        raise ConfigError.from_message(f"stages.{name}.{key}={value}: {reason}") from None
     group = _wandb_group(pcfg)
     cfg.run_dir = str(Path(str(pcfg.run_dir)) / name)
     cfg.cache_dir = pcfg.cache_dir
@@ -133,6 +149,7 @@ def plan(pcfg: DictConfig) -> list[dict]:
     steps, previous_fp, init_from = [], "", pcfg.pipeline.init_from
     for i, name in enumerate(order):
         cfg = compose_stage(pcfg, name, init_from)
+        check_stage(cfg, name, first=i == 0)
         fp, resolved = stage_fingerprint(cfg, previous_fp)
         record = state.get(name)
         if i >= restart_from:
@@ -151,6 +168,20 @@ def plan(pcfg: DictConfig) -> list[dict]:
         steps.append({"name": name, "cfg": cfg, "fingerprint": fp, "resolved": resolved, "action": action})
         previous_fp, init_from = fp, str(run_dir / name / "hf")
     return steps
+
+
+def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
+    """codellama-train's checks, before anything runs. A later stage starts from weights the pipeline has
+    not written yet, so its init_from is left out of the check."""
+    from codellama_recipe.train.config_checks import check_config
+
+    if not first:
+        cfg = cfg.copy()
+        cfg.init_from = None
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 
 
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
@@ -237,14 +268,26 @@ def _fmt(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    flags, overrides = split_argv(argv)
+    names = {f.split("=", 1)[0] for f in flags}
+    if names & {"-h", "--help"}:
+        print(usage())
+        return 0
+    if names & {"-m", "--multirun"}:
+        return refuse(PROG, "config error: -m: a pipeline runs one chain; sweep one stage with codellama-train -m")
+    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
+    if unknown:
+        return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
     try:
-        pcfg = compose_pipeline(argv)
+        pcfg = compose_pipeline(overrides)
+        if names & {"--cfg", "-c"}:
+            print(OmegaConf.to_yaml(pcfg, resolve="--resolve" in names))
+            return 0
         rows = run_pipeline(pcfg)
     except (ConfigError, PipelineError) as e:
-        print(f"codellama-pipeline: {e}", file=sys.stderr)
-        return 2
+        return refuse(PROG, str(e))
     finally:
         shutdown_distributed()  # the stages share one process group; it ends with the pipeline
     if rows is None:
@@ -254,6 +297,17 @@ def main(argv: list[str] | None = None) -> int:
         (Path(str(pcfg.run_dir)) / "summary.md").write_text(table + "\n")
         print("\n" + table, flush=True)
     return 0
+
+
+def usage() -> str:
+    pipelines = ", ".join(sorted(p.stem for p in (CONF_DIR / "pipeline").glob("*.yaml")))
+    return (f"{__doc__}\nusage: {PROG} [--help] [--cfg job [--resolve]] [overrides ...]\n\n"
+            f"pipeline=<name>   one of: {pipelines}\n"
+            f"stages.<stage>.<key>=<value>   one stage's codellama-train key, e.g. "
+            f"stages.long_context.trainer.max_steps=100\n"
+            f"any other codellama-train override goes to every stage, e.g. deepspeed=zero3 "
+            f"trainer.precision=bf16\n\nthe pipeline's own keys:\n"
+            + OmegaConf.to_yaml(OmegaConf.structured(PipelineRunConfig)))
 
 
 if __name__ == "__main__":

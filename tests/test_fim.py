@@ -9,7 +9,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import BYTE0, ByteTokenizer, data_cfg, make_corpus, text_of, write_jsonl  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
-from codellama_recipe.data.fim import FimBuilder, FimConfig, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
+from codellama_recipe.core.config import typed  # noqa: E402
+from codellama_recipe.core.schema import FimConfig  # noqa: E402
+from codellama_recipe.data.fim import FimBuilder, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
 from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
@@ -270,7 +272,7 @@ def test_per_source_switch_and_missing_pieces(tmp_path):
 
 def test_fim_config_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown"):
-        FimConfig.from_cfg({"enabled": True, "psm_rate": 0.5})
+        typed(FimConfig, {"enabled": True, "psm_rate": 0.5}, "data.fim")
 
 
 def test_document_keys_do_not_depend_on_stream_count(tmp_path):

@@ -1,7 +1,9 @@
 """codellama-train [Hydra overrides]: train one stage (conf/train.yaml).
 
     codellama-train model=tiny stage=code run_dir=runs/code trainer.max_steps=200
-    torchrun --standalone --nproc_per_node 2 -m codellama_recipe.train.cli deepspeed=zero2 ...     (or launch/cpu.sh 2 ...)
+    torchrun --standalone --nproc_per_node 2 -m codellama_recipe.train.cli deepspeed=zero2 ...   (or launch/cpu.sh 2 ...)
+    codellama-train -m optim.lr=1e-3,3e-4 trainer.max_steps=50      # a sweep: one run_dir per job
+    codellama-train --cfg job                                         # the composed configuration
 
 Rerunning the same command resumes from the latest complete checkpoint in run_dir.
 Exit codes: 0 finished or stopped by SIGTERM/SIGUSR1 (checkpoint written), 2 invalid configuration or
@@ -12,44 +14,54 @@ from __future__ import annotations
 import os
 import sys
 
-from codellama_recipe.core.config import HYDRA_CONFIG_PATH, register_resolvers
+from codellama_recipe.core.cli import run_hydra_command
+from codellama_recipe.core.errors import ConfigError
+
+PROG = "codellama-train"
+
+
+def sweep_run_dir(cfg) -> None:
+    """In a -m sweep every job trains in its own folder: run_dir/<job number>_<its overrides>."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    job = HydraConfig.get().job
+    suffix = f"{job.num}_{job.override_dirname}" if job.override_dirname else str(job.num)
+    cfg.run_dir = os.path.join(str(cfg.run_dir), suffix.replace("/", "_"))
+    print(f"[train] sweep job {job.num}: run_dir {cfg.run_dir}", flush=True)
 
 
 def _run(cfg) -> int:
-    from codellama_recipe.train.weight_formats import CheckpointError
     from codellama_recipe.train.engine_setup import shutdown_distributed
-    from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.train.trainer import TooManyNonFinite, run
+    from codellama_recipe.train.weight_formats import CheckpointError
 
+    sweep_run_dir(cfg)
     try:
         run(cfg)
         return 0
     except (ConfigError, CheckpointError) as e:
-        print(f"codellama-train: {e}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return 2
     except TooManyNonFinite as e:
-        print(f"codellama-train: {e}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return 3
     finally:
         shutdown_distributed()
 
 
+def _check(cfg) -> None:
+    from codellama_recipe.train.config_checks import check_config
+
+    check_config(cfg)
+
+
 def main() -> None:
-    import hydra
-
-    register_resolvers()
-
     if not _has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    exit_code = 0
-
-    @hydra.main(config_path=HYDRA_CONFIG_PATH, config_name="train", version_base="1.3")
-    def _main(cfg) -> None:
-        nonlocal exit_code
-        exit_code = _run(cfg)
-
-    _main()
-    sys.exit(exit_code)
+    sys.exit(run_hydra_command(PROG, "train", _run, check=_check))
 
 
 def _has_cuda() -> bool:

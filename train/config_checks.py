@@ -1,8 +1,12 @@
-"""Validate a composed codellama-train config before any process group, model or data loader exists.
+"""Every check of a composed codellama-train config that its types cannot express, in one place.
 
-Every problem is one `ConfigError` naming the key, the value and what is allowed, so a bad command fails in
-a second instead of after DeepSpeed has started. `check_config` also derives the values the engine needs
-(gradient accumulation from the token batch size) so they are computed in exactly one place.
+The schema (core/schema.py) has already refused unknown keys and wrong types. Here: value ranges and
+choices, the rules between values (the batch in tokens must split into whole micro-batches on every
+process), and what the file system must hold (data paths that match files, the fields the sources name,
+init_from and tokenizer_path). It all runs before any process group, model or data loader exists, so a bad
+command fails in a second with one `ConfigError` naming the key, the value and what is allowed.
+`check_config` also derives the values the engine needs (gradient accumulation, the typed data plan), so
+they are computed in exactly one place.
 """
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.data.embedded import ensure_corpus_for
+from codellama_recipe.data.pipeline import DataPlan
+from codellama_recipe.data.sources import Location
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("fp32", "bf16")
@@ -20,7 +27,7 @@ SCHEDULES = ("cosine", "constant", "linear")
 WANDB_MODES = ("online", "offline", "disabled")
 OPTIMIZER_IMPLS = ("torch", "deepspeed")
 EXPORT_DTYPES = ("fp32", "bf16")
-PROGRESS_BAR = ("auto", True, False)
+PROGRESS_BAR = ("auto", "true", "false")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class RunPlan:
     batch_tokens: int
     zero_stage: int
     precision: str
+    data: DataPlan
 
 
 def world_size_from_env() -> int:
@@ -43,107 +51,102 @@ def world_size_from_env() -> int:
     return int(value)
 
 
-def _get(cfg: DictConfig, key: str, default=...):
-    value = OmegaConf.select(cfg, key, default=default if default is not ... else None,
-                             throw_on_missing=False)
-    if value is None and default is ...:
-        raise ConfigError(key, None, "is required")
-    return value
+def _at_least(node, name: str, minimum, where: str) -> None:
+    value = node[name]
+    if value < minimum:
+        raise ConfigError(f"{where}.{name}", value, f"must be >= {minimum}")
 
 
-def _int(cfg, key, minimum, default=...) -> int:
-    value = _get(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, value, f"must be an integer >= {minimum}")
-    return value
+def _one_of(node, name: str, allowed, where: str) -> None:
+    value = node[name]
+    if str(value).lower() not in allowed:
+        raise ConfigError(f"{where}.{name}", value, f"allowed values: {', '.join(map(str, allowed))}")
 
 
-def _number(cfg, key, low, high=None, low_open=False, default=...) -> float:
-    value = _get(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, value, "must be a number")
-    bad = value <= low if low_open else value < low
-    if bad or (high is not None and value > high):
-        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
-        raise ConfigError(key, value, f"must lie in {rng}")
-    return float(value)
+def check_trainer(t) -> None:
+    for name, minimum in (("max_steps", 1), ("batch_tokens", 1), ("micro_batch_size", 1), ("checkpoint_every", 0),
+                          ("keep_last", 1), ("log_every", 1), ("val_every", 0), ("val_batches", 0),
+                          ("loss_chunk_size", 0), ("max_nonfinite_in_row", 1)):
+        _at_least(t, name, minimum, "trainer")
+    if t.precision == "fp16":
+        raise ConfigError("trainer.precision", t.precision,
+                          f"fp16 (loss scaling) is not supported; allowed values: {', '.join(PRECISIONS)}")
+    _one_of(t, "precision", PRECISIONS, "trainer")
+    _one_of(t, "export_dtype", EXPORT_DTYPES, "trainer")
+    _one_of(t, "progress_bar", PROGRESS_BAR, "trainer")
+    if t.peak_flops_per_device is not None and not t.peak_flops_per_device > 0:
+        raise ConfigError("trainer.peak_flops_per_device", t.peak_flops_per_device, "must be > 0, or null")
 
 
-def _choice(cfg, key, allowed, default=...):
-    value = _get(cfg, key, default)
-    if value not in allowed:
-        raise ConfigError(key, value, f"allowed values: {', '.join(map(str, allowed))}")
-    return value
+def check_optim(o) -> None:
+    if not o.lr > 0:
+        raise ConfigError("optim.lr", o.lr, "must be > 0")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError("optim.betas", list(o.betas), "must be two numbers in [0, 1)")
+    if not o.eps > 0:
+        raise ConfigError("optim.eps", o.eps, "must be > 0")
+    _at_least(o, "weight_decay", 0, "optim")
+    _at_least(o, "grad_clip", 0, "optim")
+    _at_least(o, "warmup_steps", 0, "optim")
+    if not 0 <= o.final_lr_ratio <= 1:
+        raise ConfigError("optim.final_lr_ratio", o.final_lr_ratio, "must lie in [0, 1]")
+    _one_of(o, "schedule", SCHEDULES, "optim")
+    _one_of(o, "impl", OPTIMIZER_IMPLS, "optim")
+
+
+def zero_stage_of(cfg: DictConfig) -> int:
+    zero = cfg.deepspeed.get("zero_optimization") or {}
+    stage = zero.get("stage")
+    if isinstance(stage, bool) or stage not in ZERO_STAGES:
+        raise ConfigError("deepspeed.zero_optimization.stage", stage,
+                          f"ZeRO stages are {', '.join(map(str, ZERO_STAGES))} "
+                          f"(presets: deepspeed=zero0|zero1|zero2|zero3|zero3_offload)")
+    return int(stage)
+
+
+def check_paths(cfg: DictConfig) -> None:
+    if not str(cfg.run_dir).strip():
+        raise ConfigError("run_dir", cfg.run_dir, "must be a folder path")
+    if Path(str(cfg.run_dir)).is_file():
+        raise ConfigError("run_dir", str(cfg.run_dir), "is a file; expected a folder (it is created if missing)")
+    for key, what in (("init_from", "a Hugging Face, Meta or codellama-train checkpoint folder"),
+                      ("tokenizer_path", "a SentencePiece .model file")):
+        path = cfg[key]
+        if path is not None and not Path(str(path)).exists():
+            raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
+
+
+def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
+    """Every configured glob matches a file and every named field exists (train splits; validation splits
+    when validation runs). The embedded corpus is built first when the paths point at it."""
+    ensure_corpus_for(data.sources, cfg.cache_dir)
+    validating = cfg.trainer.val_every and cfg.trainer.val_batches
+    for spec in data.sources:
+        Location(spec, "train").check_fields()
+        if validating and (spec.val_paths or spec.val_hub):
+            Location(spec, "val").check_fields()
 
 
 def check_config(cfg: DictConfig, world_size: int | None = None) -> RunPlan:
     """Raise ConfigError for the first invalid value; return the derived RunPlan."""
     world_size = world_size_from_env() if world_size is None else world_size
+    check_paths(cfg)
+    check_trainer(cfg.trainer)
+    check_optim(cfg.optim)
+    _one_of(cfg.wandb, "mode", WANDB_MODES, "wandb")
+    stage = zero_stage_of(cfg)
 
-    if not str(_get(cfg, "run_dir")).strip():
-        raise ConfigError("run_dir", cfg.run_dir, "must be a folder path")
-    _int(cfg, "seed", 0)
-    seq_len = _int(cfg, "data.seq_len", 1)
-    micro = _int(cfg, "trainer.micro_batch_size", 1)
-    batch_tokens = _int(cfg, "trainer.batch_tokens", 1)
-    _int(cfg, "trainer.max_steps", 1)
-    per_pass = seq_len * micro * world_size
-    if batch_tokens % per_pass:
-        lower = max(per_pass, batch_tokens // per_pass * per_pass)
+    t = cfg.trainer
+    data = DataPlan.of(cfg.data)
+    per_pass = data.seq_len * t.micro_batch_size * world_size
+    if t.batch_tokens % per_pass:
+        lower = max(per_pass, t.batch_tokens // per_pass * per_pass)
         raise ConfigError(
-            "trainer.batch_tokens", batch_tokens,
+            "trainer.batch_tokens", t.batch_tokens,
             f"must be a multiple of data.seq_len × trainer.micro_batch_size × world size = "
-            f"{seq_len} × {micro} × {world_size} = {per_pass} (gradient accumulation = batch_tokens / that); "
-            f"nearest valid values: {lower} or {lower + per_pass}")
-
-    _int(cfg, "trainer.checkpoint_every", 0)
-    _int(cfg, "trainer.keep_last", 1)
-    _int(cfg, "trainer.log_every", 1)
-    _int(cfg, "trainer.val_every", 0)
-    _int(cfg, "trainer.val_batches", 0)
-    _int(cfg, "trainer.loss_chunk_size", 0, default=0)
-    _int(cfg, "trainer.max_nonfinite_in_row", 1, default=5)
-    _choice(cfg, "trainer.export_dtype", EXPORT_DTYPES, default="fp32")
-    _choice(cfg, "trainer.progress_bar", PROGRESS_BAR, default="auto")
-    precision = _get(cfg, "trainer.precision")
-    if precision == "fp16":
-        raise ConfigError("trainer.precision", precision,
-                          f"fp16 (loss scaling) is not supported; allowed values: {', '.join(PRECISIONS)}")
-    _choice(cfg, "trainer.precision", PRECISIONS)
-    peak = _get(cfg, "trainer.peak_flops_per_device", None)
-    if peak is not None:
-        _number(cfg, "trainer.peak_flops_per_device", 0, low_open=True)
-    for key in ("trainer.debug_inject_nan_steps",):
-        steps = _get(cfg, key, [])
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
-            raise ConfigError(key, steps, "must be a list of step numbers")
-
-    stage = _get(cfg, "deepspeed.zero_optimization.stage")
-    if isinstance(stage, bool) or stage not in ZERO_STAGES:
-        raise ConfigError("deepspeed.zero_optimization.stage", stage,
-                          f"ZeRO stages are {', '.join(map(str, ZERO_STAGES))} "
-                          f"(presets: deepspeed=zero0|zero1|zero2|zero3|zero3_offload)")
-
-    _number(cfg, "optim.lr", 0, low_open=True)
-    betas = _get(cfg, "optim.betas")
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-        raise ConfigError("optim.betas", list(betas), "must be two numbers in [0, 1)")
-    _number(cfg, "optim.eps", 0, low_open=True)
-    _number(cfg, "optim.weight_decay", 0)
-    _number(cfg, "optim.grad_clip", 0)
-    _choice(cfg, "optim.schedule", SCHEDULES)
-    _int(cfg, "optim.warmup_steps", 0)
-    _number(cfg, "optim.final_lr_ratio", 0, 1)
-    _choice(cfg, "optim.impl", OPTIMIZER_IMPLS, default="torch")
-
-    _choice(cfg, "wandb.mode", WANDB_MODES)
-
-    for key, what in (("init_from", "a Hugging Face, Meta or codellama-train checkpoint folder"),
-                      ("tokenizer_path", "a SentencePiece .model file")):
-        path = _get(cfg, key, None)
-        if path is not None and not Path(str(path)).exists():
-            raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
-
-    return RunPlan(world_size=world_size, seq_len=seq_len, micro_batch_size=micro,
-                   grad_accum=batch_tokens // per_pass, batch_tokens=batch_tokens,
-                   zero_stage=int(stage), precision=precision)
+            f"{data.seq_len} × {t.micro_batch_size} × {world_size} = {per_pass} (gradient accumulation = "
+            f"batch_tokens / that); nearest valid values: {lower} or {lower + per_pass}")
+    check_data_files(cfg, data)
+    return RunPlan(world_size=world_size, seq_len=data.seq_len, micro_batch_size=t.micro_batch_size,
+                   grad_accum=t.batch_tokens // per_pass, batch_tokens=t.batch_tokens, zero_stage=stage,
+                   precision=t.precision, data=data)

@@ -8,8 +8,6 @@ path and an explicit boolean mask only when document ids, key padding or a KV-ca
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -18,84 +16,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import ModelConfig
 
 # `enable_gqa` arrived in torch 2.5; older versions get the kv heads repeated explicitly.
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 INIT_STD = 0.02  # every Linear and the embedding: N(0, 0.02) (GPT-2/Megatron default; Meta's is not published)
-
-
-@dataclass
-class ModelConfig:
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int | None
-    vocab_size: int | None
-    multiple_of: int = 256
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 4096
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        """FFN width by Meta's formula: multiple_of * ceil(int(mult * int(8 * dim / 3)) / multiple_of)."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
-
-    def validate(self) -> "ModelConfig":
-        def positive_int(key):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"model.{key}", value, "must be a positive integer")
-
-        for key in ("dim", "n_layers", "n_heads", "multiple_of", "max_seq_len"):
-            positive_int(key)
-        if self.vocab_size is None:
-            raise ConfigError("model.vocab_size", None,
-                              "must be set (null is only allowed in a preset: the tokenizer's size fills it)")
-        positive_int("vocab_size")
-        if self.n_kv_heads is not None:
-            positive_int("n_kv_heads")
-        if self.dim % self.n_heads:
-            raise ConfigError("model.dim", self.dim, f"must be divisible by n_heads={self.n_heads}")
-        if self.head_dim % 2:
-            raise ConfigError("model.dim", self.dim,
-                              f"dim / n_heads = {self.head_dim} must be even (RoPE rotates pairs)")
-        if self.n_heads % self.kv_heads:
-            raise ConfigError("model.n_kv_heads", self.n_kv_heads, f"must divide n_heads={self.n_heads}")
-        if self.ffn_dim_multiplier is not None and not self.ffn_dim_multiplier > 0:
-            raise ConfigError("model.ffn_dim_multiplier", self.ffn_dim_multiplier, "must be > 0 or null")
-        if not self.norm_eps > 0:
-            raise ConfigError("model.norm_eps", self.norm_eps, "must be > 0")
-        if not self.rope_theta > 0:
-            raise ConfigError("model.rope_theta", self.rope_theta, "must be > 0")
-        return self
-
-    @classmethod
-    def from_dict(cls, d) -> "ModelConfig":
-        """Build from a mapping (a Hydra node, params.json, ...); keys that are not fields are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: d[k] for k in d if k in names}
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in kwargs and f.default is dataclasses.MISSING]
-        if missing:
-            raise ConfigError("model", sorted(kwargs), f"missing required keys {missing}")
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _numel(p: torch.Tensor) -> int:
