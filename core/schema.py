@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+MISSING = "???"   # OmegaConf's marker of a required value (spelt out: the model imports this file without omegaconf)
 
 from codellama_recipe.core.errors import ConfigError
 

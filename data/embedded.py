@@ -92,9 +92,9 @@ def ensure_embedded(cache_dir=None, log=print, corpus_cfg: CorpusConfig | None =
 
 
 def ensure_corpus_for(plan_sources, cache_dir, log=print) -> None:
-    """Build the embedded corpus when a configured path points into `cache_dir` and matches nothing yet
-    (the defaults point there: the corpus is made on first use)."""
+    """Build the embedded corpus when a configured training path points into `cache_dir` and matches nothing
+    yet (the defaults point there: the corpus is made on first use)."""
     cache = str(pathlib.Path(str(cache_dir)).expanduser())
-    patterns = [p for spec in plan_sources for p in (*spec.paths, *spec.val_paths)]
+    patterns = [p for spec in plan_sources for p in spec.paths]
     if any(p.startswith(cache) and not glob.glob(p) for p in patterns):
         ensure_corpus(cache, log=log)

@@ -227,7 +227,7 @@ def evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
 
     order = list(pcfg.pipeline.order)
     earlier = [Path(str(pcfg.run_dir)) / s / "eval" / "results.json" for s in order[: order.index(name)]]
-    overrides = OmegaConf.merge(pcfg.eval.overrides, {
+    overrides = OmegaConf.merge(OmegaConf.to_container(pcfg.eval.overrides, resolve=True), {
         "label": name, "out_dir": str(stage_dir / "eval"), "cache_dir": pcfg.cache_dir,
         "report": {"compare": [str(p) for p in earlier if p.exists()]},
         "wandb": {"mode": pcfg.wandb.mode, "project": pcfg.wandb.project, "entity": pcfg.wandb.entity,

@@ -75,7 +75,7 @@ def test_preset_parameter_counts_match_released_models(size):
     assert _count(*arch) == exact
     assert round(exact / 1e7) * 1e7 == published
     node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{size}.yaml"))
-    assert node["name"] == size and node["recipe"] == {} and node["max_seq_len"] == 4096
+    assert node["name"] == size and node["max_seq_len"] == 4096
     cfg = ModelConfig.from_dict(node)
     dim, layers, heads, kv_heads, hidden, vocab = arch
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.hidden_dim, cfg.vocab_size, cfg.head_dim) == (
