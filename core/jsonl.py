@@ -32,13 +32,3 @@ def write_jsonl(path, rows: Iterable[dict]) -> None:
     with _open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-
-
-def evenly_spaced(rows: list, limit: int | None) -> list:
-    """`limit` rows spread evenly over the file (all rows when limit is None or >= len(rows)), so that a
-    small subset still covers the whole benchmark instead of its first problems only."""
-    if limit is None or limit >= len(rows):
-        return list(rows)
-    if limit <= 0:
-        raise ValueError(f"limit must be > 0, got {limit}")
-    return [rows[i * len(rows) // limit] for i in range(limit)]

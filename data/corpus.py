@@ -32,6 +32,7 @@ import sysconfig
 import time
 from typing import Callable, Iterable, Iterator
 
+from codellama_recipe.core.atomic import replace_dir_atomic, write_bytes_atomic, write_text_atomic
 from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
 
 CORPUS_FORMAT_VERSION = 1
@@ -393,7 +394,7 @@ def write_shards(rows: list[dict], out_dir: pathlib.Path, split: str, n_shards: 
     for i, shard in enumerate(shards):
         path = out_dir / f"{split}-{i:05d}.jsonl"
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shard).encode("utf-8")
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)
         info.append({"file": path.name, "docs": len(shard), "bytes": sizes[i],
                      "sha256": hashlib.sha256(data).hexdigest()})
     return info
@@ -470,10 +471,8 @@ def build_corpus(out_dir, cfg: CorpusConfig | None = None, roots: dict | None = 
         manifest["fingerprint"] = hashlib.sha256(json.dumps(
             {s: [sh["sha256"] for split in ("train", "val") for sh in m["shards"][split]]
              for s, m in manifest["sources"].items()}, sort_keys=True).encode()).hexdigest()
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+        replace_dir_atomic(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(m["bytes"]["train"] + m["bytes"]["val"] for m in manifest["sources"].values())

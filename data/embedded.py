@@ -57,9 +57,14 @@ def corpus_train_files(corpus_dir) -> list[pathlib.Path]:
 
 
 def _remove_stale_temporaries(cache_dir: pathlib.Path) -> None:
-    """Half-built corpora / tokenizer runs of killed processes (only called while holding the lock)."""
-    for stale in list(cache_dir.glob(".corpus-v*.tmp-*")) + list(cache_dir.glob(".tok-train-*")):
-        shutil.rmtree(stale, ignore_errors=True)
+    """What killed processes left behind (only called while holding the lock): half-built corpora, replaced
+    corpora not yet deleted, tokenizer training folders and half-written tokenizer files."""
+    for pattern in (".corpus-v*.tmp-*", ".corpus-v*.old-*", ".tok-train-*", ".tokenizer-v*.tmp-*"):
+        for stale in cache_dir.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def ensure_corpus(cache_dir=None, cfg: CorpusConfig | None = None, log=print) -> pathlib.Path:
@@ -83,6 +88,7 @@ def ensure_embedded(cache_dir=None, log=print, corpus_cfg: CorpusConfig | None =
     ensure_corpus(cache_dir, corpus_cfg, log=log)
     with _locked(paths.corpus_dir.parent):
         if not paths.tokenizer_path.is_file():
+            _remove_stale_temporaries(paths.corpus_dir.parent)
             start = time.perf_counter()
             prefix = str(paths.tokenizer_path)[: -len(".model")]
             train_tokenizer(corpus_train_files(paths.corpus_dir), prefix, vocab_size=DEFAULT_VOCAB_SIZE)

@@ -86,7 +86,13 @@ def fim_tokens(tokenizer, text: str, plan: FimPlan, *, bos: bool = True, eos: bo
 
 
 def fim_prompt(tokenizer, prefix: str, suffix: str, spm: bool = False) -> list[int]:
-    """Inference prompt of the reference generation code (generation stops at <EOT>)."""
+    """The inference prompt of the reference generation code (the model then writes the middle and <EOT>):
+        PSM: [BOS, PRE] + Enc(prefix) + [SUF] + EncNoSpace(suffix) + [MID]
+        SPM: [BOS, PRE, SUF] + EncNoSpace(suffix) + [MID] + Enc(prefix)
+    """
+    if not tokenizer.has_infilling:
+        raise ValueError(f"tokenizer {tokenizer.path!r} has no infilling pieces (<PRE> <SUF> <MID> <EOT>); "
+                         "infilling needs a model trained with FIM and its tokenizer")
     if spm:
         return [tokenizer.bos_id, tokenizer.prefix_id, tokenizer.suffix_id] + tokenizer.encode_no_space(suffix) \
             + [tokenizer.middle_id] + tokenizer.encode(prefix)

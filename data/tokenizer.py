@@ -12,7 +12,6 @@ containing the literal text "<PRE>" encodes to ordinary pieces; the FIM code ins
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import tempfile
 import time
@@ -20,6 +19,8 @@ from typing import Iterable, Sequence
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from codellama_recipe.core.atomic import write_bytes_atomic
 
 PREFIX_PIECE, SUFFIX_PIECE, MIDDLE_PIECE, EOT_PIECE = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 INFILLING_PIECES = (PREFIX_PIECE, SUFFIX_PIECE, MIDDLE_PIECE, EOT_PIECE)
@@ -212,7 +213,7 @@ def train_tokenizer(
     Input is read in the given order and cut at `max_train_bytes` so training time is bounded (the
     whole input is used, no sampling: the result is a pure function of the input). Lines are the
     training "sentences" (SentencePiece's unit), which is also how indentation pieces get learned.
-    The model is written to a temporary name and renamed, so concurrent readers never see half a file.
+    The model is written atomically (core.atomic), so concurrent readers never see half a file.
     """
     if vocab_size < 512:
         raise ValueError(f"vocab_size={vocab_size} is too small; byte fallback alone needs 256 pieces, use >= 512")
@@ -252,21 +253,20 @@ def train_tokenizer(
         )
         elapsed = time.perf_counter() - start
         final = model_prefix + ".model"
-        _drop_temporary_paths(tmp_prefix + ".model", pathlib.Path(model_prefix).name)
-        os.replace(tmp_prefix + ".model", final)
-        os.replace(tmp_prefix + ".vocab", model_prefix + ".vocab")
+        write_bytes_atomic(final, _without_temporary_paths(tmp_prefix + ".model", pathlib.Path(model_prefix).name))
+        write_bytes_atomic(model_prefix + ".vocab", pathlib.Path(tmp_prefix + ".vocab").read_bytes())
     if verbose:
         print(f"trained {vocab_size}-piece BPE on {written / 1e6:.1f} MB in {elapsed:.1f}s -> {final}")
     return final
 
 
-def _drop_temporary_paths(model_file: str, name: str) -> None:
+def _without_temporary_paths(model_file: str, name: str) -> bytes:
     """The trainer records its input file and output prefix (here: random temp paths) in the model;
     replace them so identical inputs give byte-identical model files."""
     proto = _load_model_proto(model_file)
     del proto.trainer_spec.input[:]
     proto.trainer_spec.model_prefix = name
-    pathlib.Path(model_file).write_bytes(proto.SerializeToString())
+    return proto.SerializeToString()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +303,5 @@ def extend_with_infilling(src_model, dst_model) -> str:
             new = proto.pieces.add()
             new.piece, new.score, new.type = piece, 0.0, _TYPE.CONTROL
         data = proto.SerializeToString()
-    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, dst)
+    write_bytes_atomic(dst, data)
     return str(dst)

@@ -1,5 +1,5 @@
 """Batched text generation on our Llama with a KV cache: greedy or temperature/top-p sampling,
-stop sequences, and Code Llama infilling prompts (PSM / SPM exactly as the reference generation code).
+stop sequences, and Code Llama infilling (PSM / SPM prompts of data.fim.fim_prompt, as the reference generation code).
 
 Batches are left-padded: every prompt ends at the same column, so each step appends one column.
 `key_padding_mask` hides the pad columns and `position_ids` count positions from each row's first real
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.data.fim import fim_prompt
 
 
 @dataclasses.dataclass
@@ -32,22 +33,6 @@ class GenerationParams:
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", self.top_p, "must be in (0, 1]")
         return self
-
-
-def infilling_prompt_tokens(tokenizer, prefix: str, suffix: str, suffix_first: bool = False) -> list[int]:
-    """The reference inference prompt.
-
-    PSM: [BOS, PRE] + Enc(prefix) + [SUF] + EncNoSpace(suffix) + [MID]
-    SPM: [BOS, PRE, SUF] + EncNoSpace(suffix) + [MID] + Enc(prefix)
-    """
-    if not tokenizer.has_infilling:
-        raise ValueError(f"tokenizer {tokenizer.path!r} has no infilling pieces (<PRE>/<SUF>/<MID>/<EOT>); "
-                         "infilling benchmarks need a model trained with FIM")
-    if suffix_first:
-        return ([tokenizer.bos_id, tokenizer.prefix_id, tokenizer.suffix_id] + tokenizer.encode_no_space(suffix)
-                + [tokenizer.middle_id] + tokenizer.encode(prefix))
-    return ([tokenizer.bos_id, tokenizer.prefix_id] + tokenizer.encode(prefix) + [tokenizer.suffix_id]
-            + tokenizer.encode_no_space(suffix) + [tokenizer.middle_id])
 
 
 def truncate_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -163,7 +148,7 @@ class Generator:
         """Middles for (prefix, suffix) pairs; generation stops at <EOT>; decoded without the leading space."""
         if len(prefixes) != len(suffixes):
             raise ValueError(f"{len(prefixes)} prefixes but {len(suffixes)} suffixes")
-        encoded = [infilling_prompt_tokens(self.tokenizer, p, s, suffix_first) for p, s in zip(prefixes, suffixes)]
+        encoded = [fim_prompt(self.tokenizer, p, s, spm=suffix_first) for p, s in zip(prefixes, suffixes)]
         params = dataclasses.replace(params, stop_token_ids=(self.tokenizer.eot_id, self.tokenizer.eos_id))
         outputs = self.generate_tokens(encoded, params)
         return [truncate_at_stop(self.tokenizer.decode_no_space(t), params.stop) for t in outputs]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codellama_recipe.core.jsonl import evenly_spaced, read_jsonl
-from codellama_recipe.evaluation.problems import Problem
+from codellama_recipe.core.jsonl import read_jsonl
+from codellama_recipe.evaluation.problems import Problem, evenly_spaced
 
 # The Codex paper's stop sequences: the function body ends at the next top-level statement.
 HUMANEVAL_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")

@@ -3,14 +3,14 @@ version). Rows: task_id, entry_point, prompt (the prefix), suffix, canonical_sol
 
 Judged program: prefix + middle + suffix + "\n" + test + "\n" + f"check({entry_point})".
 No package ships these files: they are read from `infilling.dir` (file names below) or explicit paths.
-The model sees the reference inference prompt in PSM or SPM (evaluation.generation.infilling_prompt_tokens).
+The model sees the reference inference prompt in PSM or SPM (data.fim.fim_prompt).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from codellama_recipe.core.jsonl import evenly_spaced, read_jsonl
-from codellama_recipe.evaluation.problems import Problem
+from codellama_recipe.core.jsonl import read_jsonl
+from codellama_recipe.evaluation.problems import Problem, evenly_spaced
 from codellama_recipe.core.errors import ConfigError
 
 INFILLING_FILES = {

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from codellama_recipe.core.jsonl import evenly_spaced, read_jsonl
-from codellama_recipe.evaluation.problems import Problem
+from codellama_recipe.core.jsonl import read_jsonl
+from codellama_recipe.evaluation.problems import Problem, evenly_spaced
 from codellama_recipe.core.errors import ConfigError
 
 MBPP_SHOT_IDS = (2, 3, 4)

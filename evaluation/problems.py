@@ -1,4 +1,5 @@
-"""A benchmark problem judged by running code, and the scoring of completions through the sandbox."""
+"""A benchmark problem judged by running code, the scoring of completions through the sandbox, and which
+problems a limited run evaluates."""
 from __future__ import annotations
 
 import collections
@@ -50,3 +51,13 @@ def score_completions(problems: Sequence[Problem], completions: Mapping[str, Seq
     counts = [(total[t], passed[t]) for t in total]
     return {"metrics": mean_pass_at_k(counts, ks), "n_tasks": len(counts), "n_samples": len(jobs),
             "status_counts": status_counts, "samples": samples}
+
+
+def evenly_spaced(rows: list, limit: int | None) -> list:
+    """`limit` rows spread evenly over the file (all rows when limit is None or >= len(rows)), so that a
+    small subset still covers the whole benchmark instead of its first problems only."""
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    if limit <= 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    return [rows[i * len(rows) // limit] for i in range(limit)]

@@ -94,41 +94,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def find_tokenizer(model_path, tokenizer_path, cache_dir) -> str:
-    """tokenizer_path when given; else a tokenizer.model in the model folder or, for a project checkpoint
-    (run_dir/checkpoints/<tag>), in the run's hf/ export or its config.yaml's tokenizer_path; else the
-    embedded default tokenizer (what training uses when tokenizer_path is null)."""
-    if tokenizer_path:
-        return str(tokenizer_path)
-    if model_path:
-        folder = Path(model_path)
-        for level in [folder, *list(folder.parents)[:3]]:
-            for candidate in (level / "tokenizer.model", level / "hf" / "tokenizer.model"):
-                if candidate.is_file():
-                    return str(candidate)
-            if (level / "config.yaml").is_file():
-                try:
-                    configured = OmegaConf.load(level / "config.yaml").get("tokenizer_path")
-                except Exception:  # noqa: BLE001 - an unreadable run config just means "not found here"
-                    configured = None
-                if configured:
-                    return str(configured)
-    from codellama_recipe.data.embedded import ensure_embedded
-    path = str(ensure_embedded(cache_dir).tokenizer_path)
-    log.warning("no tokenizer.model found for %s and no tokenizer_path: using the embedded default %s",
-                model_path, path)
-    return path
-
-
 def load_model_and_tokenizer(cfg: DictConfig):
     from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
     from codellama_recipe.train.pretrained import load_pretrained
     from codellama_recipe.train.model import Llama
 
     if not cfg.model_path:
         raise ConfigError("model_path", None, "give an HF export, a Meta folder or a project checkpoint")
+    tokenizer = Tokenizer(resolve_tokenizer(cfg.tokenizer_path, cfg.model_path, weights_key="model_path",
+                                            cache_dir=cfg.cache_dir))   # before the weights: a missing one fails fast
     model_cfg, state_dict = load_pretrained(cfg.model_path)
-    tokenizer = Tokenizer(find_tokenizer(cfg.model_path, cfg.tokenizer_path, cfg.cache_dir))
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError("tokenizer_path", tokenizer.path,
                           f"{tokenizer.vocab_size} pieces but the model has vocab_size {model_cfg.vocab_size}")

@@ -1,14 +1,13 @@
 """Generation: KV-cache decoding equals full recomputation, left-padded batches equal single prompts,
-sampling is seeded, stop strings / tokens end completions, infilling prompts match the reference layout."""
+sampling is seeded, stop strings / tokens end completions, infilling feeds data.fim's prompts and stops at <EOT>."""
 import pytest
-import sentencepiece as spm
 import torch
 from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
-from helpers_tokenizer import small_tokenizer, small_tokenizer_path
+from helpers_tokenizer import small_tokenizer
 
-from codellama_recipe.evaluation.generation import (GenerationParams, Generator, infilling_prompt_tokens, sample_next_token,
-                                   truncate_at_stop)
+from codellama_recipe.data.fim import fim_prompt
+from codellama_recipe.evaluation.generation import GenerationParams, Generator, sample_next_token, truncate_at_stop
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -87,31 +86,6 @@ def test_stop_strings_and_stop_tokens(generator, tok):
     assert truncate_at_stop("a\ndef b\nclass", ["\nclass", "\ndef"]) == "a"
 
 
-def _reference_pieces():
-    """Hand-built with SentencePiece directly: the reference's sentinel trick, ids by piece name."""
-    sp = spm.SentencePieceProcessor(model_file=small_tokenizer_path())
-    sentinel = sp.encode("☺")
-
-    def no_space(s):
-        ids = sp.encode("☺" + s)
-        assert ids[:len(sentinel)] == sentinel
-        return ids[len(sentinel):]
-    ids = {name: sp.piece_to_id(f"▁<{name}>") for name in ("PRE", "SUF", "MID", "EOT")}
-    return sp, no_space, ids
-
-
-def test_infilling_prompt_tokens_psm_and_spm(tok):
-    sp, no_space, ids = _reference_pieces()
-    prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
-    psm = [sp.bos_id(), ids["PRE"]] + sp.encode(prefix) + [ids["SUF"]] + no_space(suffix) + [ids["MID"]]
-    spm_ = [sp.bos_id(), ids["PRE"], ids["SUF"]] + no_space(suffix) + [ids["MID"]] + sp.encode(prefix)
-    assert infilling_prompt_tokens(tok, prefix, suffix, suffix_first=False) == psm
-    assert infilling_prompt_tokens(tok, prefix, suffix, suffix_first=True) == spm_
-    # The suffix is encoded without SentencePiece's leading space (the plain encoding differs).
-    assert no_space(suffix) != sp.encode(suffix)
-    assert sp.decode(no_space("x = 1")) == "x = 1"
-
-
 class ScriptedModel(torch.nn.Module):
     """Emits a fixed token sequence (one-hot logits), whatever the input: exercises decoding/stopping."""
 
@@ -120,7 +94,7 @@ class ScriptedModel(torch.nn.Module):
         self.script, self.vocab_size = script, vocab_size
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.output = torch.nn.Identity()       # "hidden states" are already the logits
-        self.prompt_lengths = []
+        self.prompts = []
 
     def new_kv_cache(self, batch_size, max_len, dtype=None, device=None):
         return object()
@@ -129,7 +103,7 @@ class ScriptedModel(torch.nn.Module):
                 return_hidden=False):
         B, T = tokens.shape
         if start_pos == 0:
-            self.prompt_lengths.append(T)
+            self.prompts.extend(tokens.tolist())
             self.step = 0
         logits = torch.zeros(B, T, self.vocab_size)
         logits[:, -1, self.script[min(self.step, len(self.script) - 1)]] = 1.0
@@ -145,6 +119,7 @@ def test_infill_stops_at_eot_and_keeps_the_leading_space(tok):
     prefix, suffix = "def f(value):\n    return", "\n"
     out = gen.infill([prefix], [suffix], GenerationParams(max_new_tokens=20), suffix_first=False)
     assert out == [" value + 1"]
-    assert model.prompt_lengths == [len(infilling_prompt_tokens(tok, prefix, suffix))]
     out_spm = gen.infill([prefix], [suffix], GenerationParams(max_new_tokens=20), suffix_first=True)
     assert out_spm == [" value + 1"]
+    # the model saw the infilling prompts of data.fim (whose layouts tests/test_fim.py checks by hand)
+    assert model.prompts == [fim_prompt(tok, prefix, suffix), fim_prompt(tok, prefix, suffix, spm=True)]

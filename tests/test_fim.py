@@ -4,10 +4,11 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import BYTE0, ByteTokenizer, data_cfg, make_corpus, text_of, write_jsonl  # noqa: E402
-from helpers_tokenizer import small_tokenizer  # noqa: E402
+from helpers_tokenizer import small_tokenizer, small_tokenizer_path  # noqa: E402
 
 from codellama_recipe.core.config import typed  # noqa: E402
 from codellama_recipe.core.schema import FimConfig  # noqa: E402
@@ -98,11 +99,51 @@ def test_real_tokenizer_layout_round_trips():
             assert tok.decode(spm[j_mid + 1:-2]) == prefix + middle
             body = psm[2:i_suf] + psm[i_suf + 1:i_mid] + psm[i_mid + 1:-2]
             assert not sentinels & set(body)
-    # the inference prompts of the reference generation code
-    assert fim_prompt(tok, "a = ", "\nb") == [tok.bos_id, tok.prefix_id] + tok.encode("a = ") + [tok.suffix_id] \
-        + tok.encode_no_space("\nb") + [tok.middle_id]
-    assert fim_prompt(tok, "a = ", "\nb", spm=True) == [tok.bos_id, tok.prefix_id, tok.suffix_id] \
-        + tok.encode_no_space("\nb") + [tok.middle_id] + tok.encode("a = ")
+
+
+# ---------------------------------------------------------------- inference prompts (also used by evaluation)
+@pytest.mark.parametrize("prefix, suffix, psm, spm", [
+    # PSM: [BOS, PRE] + Enc(prefix) + [SUF] + EncNoSpace(suffix) + [MID]
+    # SPM: [BOS, PRE, SUF] + EncNoSpace(suffix) + [MID] + Enc(prefix)
+    ("a = ", "\nb",
+     [B, PRE, SP, *b("a = "), SUF, *b("\nb"), MID],
+     [B, PRE, SUF, *b("\nb"), MID, SP, *b("a = ")]),
+    # a suffix that starts with a space keeps exactly that one space
+    ("x", " y",
+     [B, PRE, SP, *b("x"), SUF, *b(" y"), MID],
+     [B, PRE, SUF, *b(" y"), MID, SP, *b("x")]),
+    # empty prefix / empty suffix
+    ("", "z", [B, PRE, SUF, *b("z"), MID], [B, PRE, SUF, *b("z"), MID]),
+    ("def f():", "", [B, PRE, SP, *b("def f():"), SUF, MID], [B, PRE, SUF, MID, SP, *b("def f():")]),
+])
+def test_hand_worked_prompts(prefix, suffix, psm, spm):
+    tok = ByteTokenizer()
+    assert fim_prompt(tok, prefix, suffix) == psm
+    assert fim_prompt(tok, prefix, suffix, spm=True) == spm
+
+
+def test_prompts_on_a_sentencepiece_model_match_the_reference_layout():
+    """The reference built with SentencePiece directly: its sentinel trick for EncNoSpace, ids by piece name."""
+    sp = sentencepiece.SentencePieceProcessor(model_file=small_tokenizer_path())
+    sentinel = sp.encode("☺")
+
+    def no_space(s):
+        ids = sp.encode("☺" + s)
+        assert ids[:len(sentinel)] == sentinel
+        return ids[len(sentinel):]
+    ids = {name: sp.piece_to_id(f"▁<{name}>") for name in ("PRE", "SUF", "MID")}
+    prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
+    psm = [sp.bos_id(), ids["PRE"]] + sp.encode(prefix) + [ids["SUF"]] + no_space(suffix) + [ids["MID"]]
+    spm_ = [sp.bos_id(), ids["PRE"], ids["SUF"]] + no_space(suffix) + [ids["MID"]] + sp.encode(prefix)
+    tok = small_tokenizer()
+    assert fim_prompt(tok, prefix, suffix) == psm
+    assert fim_prompt(tok, prefix, suffix, spm=True) == spm_
+    assert no_space(suffix) != sp.encode(suffix)   # the suffix really is encoded without the leading space
+
+
+def test_prompt_needs_the_infilling_pieces():
+    with pytest.raises(ValueError, match="no infilling pieces"):
+        fim_prompt(ByteTokenizer(infilling=False), "a", "b")
 
 
 def _tricky_texts(rng, n):

@@ -126,25 +126,23 @@ def run_fingerprint(cfg: DictConfig) -> str:
 
 
 def resolve_tokenizer_path(cfg: DictConfig) -> str:
-    """`tokenizer_path` when given; else the tokenizer.model that comes with `init_from` (a Llama 2 folder, the
-    previous stage's export); else the embedded default. A stage that trains infilling from a Llama-2-style
-    tokenizer without the infilling pieces gets it extended to Code Llama's layout (ids 32007-32010) in
-    run_dir/tokenizer.model, as Code Llama did; the engine then grows the embeddings to match."""
-    if cfg.tokenizer_path:
-        return str(cfg.tokenizer_path)
-    shipped = Path(str(cfg.init_from)) / "tokenizer.model" if cfg.init_from else None
-    if shipped is not None and shipped.is_file():
-        from codellama_recipe.data.tokenizer import Tokenizer, extend_with_infilling
+    """The stage's tokenizer by data.tokenizer_resolution's rule (tokenizer_path, else the one that comes with
+    `init_from`, else the embedded default for a random initialisation). A stage that trains infilling from a
+    Llama-2-style tokenizer of `init_from` without the infilling pieces gets it extended to Code Llama's layout
+    (ids 32007-32010) in run_dir/tokenizer.model, as Code Llama did; the engine then grows the embeddings to match."""
+    from codellama_recipe.data.tokenizer import Tokenizer, extend_with_infilling
+    from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
 
-        if not OmegaConf.select(cfg, "data.fim.enabled", default=False) or Tokenizer(str(shipped)).has_infilling:
-            return str(shipped)
-        extended = Path(str(cfg.run_dir)) / "tokenizer.model"
-        if not extended.is_file():
-            extend_with_infilling(str(shipped), str(extended))  # deterministic, atomic: every rank may do it
-        return str(extended)
-    from codellama_recipe.data.embedded import ensure_embedded
-
-    return str(ensure_embedded(str(cfg.cache_dir)).tokenizer_path)
+    path = resolve_tokenizer(cfg.tokenizer_path, cfg.init_from, weights_key="init_from", cache_dir=cfg.cache_dir)
+    came_with_init_from = bool(cfg.init_from) and not cfg.tokenizer_path
+    if not came_with_init_from or not OmegaConf.select(cfg, "data.fim.enabled", default=False):
+        return path
+    if Tokenizer(path).has_infilling:
+        return path
+    extended = Path(str(cfg.run_dir)) / "tokenizer.model"
+    if not extended.is_file():
+        extend_with_infilling(path, str(extended))  # deterministic, atomic: every rank may do it
+    return str(extended)
 
 
 def build_loaders(cfg: DictConfig, tokenizer, rank: int, world_size: int, plan: RunPlan):
