@@ -48,13 +48,12 @@ def compose_train_config(overrides: list[str]):
 
 
 def load_tokenizer(cfg):
-    """The configured tokenizer, or the embedded default (building the corpus and tokenizer if needed)."""
-    from codellama_recipe.data.embedded import ensure_embedded
+    """The tokenizer codellama-train would use (data.tokenizer_resolution's rule)."""
     from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
 
-    if not cfg.tokenizer_path:
-        return Tokenizer(ensure_embedded(str(cfg.cache_dir), log=_log).tokenizer_path)
-    return Tokenizer(str(cfg.tokenizer_path))
+    return Tokenizer(resolve_tokenizer(cfg.tokenizer_path, cfg.init_from, weights_key="init_from",
+                                       cache_dir=cfg.cache_dir))
 
 
 def _log(msg: str) -> None:

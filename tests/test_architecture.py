@@ -19,9 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "codellama_recipe"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-# Private imports that live in code being rewritten on another branch; each entry must still be present (the
-# test fails once it is gone, so that the entry is removed with it).
-PENDING_PRIVATE_IMPORTS = {("data/pipeline.py", "codellama_recipe.data.sources", "_plain")}
 
 
 def setup_cfg() -> configparser.ConfigParser:
@@ -145,8 +142,7 @@ def test_no_module_imports_a_private_name_of_another():
     modules = package_modules()
     assert REPO / "data" / "tokenizer.py" in modules and REPO / "stages" / "pipeline.py" in modules
     found = private_imports(REPO, modules)
-    assert found - PENDING_PRIVATE_IMPORTS == set(), "import the public name instead (or make it public)"
-    assert PENDING_PRIVATE_IMPORTS <= found, "a pending private import is gone: remove it from the list"
+    assert found == set(), "import the public name instead (or make it public)"
 
 
 def test_the_private_import_scan_sees_relative_and_absolute_imports(tmp_path):
