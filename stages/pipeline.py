@@ -175,11 +175,8 @@ def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
     not written yet, so its init_from is left out of the check."""
     from codellama_recipe.train.config_checks import check_config
 
-    if not first:
-        cfg = cfg.copy()
-        cfg.init_from = None
     try:
-        check_config(cfg)
+        check_config(cfg, init_from_pending=not first)
     except ConfigError as e:
         raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 

@@ -104,7 +104,7 @@ def zero_stage_of(cfg: DictConfig) -> int:
     return int(stage)
 
 
-def check_paths(cfg: DictConfig) -> None:
+def check_paths(cfg: DictConfig, init_from_pending: bool) -> None:
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir", cfg.run_dir, "must be a folder path")
     if Path(str(cfg.run_dir)).is_file():
@@ -112,6 +112,8 @@ def check_paths(cfg: DictConfig) -> None:
     for key, what in (("init_from", "a Hugging Face, Meta or codellama-train checkpoint folder"),
                       ("tokenizer_path", "a SentencePiece .model file")):
         path = cfg[key]
+        if key == "init_from" and init_from_pending:
+            continue
         if path is not None and not Path(str(path)).exists():
             raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
 
@@ -127,10 +129,26 @@ def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
             Location(spec, "val").check_fields()
 
 
-def check_config(cfg: DictConfig, world_size: int | None = None) -> RunPlan:
-    """Raise ConfigError for the first invalid value; return the derived RunPlan."""
+def check_tokenizer(cfg: DictConfig) -> None:
+    """The tokenizer the run will use exists and is a SentencePiece model (data.tokenizer_resolution's rule)."""
+    from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
+
+    path = resolve_tokenizer(cfg.tokenizer_path, cfg.init_from, weights_key="init_from", cache_dir=cfg.cache_dir)
+    try:
+        Tokenizer(path)
+    except Exception as e:  # SentencePiece says little more than "could not parse"
+        key = "tokenizer_path" if cfg.tokenizer_path else "init_from"
+        raise ConfigError(key, path, f"is not a SentencePiece tokenizer model ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+
+
+def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pending: bool = False) -> RunPlan:
+    """Raise ConfigError for the first invalid value; return the derived RunPlan. `init_from_pending`: the
+    weights to start from do not exist yet (a later stage of a pipeline), so init_from and the tokenizer that
+    comes with it are not checked."""
     world_size = world_size_from_env() if world_size is None else world_size
-    check_paths(cfg)
+    check_paths(cfg, init_from_pending)
     check_trainer(cfg.trainer)
     check_optim(cfg.optim)
     _one_of(cfg.wandb, "mode", WANDB_MODES, "wandb")
@@ -147,6 +165,8 @@ def check_config(cfg: DictConfig, world_size: int | None = None) -> RunPlan:
             f"{data.seq_len} × {t.micro_batch_size} × {world_size} = {per_pass} (gradient accumulation = "
             f"batch_tokens / that); nearest valid values: {lower} or {lower + per_pass}")
     check_data_files(cfg, data)
+    if not init_from_pending:
+        check_tokenizer(cfg)
     return RunPlan(world_size=world_size, seq_len=data.seq_len, micro_batch_size=t.micro_batch_size,
                    grad_accum=t.batch_tokens // per_pass, batch_tokens=t.batch_tokens, zero_stage=stage,
                    precision=t.precision, data=data)
