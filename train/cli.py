@@ -14,27 +14,31 @@ from __future__ import annotations
 import os
 import sys
 
-from codellama_recipe.core.cli import run_hydra_command
+from codellama_recipe.core.cli import run_hydra_command, split_argv
 from codellama_recipe.core.errors import ConfigError
 
 PROG = "codellama-train"
 
 
 def sweep_run_dir(cfg) -> None:
-    """In a -m sweep every job trains in its own folder: run_dir/<job number>_<its overrides>."""
+    """In a -m sweep every job trains in its own folder: run_dir/<job number>_<the values it sweeps>."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    job = HydraConfig.get().job
-    suffix = f"{job.num}_{job.override_dirname}" if job.override_dirname else str(job.num)
-    cfg.run_dir = os.path.join(str(cfg.run_dir), suffix.replace("/", "_"))
-    print(f"[train] sweep job {job.num}: run_dir {cfg.run_dir}", flush=True)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    job = HydraConfig.get()
+    parsed = OverridesParser.create().parse_overrides(split_argv(sys.argv[1:])[1])
+    swept_keys = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    swept = [o for o in job.overrides.task if o.split("=", 1)[0] in swept_keys]
+    suffix = "_".join([str(job.job.num), *swept]).replace("/", "_")
+    cfg.run_dir = os.path.join(str(cfg.run_dir), suffix)
+    print(f"[train] sweep job {job.job.num}: run_dir {cfg.run_dir}", flush=True)
 
 
 def _run(cfg) -> int:
-    from codellama_recipe.train.engine_setup import shutdown_distributed
     from codellama_recipe.train.trainer import TooManyNonFinite, run
     from codellama_recipe.train.weight_formats import CheckpointError
 
@@ -48,8 +52,6 @@ def _run(cfg) -> int:
     except TooManyNonFinite as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return 3
-    finally:
-        shutdown_distributed()
 
 
 def _check(cfg) -> None:
@@ -61,7 +63,13 @@ def _check(cfg) -> None:
 def main() -> None:
     if not _has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    sys.exit(run_hydra_command(PROG, "train", _run, check=_check))
+    from codellama_recipe.train.engine_setup import shutdown_distributed
+
+    try:
+        code = run_hydra_command(PROG, "train", _run, check=_check)
+    finally:
+        shutdown_distributed()  # once: the jobs of a -m sweep share the process group
+    sys.exit(code)
 
 
 def _has_cuda() -> bool:

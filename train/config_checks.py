@@ -135,12 +135,17 @@ def check_tokenizer(cfg: DictConfig) -> None:
     from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
 
     path = resolve_tokenizer(cfg.tokenizer_path, cfg.init_from, weights_key="init_from", cache_dir=cfg.cache_dir)
+    key = "tokenizer_path" if cfg.tokenizer_path else "init_from"
     try:
-        Tokenizer(path)
+        tokenizer = Tokenizer(path)
     except Exception as e:  # SentencePiece says little more than "could not parse"
-        key = "tokenizer_path" if cfg.tokenizer_path else "init_from"
         raise ConfigError(key, path, f"is not a SentencePiece tokenizer model ({type(e).__name__}: "
                                      f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    # A tokenizer that came with init_from is extended with the infilling pieces by the stage itself.
+    if cfg.data.fim.enabled and not tokenizer.has_infilling and (cfg.tokenizer_path or not cfg.init_from):
+        raise ConfigError("data.fim.enabled", True, f"the tokenizer {path} has no infilling pieces (<PRE> <SUF> "
+                                                    f"<MID> <EOT>); extend it (codellama-tokenizer extend) or "
+                                                    f"set data.fim.enabled=false")
 
 
 def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pending: bool = False) -> RunPlan:
