@@ -1,4 +1,4 @@
-"""The training loop of one stage: `run(cfg)` sets everything up, `fit(...)` is the loop.
+"""The training loop of one stage: `run(cfg)` sets everything up, `fit(ctx)` is the loop.
 
 One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accum` micro-batches of
 `micro_batch_size × seq_len` tokens on each of `world_size` processes. Around the loop:
@@ -113,7 +113,7 @@ class TrainContext:
     flops_per_token: float
     peak_flops: float              # per process; the MFU denominator
     tokenizer_path: str
-    last_saved_step: int | None = None
+    last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
 
