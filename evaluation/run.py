@@ -26,13 +26,13 @@ from codellama_recipe.evaluation.problems import Problem, score_completions
 from codellama_recipe.core.config import conf_dir, typed
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import EvalConfig, SandboxConfig
+from codellama_recipe.train.weight_formats import DTYPES
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = conf_dir()
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
 BENCHMARKS = CODE_BENCHMARKS + ("key_retrieval", "perplexity")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ------------------------------------------------------------------ config

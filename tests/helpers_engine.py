@@ -1,8 +1,11 @@
 """Helpers for the engine tests: launch codellama-train under torchrun, kill it, read what it wrote.
 
-Run as a script (`torchrun … tests/helpers_engine.py [overrides]`) it is codellama-train with a synthetic data
-loader (`launch(..., synthetic=True)`): deterministic random batches with the data pipeline's interface,
-so that engine behaviour is tested independently of the data pipeline.
+Run as a script (`torchrun … tests/helpers_engine.py [overrides]`) it is codellama-train with what a test asked
+for through environment variables (`launch` sets them):
+- TEST_SYNTHETIC_DATA=1 (`synthetic=True`): a synthetic data loader, deterministic random batches with the data
+  pipeline's interface, so that engine behaviour is tested independently of the data pipeline;
+- faults (`launch(..., inject_nan_steps=[2], hang_at_step=4, ...)`, see `install_faults`), injected by wrapping
+  the engine's functions at the points where they must happen: production code has no fault hooks.
 """
 from __future__ import annotations
 
@@ -86,6 +89,80 @@ def compose(overrides: list[str]):
 
 
 # --------------------------------------------------------------------------------------------------------
+# Fault injection (in the launched processes)
+# --------------------------------------------------------------------------------------------------------
+
+FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step")
+
+
+def fault_env(faults: dict) -> dict:
+    """`launch`'s fault keywords as TEST_* environment variables (lists as comma-separated numbers)."""
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        raise TypeError(f"unknown faults {unknown}; known: {FAULTS}")
+    return {f"TEST_{name.upper()}": ",".join(map(str, value)) if isinstance(value, (list, tuple, range)) else str(value)
+            for name, value in faults.items()}
+
+
+def hang_marker(run_dir, rank: int) -> pathlib.Path:
+    """Written by a rank when it starts to hang (hang_at_step, hang_in_save_at_step)."""
+    return pathlib.Path(run_dir) / f"test_hang_rank{rank}"
+
+
+def _hang(run_dir, rank: int, where: str, until=lambda: False) -> None:
+    hang_marker(run_dir, rank).write_text(where)
+    while not until():
+        time.sleep(0.05)
+
+
+def install_faults(env) -> None:
+    """The faults asked for in `env` (TEST_* variables, see `fault_env`):
+    - inject_nan_steps (+ inject_nan_rank, -1 = every rank): the loss of every micro-batch of these steps is
+      multiplied by NaN, on that rank, before the backward pass;
+    - hang_at_step: after that step (its metrics and checkpoint written) every rank blocks until a stop signal
+      arrives;
+    - hang_in_save_at_step: inside that step's checkpoint save, every rank's files written but the folder not yet
+      published, every rank blocks (until killed)."""
+    from codellama_recipe.train import checkpoints, trainer
+
+    nan_steps = {int(s) for s in env.get("TEST_INJECT_NAN_STEPS", "").split(",") if s}
+    nan_rank = int(env.get("TEST_INJECT_NAN_RANK", "-1"))
+    if nan_steps:
+        train_step, microbatch_loss = trainer.train_step, trainer.microbatch_loss
+
+        def nan_loss(ctx, batch):
+            losses, valid, loss = microbatch_loss(ctx, batch)
+            return losses, valid, loss * float("nan")
+
+        def train_step_with_nan(ctx, *args):
+            poisoned = ctx.state.step + 1 in nan_steps and nan_rank in (-1, ctx.rank)
+            trainer.microbatch_loss = nan_loss if poisoned else microbatch_loss
+            return train_step(ctx, *args)
+
+        trainer.train_step = train_step_with_nan
+
+    if "TEST_HANG_AT_STEP" in env:
+        hang_step, maybe_save_checkpoint = int(env["TEST_HANG_AT_STEP"]), trainer.maybe_save_checkpoint
+
+        def maybe_save_checkpoint_then_hang(ctx):
+            maybe_save_checkpoint(ctx)
+            if ctx.state.step == hang_step:
+                _hang(ctx.run_dir, ctx.rank, f"after step {hang_step}", until=lambda: ctx.stop.signum)
+
+        trainer.maybe_save_checkpoint = maybe_save_checkpoint_then_hang
+
+    if "TEST_HANG_IN_SAVE_AT_STEP" in env:
+        hang_step, write_files = int(env["TEST_HANG_IN_SAVE_AT_STEP"]), checkpoints.write_files
+
+        def write_files_then_hang(engine, tmp_dir, step, *args, rank, **kwargs):
+            write_files(engine, tmp_dir, step, *args, rank=rank, **kwargs)
+            if step == hang_step:
+                _hang(pathlib.Path(tmp_dir).parents[1], rank, f"in the save of step {step}")  # run_dir
+
+        checkpoints.write_files = write_files_then_hang
+
+
+# --------------------------------------------------------------------------------------------------------
 # Launching and killing
 # --------------------------------------------------------------------------------------------------------
 
@@ -97,12 +174,21 @@ def engine_env() -> dict:
     return env
 
 
-def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_path=None) -> subprocess.Popen:
+def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_path=None,
+           **faults) -> subprocess.Popen:
     """torchrun (not the deepspeed launcher: see ENVIRONMENT.md, /dev/shm) in its own process group; stdout and
-    stderr go to a log file (a pipe could fill up and block the ranks); `output(proc)` reads it."""
+    stderr go to a log file (a pipe could fill up and block the ranks); `output(proc)` reads it.
+
+    synthetic: the synthetic data loader instead of the data pipeline; faults: see `install_faults`. Either runs
+    this file as the entry point, otherwise it is codellama-train itself."""
     import tempfile
 
-    target = [str(REPO / "tests" / "helpers_engine.py")] if synthetic else ["-m", "codellama_recipe.train.cli"]
+    env = engine_env()
+    env.update(fault_env(faults))
+    if synthetic:
+        env["TEST_SYNTHETIC_DATA"] = "1"
+    helper = synthetic or faults
+    target = [str(REPO / "tests" / "helpers_engine.py")] if helper else ["-m", "codellama_recipe.train.cli"]
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *overrides]
     if nproc == 0:  # one plain process, no torchrun
         cmd = [PYTHON, *target, *overrides]
@@ -114,7 +200,7 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
         else:
             log_path = tempfile.NamedTemporaryFile(prefix="engine-", suffix=".log", delete=False).name
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=engine_env(), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, text=True)
     proc.log_path = log_path
     return proc
@@ -124,8 +210,8 @@ def output(proc: subprocess.Popen) -> str:
     return pathlib.Path(proc.log_path).read_text(errors="replace")
 
 
-def run(overrides, nproc=2, synthetic=False, timeout=300) -> tuple[int, str]:
-    proc = launch(overrides, nproc, synthetic)
+def run(overrides, nproc=2, synthetic=False, timeout=300, **faults) -> tuple[int, str]:
+    proc = launch(overrides, nproc, synthetic, **faults)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -182,11 +268,13 @@ def hf_weights(run_dir) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
-    from codellama_recipe.train import trainer
-    from helpers_tokenizer import small_tokenizer_path
+    if os.environ.get("TEST_SYNTHETIC_DATA") == "1":
+        from codellama_recipe.train import trainer
+        from helpers_tokenizer import small_tokenizer_path
 
-    trainer.build_loaders = synthetic_loaders
-    trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+        trainer.build_loaders = synthetic_loaders
+        trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+    install_faults(os.environ)
     from codellama_recipe.train.cli import main
 
     main()

@@ -19,8 +19,8 @@ def nan_once(tmp_path_factory):
     """ZeRO stage 0, fp32 (the client GuardedAdamW guards the step), NaN loss on rank 1 only at step 2."""
     run_dir = tmp_path_factory.mktemp("nan") / "run"
     rc, out = H.run(BASE + [f"run_dir={run_dir}", "deepspeed=zero0", "trainer.max_steps=4",
-                            "trainer.checkpoint_every=1", "trainer.keep_last=10",
-                            "trainer.debug_inject_nan_steps=[2]", "trainer.debug_inject_nan_rank=1"])
+                            "trainer.checkpoint_every=1", "trainer.keep_last=10"],
+                    inject_nan_steps=[2], inject_nan_rank=1)
     assert rc == 0, out[-4000:]
     return run_dir, out
 
@@ -44,8 +44,8 @@ def test_persistent_nan_stops_with_a_clear_message(tmp_path):
     """bf16 + ZeRO-1 (DeepSpeed's own overflow check), one plain process."""
     run_dir = tmp_path / "run"
     rc, out = H.run(BASE + [f"run_dir={run_dir}", "deepspeed=zero1", "trainer.precision=bf16",
-                            "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.max_nonfinite_in_row=3",
-                            "trainer.debug_inject_nan_steps=[1,2,3,4,5,6,7,8,9,10]"], nproc=0)
+                            "trainer.max_steps=10", "trainer.checkpoint_every=2", "trainer.max_nonfinite_in_row=3"],
+                    nproc=0, inject_nan_steps=range(1, 11))
     assert rc == 3, out[-4000:]
     assert "3 consecutive updates had a non-finite loss or gradient norm (last at step 3)" in out
     assert [m["train/nonfinite_skipped"] for m in H.metrics(run_dir)] == [1, 2, 3]

@@ -37,13 +37,12 @@ def _run_ok(overrides):
 
 
 def _clear_hang_markers(run_dir):
-    for p in pathlib.Path(run_dir).glob("debug_hang_rank*"):
-        p.unlink()
+    for rank in (0, 1):
+        H.hang_marker(run_dir, rank).unlink(missing_ok=True)
 
 
 def _wait_hanging(proc, run_dir, what):
-    H.wait_for(lambda: all((pathlib.Path(run_dir) / f"debug_hang_rank{r}").exists() for r in (0, 1)), proc,
-               what=what)
+    H.wait_for(lambda: all(H.hang_marker(run_dir, r).exists() for r in (0, 1)), proc, what=what)
 
 
 def _wandb_ids(run_dir):
@@ -58,7 +57,7 @@ def zero2(tmp_path_factory):
     logs = {}
 
     # Session 1: SIGTERM to every rank while blocked after step 4 -> checkpoint 4, exit 0.
-    proc = H.launch(_overrides(run, "zero2", 0, "trainer.debug_hang_at_step=4"))
+    proc = H.launch(_overrides(run, "zero2", 0), hang_at_step=4)
     _wait_hanging(proc, run, "the hang after step 4")
     for pid in H.worker_pids(proc):
         os.kill(pid, signal.SIGTERM)
@@ -68,7 +67,7 @@ def zero2(tmp_path_factory):
 
     # Session 2: resumes from 4, checkpoint 6, kill -9 while blocked after step 7.
     _clear_hang_markers(run)
-    proc = H.launch(_overrides(run, "zero2", 0, "trainer.debug_hang_at_step=7"))
+    proc = H.launch(_overrides(run, "zero2", 0), hang_at_step=7)
     _wait_hanging(proc, run, "the hang after step 7")
     H.kill_tree(proc)
     steps_logged_before_resume = [m["step"] for m in H.metrics(run)]
@@ -85,7 +84,7 @@ def zero3(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero3")
     ref, run = root / "ref", root / "interrupted"
     _run_ok(_overrides(ref, "zero3", 1))
-    proc = H.launch(_overrides(run, "zero3", 1, "trainer.debug_hang_in_save_at_step=6"))
+    proc = H.launch(_overrides(run, "zero3", 1), hang_in_save_at_step=6)
     _wait_hanging(proc, run, "the hang inside the save of checkpoint 6")
     H.kill_tree(proc)
     state = {"latest": (run / "checkpoints" / "latest").read_text(),

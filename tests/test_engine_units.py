@@ -14,7 +14,7 @@ from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import check_config
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
-from codellama_recipe.train.metrics import truncate_jsonl
+from codellama_recipe.train.metrics import IntervalMetrics, truncate_jsonl
 from codellama_recipe.train.model import Llama, ModelConfig
 from codellama_recipe.train.optim import GuardedAdamW, lr_at, param_groups
 from codellama_recipe.train.trainer import combine_data_metrics
@@ -194,6 +194,31 @@ def test_truncate_jsonl_keeps_steps_up_to_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8)) + '{"step": 8, "lo')
     assert truncate_jsonl(path, 4) == 4
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_interval_metrics_are_reduced_in_one_piece_and_leave_nonfinite_microbatches_out(tmp_path, monkeypatch):
+    losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    is_fim = torch.tensor([[True] * 3, [False] * 3])
+    source_ids = torch.tensor([[1] * 3, [0] * 3])
+    interval = IntervalMetrics(["code", "nl"], torch.device("cpu"))
+    interval.add_microbatch(losses, valid, torch.tensor(True), is_fim, source_ids)
+    interval.add_microbatch(losses * 100, valid, torch.tensor(False), is_fim, source_ids)  # only counted
+    interval.steps, interval.time_s, interval.skipped_steps = 2, 0.5, 1
+    reduced_sizes, all_reduce = [], dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, **kw: reduced_sizes.append(t.numel()) or all_reduce(t, **kw))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        total = interval.all_reduced()
+    finally:
+        dist.destroy_process_group()
+    assert reduced_sizes == [7 + 2 * 2]                     # one collective for every sum
+    assert total.mean_loss() == pytest.approx((1 + 2 + 4 + 5 + 6) / 5)
+    assert total.loss_breakdown() == pytest.approx({"train/loss/fim": 1.5, "train/loss/plain": 5.0,
+                                                    "train/loss/code": 5.0, "train/loss/nl": 1.5})
+    assert int(total.nonfinite_microbatches) == 1 and int(total.tokens) == 5
+    assert (total.steps, total.time_s, total.skipped_steps) == (2, 0.5, 1)
+    assert IntervalMetrics(["code"], torch.device("cpu")).loss_breakdown() == {}
 
 
 def test_data_metrics_average_shares_and_sum_counts():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import random
 import shutil
 import time
@@ -32,8 +31,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError, load_hf
+from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic, write_text_atomic
+from codellama_recipe.train.distributed import all_reduce
 from codellama_recipe.train.model import ModelConfig
+from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError, load_hf
 
 FORMAT_VERSION = 1
 LATEST = "latest"
@@ -53,26 +54,8 @@ class NonFiniteWeights(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Small file helpers
+# Markers
 # --------------------------------------------------------------------------------------------------------
-
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def write_marker(folder: Path, kind: str, model_config: dict, **extra) -> None:
     """`codellama_checkpoint.json`: tells load_pretrained that `folder` is one of ours, and what it holds."""
@@ -243,63 +226,57 @@ def weights_are_finite(engine) -> bool:
             ok = False
             break
     if dist.is_available() and dist.is_initialized():
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_comm_device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        ok = bool(flag.item())
+        ok = bool(all_reduce(torch.tensor([1 if ok else 0], dtype=torch.int32), dist.ReduceOp.MIN).item())
     return ok
 
 
-def _comm_device():
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict, *, rank: int, keep_last: int,
-         model_config: dict, hook_mid_save=None) -> str:
+         model_config: dict) -> str:
     """Write checkpoint `step` so that it appears complete or not at all. All ranks call this."""
     ckpt_dir = Path(ckpt_dir)
     if not weights_are_finite(engine):
         raise NonFiniteWeights(f"step {step}: the weights contain inf/NaN; refusing to write a checkpoint "
                                f"(the latest valid one stays {latest_tag(ckpt_dir)})")
     tag = tag_for(step)
-    tmp_tag = TMP_PREFIX + tag
-    tmp_dir = ckpt_dir / tmp_tag
+    tmp_dir = ckpt_dir / (TMP_PREFIX + tag)
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
     _barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, save_latest=False)
+    write_files(engine, tmp_dir, step, client_state, rank_state, rank=rank, model_config=model_config)
+    _barrier()  # every rank's files are written
+    if rank == 0:
+        publish(ckpt_dir, tag, keep_last)
+    _barrier()
+    return tag
 
+
+def write_files(engine, tmp_dir: Path, step: int, client_state: dict, rank_state: dict, *, rank: int,
+                model_config: dict) -> None:
+    """This rank's part of checkpoint `step` in its temporary folder: DeepSpeed's files and client/rank_*.json;
+    rank 0 adds client_state.json and the marker."""
+    engine.save_checkpoint(str(tmp_dir.parent), tag=tmp_dir.name, save_latest=False)
     (tmp_dir / "client").mkdir(parents=True, exist_ok=True)
     write_json_atomic(tmp_dir / "client" / f"rank_{rank:05d}.json", rank_state)
     if rank == 0:
-        write_json_atomic(tmp_dir / CLIENT_STATE, {**client_state, "format_version": FORMAT_VERSION, "tag": tag,
+        write_json_atomic(tmp_dir / CLIENT_STATE, {**client_state, "format_version": FORMAT_VERSION,
+                                                   "tag": tag_for(step),
                                                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         write_marker(tmp_dir, "checkpoint", model_config, step=step,
                      zero_stage=engine.zero_optimization_stage(),
                      precision="bf16" if engine.bfloat16_enabled() else "fp32")
-    if hook_mid_save is not None:
-        hook_mid_save(tmp_dir)
-    _barrier()  # every rank's files are written
 
-    if rank == 0:
-        final = ckpt_dir / tag
-        if final.exists():  # the same step saved before (e.g. a resumed run that stopped at once)
-            shutil.rmtree(final)
-        os.rename(tmp_dir, final)
-        _fsync_dir(ckpt_dir)
-        pointer_tmp = ckpt_dir / (LATEST + ".tmp")
-        with open(pointer_tmp, "w") as f:
-            f.write(tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, ckpt_dir / LATEST)
-        _fsync_dir(ckpt_dir)
-        for old in complete_tags(ckpt_dir)[:-keep_last]:
-            if old != tag:
-                shutil.rmtree(ckpt_dir / old, ignore_errors=True)
-    _barrier()
-    return tag
+
+def publish(ckpt_dir: Path, tag: str, keep_last: int) -> None:
+    """Rank 0, once every rank's files are written: the folder gets its final name, `latest` names it, and only
+    the newest `keep_last` checkpoints stay."""
+    # The same step may have been saved before (e.g. a resumed run that stopped at once).
+    replace_dir_atomic(ckpt_dir / (TMP_PREFIX + tag), ckpt_dir / tag)
+    write_text_atomic(ckpt_dir / LATEST, tag)
+    for old in complete_tags(ckpt_dir)[:-keep_last]:
+        if old != tag:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
 
 
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict, dict | None]:

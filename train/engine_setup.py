@@ -146,7 +146,7 @@ def deepspeed_config(cfg: DictConfig, plan: RunPlan) -> dict:
     zero = ds.setdefault("zero_optimization", {})
     if zero.get("offload_optimizer") or zero.get("offload_param"):
         ds["zero_force_ds_cpu_optimizer"] = False
-    if OmegaConf.select(cfg, "optim.impl", default="torch") == "deepspeed":
+    if cfg.optim.impl == "deepspeed":
         # A preset may add DeepSpeed optimizer options (e.g. deepspeed.optimizer.params.torch_adam=true).
         preset = ds.get("optimizer") or {}
         ds["optimizer"] = {"type": preset.get("type", "AdamW"), "params": {

@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from codellama_recipe.train.pretrained import load_pretrained
 from codellama_recipe.train.weight_formats import DTYPES, CheckpointError, grow_vocab, save_hf
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from codellama_recipe.train.checkpoints import write_json_atomic
+from codellama_recipe.core.atomic import write_json_atomic, write_text_atomic
+from codellama_recipe.train.distributed import all_reduce
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"
@@ -108,6 +109,82 @@ def memory_gb(device: torch.device) -> float:
 
 
 # --------------------------------------------------------------------------------------------------------
+# What one metrics line sums up
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class IntervalMetrics:
+    """The training numbers of one metrics line, summed over the micro-batches and steps since the previous one.
+
+    Loss sums and token counts are float64 tensors on the training device (no host sync per micro-batch), added
+    up over ranks in one collective by `all_reduced`; steps, time and skipped steps are the same on every rank.
+    A micro-batch with a non-finite loss is only counted as such: its tokens are left out of every sum."""
+    sources: list[str]
+    device: torch.device
+    steps: int = 0
+    time_s: float = 0.0
+    skipped_steps: int = 0
+
+    def __post_init__(self):
+        def zeros(*shape):
+            return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
+        self.loss_sum, self.tokens = zeros(), zeros()
+        self.fim_loss_sum, self.fim_tokens = zeros(), zeros()
+        self.plain_loss_sum, self.plain_tokens = zeros(), zeros()
+        self.nonfinite_microbatches = zeros()
+        self.source_loss_sums, self.source_tokens = zeros(len(self.sources)), zeros(len(self.sources))
+
+    @torch.no_grad()
+    def add_microbatch(self, losses: torch.Tensor, valid: torch.Tensor, finite: torch.Tensor,
+                       is_fim: torch.Tensor, source_ids: torch.Tensor) -> None:
+        """Per-token losses [B, T], the mask of tokens that carry one, whether the micro-batch's loss was finite
+        (0-dim bool), and per token whether it is part of an infilling example and the index of its source."""
+        kept = valid & finite
+        token_losses = torch.where(kept, losses.detach(), 0.0).double()
+        fim = is_fim.bool() & kept
+        plain = ~is_fim.bool() & kept
+        sources = source_ids[kept]
+        self.loss_sum += token_losses.sum()
+        self.tokens += kept.sum()
+        self.fim_loss_sum += token_losses[fim].sum()
+        self.fim_tokens += fim.sum()
+        self.plain_loss_sum += token_losses[plain].sum()
+        self.plain_tokens += plain.sum()
+        self.nonfinite_microbatches += (~finite).double()
+        self.source_loss_sums.index_add_(0, sources, token_losses[kept])
+        self.source_tokens.index_add_(0, sources, torch.ones_like(sources, dtype=torch.float64))
+
+    def all_reduced(self) -> "IntervalMetrics":
+        """This interval with every sum taken over all ranks (one all-reduce of the packed sums), on the CPU."""
+        n = len(self.sources)
+        packed = torch.cat([torch.stack([self.loss_sum, self.tokens, self.fim_loss_sum, self.fim_tokens,
+                                         self.plain_loss_sum, self.plain_tokens, self.nonfinite_microbatches]),
+                            self.source_loss_sums, self.source_tokens])
+        total = all_reduce(packed).cpu()
+        out = IntervalMetrics(self.sources, total.device, self.steps, self.time_s, self.skipped_steps)
+        (out.loss_sum, out.tokens, out.fim_loss_sum, out.fim_tokens, out.plain_loss_sum, out.plain_tokens,
+         out.nonfinite_microbatches) = total[:7]
+        out.source_loss_sums, out.source_tokens = total[7:7 + n], total[7 + n:]
+        return out
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum / self.tokens) if self.tokens > 0 else float("nan")
+
+    def loss_breakdown(self) -> dict[str, float]:
+        """train/loss/fim, train/loss/plain and train/loss/<source>, for those that had tokens."""
+        out = {}
+        if self.fim_tokens > 0:
+            out["train/loss/fim"] = float(self.fim_loss_sum / self.fim_tokens)
+        if self.plain_tokens > 0:
+            out["train/loss/plain"] = float(self.plain_loss_sum / self.plain_tokens)
+        for name, loss_sum, tokens in zip(self.sources, self.source_loss_sums, self.source_tokens):
+            if tokens > 0:
+                out[f"train/loss/{name}"] = float(loss_sum / tokens)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------
 # metrics.jsonl
 # --------------------------------------------------------------------------------------------------------
 
@@ -125,9 +202,7 @@ def truncate_jsonl(path: Path, max_step: int) -> int:
         except (ValueError, KeyError, TypeError):
             pass
         dropped += 1
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

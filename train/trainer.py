@@ -1,4 +1,4 @@
-"""The training loop of one stage: `run(cfg)` sets everything up, `fit(...)` is the loop.
+"""The training loop of one stage: `run(cfg)` sets everything up, `fit(ctx)` is the loop.
 
 One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accum` micro-batches of
 `micro_batch_size × seq_len` tokens on each of `world_size` processes. Around the loop:
@@ -22,20 +22,25 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import RunPlan, check_config
-from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend, init_distributed,
-                                prepare_model)
+from codellama_recipe.train.distributed import all_reduce
+from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend,
+                                                 init_distributed, prepare_model)
 from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
-from codellama_recipe.train.metrics import MetricsLogger, ProgressBar, memory_gb, peak_flops_per_device
+from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, ProgressBar, memory_gb,
+                                            peak_flops_per_device)
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
+from codellama_recipe.train.weight_formats import DTYPES, save_hf
 
 # DeepSpeed calls torch.distributed's deprecated collective names on every step; one warning per rank and call
 # site drowns the log.
@@ -45,8 +50,7 @@ DONE_FILE = "DONE.json"
 # Keys that change how a run is observed, not what it computes (left out of the DONE.json fingerprint).
 OBSERVATION_KEYS = ("run_dir", "cache_dir", "wandb", "deepspeed", "trainer.log_every", "trainer.checkpoint_every",
                     "trainer.keep_last", "trainer.val_every", "trainer.val_batches", "trainer.allow_config_change",
-                    "trainer.progress_bar", "trainer.debug_inject_nan_steps", "trainer.debug_inject_nan_rank",
-                    "trainer.debug_hang_at_step", "trainer.debug_hang_in_save_at_step")
+                    "trainer.progress_bar")
 
 
 class TooManyNonFinite(RuntimeError):
@@ -88,6 +92,42 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclass
+class TrainContext:
+    """What the loop works with: built by `run`, handed to every step of `fit`."""
+    cfg: DictConfig
+    plan: RunPlan
+    engine: Any                    # deepspeed.DeepSpeedEngine
+    optimizer: Any                 # its optimizer, whose param_groups carry the learning rate
+    train_loader: Any              # data.pipeline's stateful loader (or a test's stand-in)
+    val_loaders: dict
+    logger: MetricsLogger
+    stop: StopFlag
+    rank: int
+    device: torch.device
+    run_dir: Path
+    state: TrainState
+    model_config: dict
+    identity: dict                 # what a checkpoint must share with the run that resumes it
+    fingerprint: str               # of everything that determines the result (DONE.json)
+    flops_per_token: float
+    peak_flops: float              # per process; the MFU denominator
+    tokenizer_path: str
+    last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
+    session_start: float = field(default_factory=time.time)
+    elapsed_before: float = field(init=False)   # wall time of the earlier sessions
+
+    def __post_init__(self):
+        self.elapsed_before = self.state.elapsed_s
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before + time.time() - self.session_start
+
+
 # --------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------
@@ -95,16 +135,6 @@ class StopFlag:
 def _log(rank: int, msg: str) -> None:
     if rank == 0:
         print(f"[train] {msg}", flush=True)
-
-
-def _comm_device(device: torch.device) -> torch.device:
-    return device if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _all_reduce(t: torch.Tensor, device: torch.device, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    t = t.to(_comm_device(device))
-    dist.all_reduce(t, op=op)
-    return t
 
 
 def fingerprinted_config(cfg: DictConfig) -> dict:
@@ -135,7 +165,7 @@ def resolve_tokenizer_path(cfg: DictConfig) -> str:
 
     path = resolve_tokenizer(cfg.tokenizer_path, cfg.init_from, weights_key="init_from", cache_dir=cfg.cache_dir)
     came_with_init_from = bool(cfg.init_from) and not cfg.tokenizer_path
-    if not came_with_init_from or not OmegaConf.select(cfg, "data.fim.enabled", default=False):
+    if not came_with_init_from or not cfg.data.fim.enabled:
         return path
     if Tokenizer(path).has_infilling:
         return path
@@ -190,13 +220,13 @@ def validate(engine, val_loaders: dict, device, chunk_size: int, intra_doc: bool
         iterator = iter(loader)
         while True:
             batch = next(iterator, None)
-            have = _all_reduce(torch.tensor([0 if batch is None else 1]), device, dist.ReduceOp.MIN)
+            have = all_reduce(torch.tensor([0 if batch is None else 1]), dist.ReduceOp.MIN)
             if not int(have.item()):
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             losses, valid = token_losses_of(engine, batch, chunk_size, intra_doc)
             total += torch.stack([(losses * valid).sum().double(), valid.sum().double()])
-        total = _all_reduce(total, device)
+        total = all_reduce(total)
         if total[1] > 0:
             results[source] = float(total[0] / total[1])
     engine.train()
@@ -219,8 +249,7 @@ def run(cfg: DictConfig) -> dict:
     identity = ckpt.resume_identity(cfg, plan.world_size)
     tag = ckpt.latest_tag(ckpt_dir)
     resume_client = ckpt.read_client_state(ckpt_dir, tag) if tag else None
-    allow_change = bool(OmegaConf.select(cfg, "trainer.allow_config_change", default=False))
-    diffs = ckpt.check_resumable(resume_client, identity, allow_change) if resume_client else []
+    diffs = ckpt.check_resumable(resume_client, identity, cfg.trainer.allow_config_change) if resume_client else []
 
     fingerprint = run_fingerprint(cfg)
     done_file = run_dir / DONE_FILE
@@ -248,8 +277,7 @@ def run(cfg: DictConfig) -> dict:
     for d in diffs:
         _log(rank, f"config changed since the checkpoint (trainer.allow_config_change=true): {d}")
 
-    model = build_model(setup, seed=int(cfg.seed),
-                        activation_checkpointing=bool(cfg.trainer.activation_checkpointing))
+    model = build_model(setup, seed=int(cfg.seed), activation_checkpointing=cfg.trainer.activation_checkpointing)
     flops_per_token = model.flops_per_token(plan.seq_len)  # before ZeRO-3 partitions the weights
     _log(rank, f"model {setup.config.to_dict()}: {model.num_params() / 1e6:.2f}M parameters; "
                f"ZeRO {plan.zero_stage}, {plan.precision}, {world_size} process(es) on {device.type}; "
@@ -286,19 +314,18 @@ def run(cfg: DictConfig) -> dict:
     logger = MetricsLogger(run_dir, rank=rank, resume_step=state.step, wandb_cfg=cfg.wandb,
                            config=ckpt.resolved(cfg), run_id=state.wandb_run_id)
     state.wandb_run_id = logger.run_id
-    peak, peak_source = (peak_flops_per_device(OmegaConf.select(cfg, "trainer.peak_flops_per_device"), device,
-                                               Path(str(cfg.cache_dir)))
+    peak, peak_source = (peak_flops_per_device(cfg.trainer.peak_flops_per_device, device, Path(str(cfg.cache_dir)))
                          if rank == 0 else (float("nan"), ""))
     _log(rank, f"MFU denominator: {peak / 1e12:.3f} TFLOP/s per process ({peak_source})")
     stop = StopFlag()
     stop.install()
     exit_code = 1
     try:
-        result = fit(cfg, plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
-                     val_loaders=val_loaders, state=state, logger=logger, stop=stop, rank=rank, device=device,
-                     run_dir=run_dir, setup=setup, identity=identity, fingerprint=fingerprint,
-                     flops_per_token=flops_per_token, peak_flops=peak,
-                     tokenizer_path=tokenizer.path)
+        result = fit(TrainContext(
+            cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
+            val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
+            state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
+            flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path))
         exit_code = 0
         return result
     finally:
@@ -310,208 +337,182 @@ def run(cfg: DictConfig) -> dict:
 # The loop
 # --------------------------------------------------------------------------------------------------------
 
-def fit(cfg: DictConfig, plan: RunPlan, *, engine, optimizer, train_loader, val_loaders: dict, state: TrainState,
-        logger: MetricsLogger, stop: StopFlag, rank: int, device: torch.device, run_dir: Path, setup: ModelSetup,
-        identity: dict, fingerprint: str, flops_per_token: float, peak_flops: float, tokenizer_path: str) -> dict:
-    t = cfg.trainer
-    max_steps = int(t.max_steps)
-    ckpt_dir = run_dir / "checkpoints"
-    chunk_size = int(OmegaConf.select(cfg, "trainer.loss_chunk_size", default=0) or 0)
-    intra_doc = bool(OmegaConf.select(cfg, "trainer.intra_document_attention", default=False))
-    max_in_row = int(OmegaConf.select(cfg, "trainer.max_nonfinite_in_row", default=5))
-    nan_steps = set(OmegaConf.select(cfg, "trainer.debug_inject_nan_steps", default=[]) or [])
-    nan_rank = int(OmegaConf.select(cfg, "trainer.debug_inject_nan_rank", default=-1))
-    hang_at_step = OmegaConf.select(cfg, "trainer.debug_hang_at_step", default=None)
-    hang_in_save = OmegaConf.select(cfg, "trainer.debug_hang_in_save_at_step", default=None)
-    sources = list(train_loader.source_names)
-    n_src = len(sources)
-    world_size = plan.world_size
+def fit(ctx: TrainContext) -> dict:
+    """Optimizer updates from ctx.state.step to trainer.max_steps; returns DONE.json's content, or
+    {'stopped': signal, ...} when a stop signal ended the session early (a checkpoint is written either way)."""
+    t, state = ctx.cfg.trainer, ctx.state
+    ctx.last_saved_step = state.step if ckpt.latest_tag(ctx.ckpt_dir) == ckpt.tag_for(state.step) else None
+    interval = IntervalMetrics(list(ctx.train_loader.source_names), ctx.device)
+    nonfinite_in_row, grad_norm = 0, float("nan")
+    bar = ProgressBar(t.progress_bar if ctx.rank == 0 else False, total=t.max_steps, initial=state.step)
+    batches = iter(ctx.train_loader)
+    _log(ctx.rank, f"training steps {state.step + 1}..{t.max_steps}")
 
-    def lr_for(step: int) -> float:
-        return lr_at(step, lr=float(cfg.optim.lr), schedule=str(cfg.optim.schedule),
-                     warmup_steps=int(cfg.optim.warmup_steps), max_steps=max_steps,
-                     final_lr_ratio=float(cfg.optim.final_lr_ratio))
-
-    session_start = time.time()
-    elapsed_base = state.elapsed_s
-    last_saved = state.step if ckpt.latest_tag(ckpt_dir) == ckpt.tag_for(state.step) else None
-
-    def save_checkpoint() -> None:
-        nonlocal last_saved
-        state.elapsed_s = elapsed_base + time.time() - session_start
-        client = {"train_state": asdict(state), "identity": identity,
-                  "fingerprint": ckpt.fingerprint(identity), "config": ckpt.resolved(cfg),
-                  "model_config": setup.config.to_dict(), "world_size": world_size, "step": state.step}
-        rank_state = {"rank": rank, "data": train_loader.state_dict(), "rng": ckpt.rng_state()}
-
-        def hang(tmp_dir):
-            if hang_in_save is not None and state.step == int(hang_in_save):
-                (run_dir / f"debug_hang_rank{rank}").write_text(f"in save of step {state.step}")
-                while True:  # a test kills the processes here (kill -9 in the middle of a save)
-                    time.sleep(0.05)
-
-        tag = ckpt.save(engine, ckpt_dir, state.step, client, rank_state, rank=rank, keep_last=int(t.keep_last),
-                        model_config=setup.config.to_dict(), hook_mid_save=hang)
-        last_saved = state.step
-        _log(rank, f"checkpoint {ckpt_dir / tag}")
-
-    # Interval accumulators, summed over micro-batches and steps between two logs; all-reduced when logging.
-    # [loss sum, tokens, fim sum, fim tokens, plain sum, plain tokens, non-finite micro-batches,
-    #  per-source sums (n_src), per-source tokens (n_src)]
-    acc = torch.zeros(7 + 2 * n_src, dtype=torch.float64, device=device)
-    interval_steps, interval_time, interval_skipped = 0, 0.0, 0
-    nonfinite_in_row = 0
-    grad_norm = float("nan")
-    lr = lr_for(state.step)
-    bar = ProgressBar(OmegaConf.select(cfg, "trainer.progress_bar", default="auto") if rank == 0 else False,
-                      total=max_steps, initial=state.step)
-    batches = iter(train_loader)
-    _log(rank, f"training steps {state.step + 1}..{max_steps}")
-
-    while state.step < max_steps:
-        # ---- step boundary: did any rank receive SIGTERM/SIGUSR1? ----
-        if _all_reduce(torch.tensor([stop.signum]), device, dist.ReduceOp.MAX).item():
+    while state.step < t.max_steps:
+        if stop_requested(ctx):
             break
 
-        # ---- one optimizer update ----
-        t0 = time.perf_counter()
-        step_number = state.step + 1
-        lr = lr_for(state.step)
-        set_lr(optimizer, lr)
-        for _ in range(plan.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            losses, valid = token_losses_of(engine, batch, chunk_size, intra_doc)
-            loss = mean_loss(losses, valid)
-            if step_number in nan_steps and nan_rank in (-1, rank):
-                loss = loss * float("nan")
-            finite = torch.isfinite(loss)
-            # A non-finite loss must poison the gradients (an inf loss can have finite ones) so that the
-            # overflow check skips the update on every rank; a finite loss is multiplied by exactly 1.
-            engine.backward(loss * torch.where(finite, 1.0, float("nan")).detach())
-            engine.step()
-
-            with torch.no_grad():
-                kept = valid & finite
-                tok = torch.where(kept, losses.detach(), 0.0).double()
-                fim = batch["is_fim"].bool() & kept
-                plain = ~batch["is_fim"].bool() & kept
-                src = batch["source_ids"][kept]
-                acc[0] += tok.sum()
-                acc[1] += kept.sum()
-                acc[2] += tok[fim].sum()
-                acc[3] += fim.sum()
-                acc[4] += tok[plain].sum()
-                acc[5] += plain.sum()
-                acc[6] += (~finite).double()
-                acc[7:7 + n_src].index_add_(0, src, tok[kept])
-                acc[7 + n_src:].index_add_(0, src, torch.ones_like(src, dtype=torch.float64))
-
+        started = time.perf_counter()
+        lr = learning_rate(ctx.cfg, state.step)
+        applied = train_step(ctx, batches, lr, interval)
         state.step += 1
-        state.tokens_seen += plan.batch_tokens
-        if engine.was_step_applied():
+        state.tokens_seen += ctx.plan.batch_tokens
+        if applied:
             nonfinite_in_row = 0
-            norm = engine.get_global_grad_norm()
-            grad_norm = float(norm) if norm is not None else float("nan")
+            grad_norm = global_grad_norm(ctx.engine)
         else:
             state.nonfinite_skipped += 1
-            interval_skipped += 1
+            interval.skipped_steps += 1
             nonfinite_in_row += 1
-            _log(rank, f"step {state.step}: non-finite loss or gradient norm; update skipped "
-                       f"({nonfinite_in_row} in a row, {state.nonfinite_skipped} in total)")
-        interval_steps += 1
-        interval_time += time.perf_counter() - t0
-        too_many = nonfinite_in_row >= max_in_row
+            _log(ctx.rank, f"step {state.step}: non-finite loss or gradient norm; update skipped "
+                           f"({nonfinite_in_row} in a row, {state.nonfinite_skipped} in total)")
+        interval.steps += 1
+        interval.time_s += time.perf_counter() - started
+        too_many = nonfinite_in_row >= t.max_nonfinite_in_row
 
-        # ---- metrics ----
-        is_last = state.step == max_steps
-        do_val = bool(val_loaders) and (state.step % int(t.val_every) == 0 or is_last) and not too_many
-        if state.step % int(t.log_every) == 0 or do_val or is_last or too_many:
-            total = _all_reduce(acc, device).cpu()
-            tokens_per_s = plan.batch_tokens * interval_steps / max(interval_time, 1e-9)
-            metrics = {
-                "train/loss": float(total[0] / total[1]) if total[1] > 0 else float("nan"),
-                "train/lr": lr,
-                "train/grad_norm": grad_norm,
-                "train/tokens_seen": state.tokens_seen,
-                "train/nonfinite_skipped": state.nonfinite_skipped,
-                "train/nonfinite_in_interval": interval_skipped,
-                "train/nonfinite_microbatches": int(total[6]),
-                "perf/tokens_per_s": tokens_per_s,
-                "perf/mfu": flops_per_token * tokens_per_s / (peak_flops * world_size),
-                "perf/step_time_s": interval_time / interval_steps,
-                "perf/memory_gb": memory_gb(device),
-            }
-            if total[3] > 0:
-                metrics["train/loss/fim"] = float(total[2] / total[3])
-            if total[5] > 0:
-                metrics["train/loss/plain"] = float(total[4] / total[5])
-            for i, name in enumerate(sources):
-                if total[7 + n_src + i] > 0:
-                    metrics[f"train/loss/{name}"] = float(total[7 + i] / total[7 + n_src + i])
-            per_rank = [None] * world_size
-            dist.all_gather_object(per_rank, train_loader.metrics())
-            metrics.update(combine_data_metrics(per_rank))
-            if do_val:
-                state.last_val = validate(engine, val_loaders, device, chunk_size, intra_doc)
-                metrics.update({f"val/loss/{s}": v for s, v in state.last_val.items()})
-            if math.isfinite(metrics["train/loss"]):
-                state.last_train_loss = metrics["train/loss"]
-            logger.log(state.step, metrics)
-            bar.update(interval_steps, loss=f"{metrics['train/loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-            acc.zero_()
-            interval_steps, interval_time, interval_skipped = 0, 0.0, 0
+        is_last = state.step == t.max_steps
+        validate_now = bool(ctx.val_loaders) and (state.step % t.val_every == 0 or is_last) and not too_many
+        if state.step % t.log_every == 0 or validate_now or is_last or too_many:
+            metrics = log_interval(ctx, interval, lr=lr, grad_norm=grad_norm, with_validation=validate_now)
+            bar.update(interval.steps, loss=f"{metrics['train/loss']:.4f}",
+                       tok_s=f"{metrics['perf/tokens_per_s']:,.0f}")
+            interval = IntervalMetrics(interval.sources, ctx.device)
 
         if too_many:
             bar.close()
             raise TooManyNonFinite(
                 f"{nonfinite_in_row} consecutive updates had a non-finite loss or gradient norm (last at step "
-                f"{state.step}); stopping. The latest checkpoint ({ckpt.latest_tag(ckpt_dir)}) holds finite weights. "
-                f"Lower optim.lr, check the data, or raise trainer.max_nonfinite_in_row.")
-
-        # ---- checkpoint ----
-        if int(t.checkpoint_every) and state.step % int(t.checkpoint_every) == 0 and state.step < max_steps:
-            save_checkpoint()
-
-        if hang_at_step is not None and state.step == int(hang_at_step):
-            (run_dir / f"debug_hang_rank{rank}").write_text(f"after step {state.step}")
-            while not stop.signum:  # a test sends a signal or kills the processes here
-                time.sleep(0.05)
+                f"{state.step}); stopping. The latest checkpoint ({ckpt.latest_tag(ctx.ckpt_dir)}) holds finite "
+                f"weights. Lower optim.lr, check the data, or raise trainer.max_nonfinite_in_row.")
+        maybe_save_checkpoint(ctx)
     bar.close()
 
-    if state.step < max_steps:  # stopped by a signal
-        if last_saved != state.step:
-            save_checkpoint()
-        _log(rank, f"stopped by signal {stop.signum} at step {state.step}; rerun the same command to resume")
-        return {"stopped": int(stop.signum), "steps": state.step, "tokens": state.tokens_seen}
+    if ctx.last_saved_step != state.step:
+        save_checkpoint(ctx)
+    if state.step < t.max_steps:
+        _log(ctx.rank, f"stopped by signal {ctx.stop.signum} at step {state.step}; rerun the same command to resume")
+        return {"stopped": int(ctx.stop.signum), "steps": state.step, "tokens": state.tokens_seen}
+    return finish(ctx)
 
-    if last_saved != state.step:
-        save_checkpoint()
-    state.elapsed_s = elapsed_base + time.time() - session_start
-    done = {"fingerprint": fingerprint, "steps": state.step, "tokens": state.tokens_seen,
+
+def stop_requested(ctx: TrainContext) -> bool:
+    """At a step boundary: did any rank receive SIGTERM/SIGUSR1? Every rank gets the same answer."""
+    return bool(all_reduce(torch.tensor([ctx.stop.signum]), dist.ReduceOp.MAX).item())
+
+
+def learning_rate(cfg: DictConfig, step: int) -> float:
+    o = cfg.optim
+    return lr_at(step, lr=o.lr, schedule=o.schedule, warmup_steps=o.warmup_steps, max_steps=cfg.trainer.max_steps,
+                 final_lr_ratio=o.final_lr_ratio)
+
+
+def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
+    """One optimizer update over `grad_accum` micro-batches; False when it was skipped on every rank (a non-finite
+    loss on any rank, or a non-finite gradient norm)."""
+    set_lr(ctx.optimizer, lr)
+    for _ in range(ctx.plan.grad_accum):
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()}
+        losses, valid, loss = microbatch_loss(ctx, batch)
+        finite = torch.isfinite(loss)
+        # A non-finite loss must poison the gradients (an inf loss can have finite ones) so that the overflow
+        # check skips the update on every rank; a finite loss is multiplied by exactly 1.
+        ctx.engine.backward(loss * torch.where(finite, 1.0, float("nan")).detach())
+        ctx.engine.step()
+        interval.add_microbatch(losses, valid, finite, batch["is_fim"], batch["source_ids"])
+    return ctx.engine.was_step_applied()
+
+
+def microbatch_loss(ctx: TrainContext, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-token losses, mask of the tokens that carry one, their mean: the loss the backward pass starts from)."""
+    t = ctx.cfg.trainer
+    losses, valid = token_losses_of(ctx.engine, batch, t.loss_chunk_size, t.intra_document_attention)
+    return losses, valid, mean_loss(losses, valid)
+
+
+def global_grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else float("nan")
+
+
+def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, grad_norm: float,
+                 with_validation: bool) -> dict:
+    """One line of metrics (all ranks take part): the interval's losses over all ranks, throughput, the data
+    pipeline's counters and, when due, the validation losses. Returns the line."""
+    state, total = ctx.state, interval.all_reduced()
+    tokens_per_s = ctx.plan.batch_tokens * total.steps / max(total.time_s, 1e-9)
+    metrics = {
+        "train/loss": total.mean_loss(),
+        "train/lr": lr,
+        "train/grad_norm": grad_norm,
+        "train/tokens_seen": state.tokens_seen,
+        "train/nonfinite_skipped": state.nonfinite_skipped,
+        "train/nonfinite_in_interval": total.skipped_steps,
+        "train/nonfinite_microbatches": int(total.nonfinite_microbatches),
+        "perf/tokens_per_s": tokens_per_s,
+        "perf/mfu": ctx.flops_per_token * tokens_per_s / (ctx.peak_flops * ctx.plan.world_size),
+        "perf/step_time_s": total.time_s / total.steps,
+        "perf/memory_gb": memory_gb(ctx.device),
+        **total.loss_breakdown(),
+    }
+    per_rank = [None] * ctx.plan.world_size
+    dist.all_gather_object(per_rank, ctx.train_loader.metrics())
+    metrics.update(combine_data_metrics(per_rank))
+    if with_validation:
+        t = ctx.cfg.trainer
+        state.last_val = validate(ctx.engine, ctx.val_loaders, ctx.device, t.loss_chunk_size,
+                                  t.intra_document_attention)
+        metrics.update({f"val/loss/{s}": v for s, v in state.last_val.items()})
+    if math.isfinite(metrics["train/loss"]):
+        state.last_train_loss = metrics["train/loss"]
+    ctx.logger.log(state.step, metrics)
+    return metrics
+
+
+def maybe_save_checkpoint(ctx: TrainContext) -> None:
+    """The periodic checkpoint (trainer.checkpoint_every); the last step's is written when the loop ends."""
+    t, step = ctx.cfg.trainer, ctx.state.step
+    if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
+        save_checkpoint(ctx)
+
+
+def save_checkpoint(ctx: TrainContext) -> None:
+    state = ctx.state
+    state.elapsed_s = ctx.elapsed_s()
+    client = {"train_state": asdict(state), "identity": ctx.identity, "fingerprint": ckpt.fingerprint(ctx.identity),
+              "config": ckpt.resolved(ctx.cfg), "model_config": ctx.model_config,
+              "world_size": ctx.plan.world_size, "step": state.step}
+    rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+    tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
+                    keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config)
+    ctx.last_saved_step = state.step
+    _log(ctx.rank, f"checkpoint {ctx.ckpt_dir / tag}")
+
+
+def finish(ctx: TrainContext) -> dict:
+    """After the last step (its checkpoint written): the Hugging Face export, DONE.json and the wandb summary."""
+    state = ctx.state
+    state.elapsed_s = ctx.elapsed_s()
+    last_checkpoint = ctx.ckpt_dir / ckpt.tag_for(state.step)
+    done = {"fingerprint": ctx.fingerprint, "steps": state.step, "tokens": state.tokens_seen,
             "time_s": state.elapsed_s, "train_loss": state.last_train_loss, "val_loss": state.last_val,
             "nonfinite_skipped": state.nonfinite_skipped, "wandb_run_id": state.wandb_run_id,
-            "checkpoint": str(ckpt_dir / ckpt.tag_for(state.step)), "hf_dir": str(run_dir / "hf"),
+            "checkpoint": str(last_checkpoint), "hf_dir": str(ctx.run_dir / "hf"),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if rank == 0:
-        export_hf(ckpt_dir / ckpt.tag_for(state.step), run_dir / "hf", tokenizer_path,
-                  str(OmegaConf.select(cfg, "trainer.export_dtype", default="fp32")))
-        ckpt.write_json_atomic(run_dir / DONE_FILE, done)
-        logger.summary({"final/train_loss": state.last_train_loss, "final/steps": state.step,
-                        **{f"final/val_loss/{s}": v for s, v in state.last_val.items()}})
-        _log(rank, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s:.0f}s; "
-                   f"weights in {run_dir / 'hf'}")
+    if ctx.rank == 0:
+        export_hf(last_checkpoint, ctx.run_dir / "hf", ctx.tokenizer_path, ctx.cfg.trainer.export_dtype)
+        write_json_atomic(ctx.run_dir / DONE_FILE, done)
+        ctx.logger.summary({"final/train_loss": state.last_train_loss, "final/steps": state.step,
+                            **{f"final/val_loss/{s}": v for s, v in state.last_val.items()}})
+        _log(ctx.rank, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s:.0f}s; "
+                       f"weights in {ctx.run_dir / 'hf'}")
     dist.barrier()
     return done
 
 
 def export_hf(tag_dir: Path, out_dir: Path, tokenizer_path: str, dtype: str) -> None:
     """Consolidate a checkpoint (ZeRO shards included) and write it in Hugging Face format, atomically."""
-    from codellama_recipe.train.weight_formats import save_hf
-
     model_cfg, state_dict = ckpt.load_consolidated(tag_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(state_dict, model_cfg, tmp, tokenizer_path=tokenizer_path,
-            dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.rename(tmp, out_dir)
+    save_hf(state_dict, model_cfg, tmp, tokenizer_path=tokenizer_path, dtype=DTYPES[dtype])
+    replace_dir_atomic(tmp, out_dir)

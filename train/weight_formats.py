@@ -25,7 +25,9 @@ from codellama_recipe.train.model import Llama, ModelConfig
 CHECKPOINT_MARKER = "codellama_checkpoint.json"  # written by the training engine into its checkpoints
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Weight dtypes by name, as the configs spell them: short (trainer.export_dtype, trainer.precision) or torch's.
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
 
 
 class CheckpointError(ValueError):
@@ -305,7 +307,7 @@ def _special_pieces(tokenizer_path: Path) -> dict:
 
 def hf_config_dict(cfg: ModelConfig, dtype: torch.dtype | None, special: dict | None = None) -> dict:
     special = special or {}
-    dtype_name = {v: k for k, v in DTYPES.items()}.get(dtype, "float32")
+    dtype_name = str(dtype).removeprefix("torch.") if dtype in DTYPES.values() else "float32"
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
