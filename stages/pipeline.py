@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.cli import compose_checked, refuse, split_argv
 from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
@@ -27,6 +28,7 @@ from codellama_recipe.train.checkpoints import config_differences, fingerprint
 
 CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
+STATE_FORMAT = 2   # 2: typed configuration (codellama_recipe 0.2); earlier records are not comparable
 PROG = "codellama-pipeline"
 
 
@@ -135,9 +137,7 @@ def _read_state(run_dir: Path) -> dict:
 
 
 def _write_state(run_dir: Path, state: dict) -> None:
-    tmp = run_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / STATE_FILE)
+    write_json_atomic(run_dir / STATE_FILE, state)
 
 
 def plan(pcfg: DictConfig) -> list[dict]:
@@ -156,6 +156,11 @@ def plan(pcfg: DictConfig) -> list[dict]:
             action = "restart" if (run_dir / name).exists() else "run"
         elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
             action = "skip"
+        elif record and record.get("state_format", 1) != STATE_FORMAT:
+            raise PipelineError(
+                f"stage '{name}' in {run_dir / name} was finished by an earlier codellama-recipe (pipeline state "
+                f"format {record.get('state_format', 1)}, this version: {STATE_FORMAT}); its recorded configuration "
+                f"is not comparable. Rerun with restart=[{name}] to train it again, or use another run_dir.")
         elif record:
             diffs = config_differences(record["config"], resolved)
             diff = "\n  ".join(diffs[:8] + [f"… and {len(diffs) - 8} more"] * (len(diffs) > 8)) \
@@ -210,6 +215,7 @@ def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
             if _rank() == 0:
                 state = _read_state(run_dir)
                 state[name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
+                               "state_format": STATE_FORMAT,
                                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 _write_state(run_dir, state)
                 if pcfg.eval.enabled:

@@ -167,6 +167,16 @@ def test_changed_model_or_data_config_is_refused_with_the_keys():
         ckpt.check_resumable({"identity": old}, ckpt.resume_identity(compose(TINY), 4), allow_change=False)
 
 
+def test_checkpoint_of_an_earlier_format_is_refused_saying_so():
+    current = ckpt.resume_identity(compose(TINY), 2)
+    earlier = {k: v for k, v in current.items() if k != "checkpoint_format"}   # what version 0.1 wrote
+    with pytest.raises(ckpt.ResumeRefused, match=r"checkpoint format 1 .*writes format 2.*allow_config_change"):
+        ckpt.check_resumable({"identity": earlier, "step": 7}, current, allow_change=False)
+    diffs = ckpt.check_resumable({"identity": earlier}, current, allow_change=True)
+    assert len(diffs) == 1 and diffs[0].startswith("checkpoint_format") and diffs[0].endswith("2")
+    assert ckpt.check_resumable({"identity": current}, current, allow_change=False) == []
+
+
 def test_rng_states_round_trip_through_json():
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     state = json.loads(json.dumps(ckpt.rng_state()))

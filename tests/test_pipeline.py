@@ -99,6 +99,16 @@ def test_rerun_skips_finished_stages_and_refuses_changed_ones(smoke_run):
     assert proc.returncode == 2
     assert "stage 'python' already finished" in proc.stderr and "optim.lr" in proc.stderr
     assert "restart=[python]" in proc.stderr
+    state_file = run_dir / "pipeline_state.json"
+    state = json.loads(state_file.read_text())
+    earlier = {name: {k: v for k, v in record.items() if k != "state_format"} for name, record in state.items()}
+    state_file.write_text(json.dumps(earlier))          # as written by version 0.1
+    try:
+        proc = subprocess.run(pipeline_cmd(run_dir), cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        state_file.write_text(json.dumps(state))
+    assert proc.returncode == 2 and "finished by an earlier codellama-recipe" in proc.stderr
+    assert "restart=[code]" in proc.stderr
 
 
 def test_kill_during_second_stage_then_rerun_resumes_it(tmp_path):

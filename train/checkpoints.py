@@ -43,6 +43,9 @@ TMP_PREFIX = ".tmp-"
 CLIENT_STATE = "client_state.json"
 # The config sections a checkpoint must agree with to be resumed (trainer/optim may change, e.g. max_steps).
 RESUME_SECTIONS = ("model", "data")
+# 2: the typed configuration (codellama_recipe 0.2) stores every schema key, defaults included, so a format-1
+# identity differs from any format-2 one even when nothing that matters changed.
+CHECKPOINT_FORMAT = 2
 
 
 class ResumeRefused(CheckpointError):
@@ -91,6 +94,7 @@ def resume_identity(cfg: DictConfig, world_size: int) -> dict:
             for key in LOCATION_KEYS:
                 spec.pop(key, None)
     identity["world_size"] = world_size
+    identity["checkpoint_format"] = CHECKPOINT_FORMAT
     return identity
 
 
@@ -163,6 +167,13 @@ def remove_incomplete(ckpt_dir: Path) -> list[str]:
 
 def check_resumable(client_state: dict, identity: dict, allow_change: bool) -> list[str]:
     """Raise ResumeRefused naming the differing keys, unless allow_change; returns the differences."""
+    written_format = client_state.get("identity", {}).get("checkpoint_format", 1)
+    if written_format != CHECKPOINT_FORMAT and not allow_change:
+        raise ResumeRefused(
+            f"the latest checkpoint (step {client_state.get('step')}) has checkpoint format {written_format} (written "
+            f"by an earlier codellama-recipe); this version writes format {CHECKPOINT_FORMAT}, whose configuration "
+            f"record is not comparable. Its weights, optimizer and data position still load: resume with "
+            f"trainer.allow_config_change=true, or use a new run_dir.")
     diffs = config_differences(client_state.get("identity", {}), identity)
     if diffs and not allow_change:
         shown = "\n  ".join(diffs[:12]) + (f"\n  … and {len(diffs) - 12} more" if len(diffs) > 12 else "")

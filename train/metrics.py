@@ -295,14 +295,16 @@ class MetricsLogger:
 class ProgressBar:
     """tqdm on rank 0: steps, loss, tokens/s and the ETA of the remaining steps."""
 
-    def __init__(self, enabled, *, total: int, initial: int):
+    def __init__(self, mode, *, total: int, initial: int):
+        """mode: "auto" (only when attached to a terminal), "true"/True or "false"/False."""
         self.bar = None
-        if enabled is False:
+        mode = str(mode).lower()
+        if mode == "false":
             return
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                        disable=None if enabled == "auto" else False, desc="train")
+                        disable=None if mode == "auto" else False, desc="train")
 
     def update(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:

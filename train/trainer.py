@@ -178,10 +178,10 @@ def resolve_tokenizer_path(cfg: DictConfig) -> str:
 def build_loaders(cfg: DictConfig, tokenizer, rank: int, world_size: int, plan: RunPlan):
     from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders
 
-    train_loader = build_train_loader(cfg.data, tokenizer, rank, world_size, plan.micro_batch_size)
+    train_loader = build_train_loader(plan.data, tokenizer, rank, world_size, plan.micro_batch_size)
     val_loaders = {}
     if cfg.trainer.val_every and cfg.trainer.val_batches:
-        val_loaders = build_val_loaders(cfg.data, tokenizer, rank, world_size, plan.micro_batch_size,
+        val_loaders = build_val_loaders(plan.data, tokenizer, rank, world_size, plan.micro_batch_size,
                                         cfg.trainer.val_batches)
     return train_loader, val_loaders
 
