@@ -1,4 +1,4 @@
-"""Training-step throughput of train.model.Llama against transformers' LlamaForCausalLM, side by side.
+"""Training-step throughput of codellama_recipe.train.model.Llama against transformers' LlamaForCausalLM, side by side.
 
 Both models get the same configuration, batch, dtype and SDPA attention; one step is forward + cross-entropy
 + backward + AdamW (fused, the same for both). Steps are interleaved (ours, theirs, theirs, ours, ...) after warm-up,

@@ -1,12 +1,12 @@
 """From configured sources to training batches: read -> tokenize (BOS/EOS per document) -> FIM -> mix -> pack.
 
     loader = build_train_loader(data, tokenizer, rank, world_size, micro_batch_size)
-    for batch in loader: ...          # infinite; dict of [B, seq_len] tensors (see CONTRACTS.md)
+    for batch in loader: ...          # infinite; dict of [B, seq_len] tensors (BATCH_KEYS below)
     loader.state_dict() / loader.load_state_dict(sd) / loader.metrics()
 
 Streams. Each rank runs num_workers logical streams (one per DataLoader worker; one in-process stream
 when num_workers == 0). Logical stream (rank, w) reads its shard of every source (data/sources.py),
-mixes them by tokens (data/mixture.py), encodes documents (data/fim.py, stages/chat.py) and packs
+mixes them by tokens (data/mixture.py), encodes documents (data/fim.py, data/chat.py) and packs
 them (data/packing.py) into whole micro-batches. Tokenization happens in the worker processes.
 
 Exact resume. A worker yields each batch together with its logical id and its complete state after
@@ -90,7 +90,7 @@ class DataPlan:
 # ----------------------------------------------------------------------------------------------
 
 class DocumentEncoder:
-    """BOS + Enc(text) + EOS, or the FIM layout (data/fim.py), or the chat format (stages/chat.py)."""
+    """BOS + Enc(text) + EOS, or the FIM layout (data/fim.py), or the chat format (data/chat.py)."""
 
     def __init__(self, tokenizer, fim: FimConfig, seq_len: int, seed: int, apply_fim: bool, counters: Counter):
         self.tokenizer, self.fim, self.seq_len, self.seed = tokenizer, fim, seq_len, seed

@@ -1,7 +1,9 @@
 """Read and write Llama checkpoints: Meta's format, Hugging Face's, and (via the engine) the project's own.
 
 Every loader returns `(ModelConfig, state_dict)` with Meta's parameter names (those of train.model.Llama).
-Checkpoints are read with `torch.load(weights_only=True)` or safetensors: nothing is ever unpickled.
+Meta shards are read with `torch.load(weights_only=True)` (tensors and plain containers only) and Hugging Face
+folders from safetensors: neither can run code. (The engine's own DeepSpeed checkpoints are a different matter:
+see train/checkpoints.py.)
 
 Meta format: `params.json` + `consolidated.NN.pth`, one file per model-parallel rank. Column-parallel weights
 (wq, wk, wv, w1, w3, output) are split along dim 0, row-parallel ones (wo, w2) and the embedding
@@ -121,27 +123,6 @@ def load_meta(path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     cfg = ModelConfig.from_dict(params).validate()
     check_state_dict(state_dict, cfg, str(path))
     return cfg, state_dict
-
-
-def save_meta(state_dict, cfg: ModelConfig, out_dir, num_shards: int = 1) -> Path:
-    """Write Meta's layout (params.json + consolidated.NN.pth split for `num_shards` model-parallel ranks).
-    Used by tests to fabricate Meta checkpoints and by users who want to go back to Meta's tools."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_state_dict(state_dict, cfg)
-    for rank in range(num_shards):
-        shard = {}
-        for name, t in state_dict.items():
-            if _META_CAT_DIM0.search(name):
-                shard[name] = t.chunk(num_shards, dim=0)[rank].clone()
-            elif _META_CAT_DIM1.search(name):
-                shard[name] = t.chunk(num_shards, dim=1)[rank].clone()
-            else:
-                shard[name] = t.clone()
-        torch.save(shard, out_dir / f"consolidated.{rank:02d}.pth")
-    params = {k: v for k, v in cfg.to_dict().items() if k != "max_seq_len"}
-    (out_dir / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    return out_dir
 
 
 # --------------------------------------------------------------------------------------------------------
