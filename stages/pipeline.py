@@ -154,13 +154,13 @@ def plan(pcfg: DictConfig) -> list[dict]:
         record = state.get(name)
         if i >= restart_from:
             action = "restart" if (run_dir / name).exists() else "run"
-        elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
-            action = "skip"
         elif record and record.get("state_format", 1) != STATE_FORMAT:
             raise PipelineError(
                 f"stage '{name}' in {run_dir / name} was finished by an earlier codellama-recipe (pipeline state "
                 f"format {record.get('state_format', 1)}, this version: {STATE_FORMAT}); its recorded configuration "
                 f"is not comparable. Rerun with restart=[{name}] to train it again, or use another run_dir.")
+        elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
+            action = "skip"
         elif record:
             diffs = config_differences(record["config"], resolved)
             diff = "\n  ".join(diffs[:8] + [f"… and {len(diffs) - 8} more"] * (len(diffs) > 8)) \
