@@ -173,7 +173,9 @@ def run_hydra_command(prog: str, config_name: str, task: Callable, *, check: Cal
     register_resolvers()
     register_schemas()
     if not names & _INFO_FLAGS:
-        code = preflight(prog, config_name, overrides, multirun=bool(names & {"-m", "--multirun"}), check=check)
+        printing_only = bool(names & {"--cfg", "-c"})   # the schema still applies; files need not exist yet
+        code = preflight(prog, config_name, overrides, multirun=bool(names & {"-m", "--multirun"}),
+                         check=None if printing_only else check)
         if code:
             return code
     worst = 0
