@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,7 @@ def run_ablations(acfg: DictConfig) -> int:
     from codellama_recipe.data.tokenizer import Tokenizer
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
+    started = time.time()
     arms = compose_arms(acfg)
     check_measurements(arms)
     run_dir = Path(str(acfg.run_dir))
@@ -67,7 +69,7 @@ def run_ablations(acfg: DictConfig) -> int:
         "python": python_figures(measured["python"], measured["code_more"], n, seed),
     }
     lines = write_outputs(results, run_dir)
-    print(f"[ablate] report: {run_dir / 'report.md'}", flush=True)
+    print(f"[ablate] report: {run_dir / 'report.md'} (this session: {time.time() - started:.0f}s)", flush=True)
     print("\n".join(lines), flush=True)
     return 0
 
