@@ -125,18 +125,26 @@ def plot_fim(results: dict, out: Path) -> None:
 def plot_perplexity(results: dict, seq_len: int, out: Path) -> None:
     lcft = results["lcft"]
     lengths = lcft["context_lengths"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4))
     for role, points in lcft["ppl"].items():
         ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]}")
         ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
-    for factor, name in ((1, "T"), (4, "4T")):
-        ax.axvline(factor * seq_len, color="gray", linestyle=":", linewidth=1)
-        ax.text(factor * seq_len, ax.get_ylim()[1], name, ha="center", va="bottom", fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("perplexity of positions [0, L)")
     ax.set_title(f"perplexity by context length ({lcft['files']} held-out files)")
-    ax.legend(fontsize=8)
+    for role, points in lcft["ppl_ratio_to_none"].items():
+        ratio_ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]} / code_more")
+        ratio_ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+    ratio_ax.axhline(1.0, color="black", linewidth=0.8)
+    ratio_ax.set_ylabel("perplexity ratio to no LCFT (paired)")
+    ratio_ax.set_title("LCFT arms relative to no LCFT")
+    for axis in (ax, ratio_ax):
+        for factor, name in ((1, "T"), (4, "4T")):
+            axis.axvline(factor * seq_len, color="gray", linestyle=":", linewidth=1)
+            axis.annotate(name, (factor * seq_len, 1.0), xycoords=("data", "axes fraction"), ha="center",
+                          va="bottom", fontsize=8)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("context length (tokens)")
+        axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -144,15 +152,18 @@ def plot_perplexity(results: dict, seq_len: int, out: Path) -> None:
 
 def plot_retrieval(results: dict, out: Path) -> None:
     grids = results["lcft"]["key_retrieval"]
-    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 3.6))
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids) + 1, 3.6), constrained_layout=True)
     for ax, (role, g) in zip(axes, grids.items()):
         image = ax.imshow(np.array(g["accuracy"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(g["positions"])), [f"{p:g}" for p in g["positions"]])
         ax.set_yticks(range(len(g["lengths"])), [str(L) for L in g["lengths"]])
         ax.set_xlabel("key position")
-        ax.set_ylabel("length (tokens)")
         ax.set_title(LCFT_ARMS[role], fontsize=9)
+        for (row, column), accuracy in np.ndenumerate(np.array(g["accuracy"])):
+            ax.text(column, row, f"{accuracy:.2f}", ha="center", va="center", fontsize=7, color="white")
+    axes[0].set_ylabel("length (tokens)")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="accuracy")
+    fig.suptitle(f"key retrieval accuracy ({next(iter(grids.values()))['examples_per_cell']} examples per cell)")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

@@ -73,6 +73,7 @@ def lcft_figures(measured: dict, n: int, seed: int, seq_len: int) -> dict:
         raise ValueError(f"perplexity was measured at {lengths}; the figures need 4T and 16T = {sorted(missing)}")
     retrieval = {role: retrieval_figures(measured[arm]["key_retrieval"], n, seed) for role, arm in LCFT_ARMS.items()}
     return {"context_lengths": lengths, "files": int(ppl["none"].shape[0]), "ppl": curves,
+            "ppl_ratio_to_none": {role: [ratio(role, "none", L) for L in lengths] for role in ("theta1e4", "theta1e6")},
             "ratios": {"ppl@16T theta1e6/theta1e4": ratio("theta1e6", "theta1e4", 16 * seq_len),
                        "ppl@16T theta1e6/none": ratio("theta1e6", "none", 16 * seq_len),
                        "ppl@4T theta1e6/none": ratio("theta1e6", "none", 4 * seq_len)},
