@@ -5,6 +5,7 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -160,22 +161,47 @@ def test_arms_differ_only_where_declared():
 
 
 # ------------------------------------------------------------------------------------------ smoke run
+def ablate_cmd(run_dir):
+    return [sys.executable, "-m", "codellama_recipe.stages.ablate", "ablate=smoke", f"run_dir={run_dir}"]
+
+
 def run_ablate(run_dir, timeout=600):
-    started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "codellama_recipe.stages.ablate", "ablate=smoke", f"run_dir={run_dir}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(ablate_cmd(run_dir), cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout, time.time() - started
+    return proc.stdout
+
+
+def run_ablate_stopped_in_second_twin(run_dir, timeout=600) -> str:
+    """SIGTERM while the `ar` twin trains: the engine checkpoints and the command exits 0."""
+    proc = subprocess.Popen(ablate_cmd(run_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    lines, in_ar, deadline = [], False, time.time() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        in_ar = in_ar or line.startswith("[ablate] arm 'ar'")
+        if in_ar and line.startswith("[train] training steps"):
+            time.sleep(1.5)
+            proc.send_signal(signal.SIGTERM)
+        assert time.time() < deadline, "".join(lines[-30:])
+    assert proc.wait(timeout=60) == 0, "".join(lines[-30:])
+    return "".join(lines)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_smoke_ablation_writes_the_report_and_the_summary_lines(tmp_path):
-    out, _ = run_ablate(tmp_path)
+def test_smoke_ablation_resumes_and_writes_the_report_and_the_summary_lines(tmp_path):
+    stopped = run_ablate_stopped_in_second_twin(tmp_path)
+    assert "[ablate] arm 'ar' stopped by signal 15" in stopped and not (tmp_path / "report.md").exists()
+
+    out = run_ablate(tmp_path)
+    assert "arm 'fim': finished earlier with the same config, skipped" in out
+    assert "arm 'ar': resume" in out and "[train] resumed from" in out
     last = out.strip().splitlines()[-len(SUMMARY_PATTERNS):]
     for line, pattern in zip(last, SUMMARY_PATTERNS):
         assert re.fullmatch(pattern, line), (line, pattern)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ar" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 24          # no step logged twice across the resume
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"setup", "arms", "fim", "lcft", "python", "claims", "lines"} <= set(results)
     assert results["lines"] == last
@@ -189,6 +215,6 @@ def test_smoke_ablation_writes_the_report_and_the_summary_lines(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Claims" in report and "theta1e6" in report
 
-    again, _ = run_ablate(tmp_path)       # finished arms and measurements are skipped
+    again = run_ablate(tmp_path)       # finished arms and measurements are skipped
     assert again.count("skipped") == 6 and "[train] training steps" not in again and "measuring" not in again
     assert again.strip().splitlines()[-len(SUMMARY_PATTERNS):] == last
