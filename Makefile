@@ -17,7 +17,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 # HumanEval-infilling files for the per-stage evaluation, when a checkout has them beside it (optional).
 export CODELLAMA_INFILLING_DIR ?= $(wildcard $(CURDIR)/../shared/benchmarks)
 
-.PHONY: venv demo test clean
+.PHONY: venv demo ablate test clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 ## The main job: every stage of the tiny pipeline (code+FIM, Python, long context, instruct) on CPU.
 demo: $(STAMP)
 	$(VENV)/bin/codellama-pipeline pipeline=tiny $(ARGS)
+
+## The FIM, long-context and Python ablations in miniature (~25 minutes on 2 CPU cores; docs/ablations.md).
+ablate: $(STAMP)
+	$(VENV)/bin/codellama-ablate $(ARGS)
 
 ## The test suite (CPU, including 2-process DeepSpeed runs).
 test: $(STAMP)

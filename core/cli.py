@@ -23,7 +23,8 @@ MAX_SWEEP_CHECKS = 256
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun"}
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
-SCHEMA_OF = {"train": "train_schema", "run_pipeline": "pipeline_schema", "eval": "eval_schema"}
+SCHEMA_OF = {"train": "train_schema", "run_pipeline": "pipeline_schema", "eval": "eval_schema",
+             "ablate": "ablate_schema"}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

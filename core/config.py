@@ -33,12 +33,19 @@ def register_schemas() -> None:
     register()
 
 
+def _mul(a, b) -> int:
+    return int(float(a)) * int(float(b))
+
+
 def register_resolvers() -> None:
-    """``${ceil_div:${stage.token_budget},${trainer.batch_tokens}}`` turns a token budget into a step count."""
+    """``${ceil_div:${stage.token_budget},${trainer.batch_tokens}}`` turns a token budget into a step count;
+    ``${mul:${scale.seq_len},${scale.long_factor}}`` scales a length."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("ceil_div"):
         OmegaConf.register_new_resolver("ceil_div", _ceil_div)
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", _mul)
 
 
 def compose(config_name: str, overrides: list[str]):

@@ -420,7 +420,78 @@ class EvalConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
-SCHEMAS = {"train_schema": TrainConfig, "pipeline_schema": PipelineRunConfig, "eval_schema": EvalConfig}
+# --------------------------------------------------------------------------------------------------------
+# Ablations
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class AblateArm:
+    """`arms.<name>`: one ordinary training stage of an ablation. Its codellama-train keys are the shared
+    `settings.<settings>` with `set` (dotted keys: what this arm changes) on top; it starts from the export of
+    the arm `parent` (null: the same random init as every other root arm)."""
+    parent: Optional[str] = None
+    settings: str = MISSING
+    set: Dict[str, Any] = field(default_factory=dict)
+    measure: List[str] = field(default_factory=list)   # what codellama-ablate measures on its export
+
+
+@dataclass
+class AblateScale:
+    """`scale`: the sizes of one ablation preset (conf/ablate/<preset>.yaml); the arms read them."""
+    model: Dict[str, Any] = field(default_factory=dict)   # conf/model/tiny keys changed for every arm
+    seq_len: int = 512                  # T, the base training length
+    long_factor: int = 4                # LCFT trains at long_factor × T
+    batch_tokens: int = 8192
+    micro_batch_size: int = 8
+    long_micro_batch_size: int = 2
+    base_steps: int = 100
+    base_lr: float = 2.0e-3
+    base_warmup_steps: int = 10
+    base_max_doc_chars: int = 1_000_000
+    continue_steps: int = 30
+    continue_lr: float = 1.0e-3
+    continue_warmup_steps: int = 5
+    checkpoint_every: int = 25
+    log_every: int = 5
+
+
+@dataclass
+class AblateEval:
+    """`eval`: how much held-out data each measurement reads (conf/ablate/<preset>.yaml)."""
+    infill_docs: int = 64               # held-out code files that fit in T (FIM trains on those only)
+    spans_per_doc: int = 4              # random whole-line middles per file (infilling loss)
+    max_span_lines: int = 8
+    lines_per_doc: int = 2              # single lines removed per file (exact match)
+    max_new_tokens: int = 48
+    val_docs_per_source: int = 48       # left-to-right loss: held-out documents per source ...
+    val_windows_per_doc: int = 2        # ... read in windows of T tokens, at most this many per document
+    ppl_sources: List[str] = field(default_factory=lambda: ["python", "code"])
+    ppl_files: int = 16                 # held-out files with at least 16T tokens
+    ppl_length_factors: List[float] = field(default_factory=lambda: [0.25, 0.5, 1, 2, 4, 8, 16])
+    retrieval_length_factors: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    retrieval_positions: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    retrieval_examples: int = 8
+    batch_size: int = 16
+    bootstrap_samples: int = 1000
+
+
+@dataclass
+class AblateConfig:
+    """codellama-ablate (conf/ablate.yaml)."""
+    run_dir: str = "runs/ablate"
+    seed: int = 0
+    cache_dir: str = "~/.cache/codellama-recipe"
+    common: List[str] = field(default_factory=list)   # codellama-train overrides for every arm
+    wandb: PipelineWandb = field(default_factory=PipelineWandb)
+    preset: str = "full"
+    scale: AblateScale = field(default_factory=AblateScale)
+    eval: AblateEval = field(default_factory=AblateEval)
+    settings: Dict[str, Any] = field(default_factory=dict)
+    arms: Dict[str, AblateArm] = field(default_factory=dict)
+
+
+SCHEMAS = {"train_schema": TrainConfig, "pipeline_schema": PipelineRunConfig, "eval_schema": EvalConfig,
+           "ablate_schema": AblateConfig}
 
 
 def register_schemas() -> None:

@@ -70,3 +70,20 @@ def perplexity_by_context_length(model, tokenizer, texts: Sequence[str], context
             result["ppl_bin"].append(None)
         previous = L
     return result
+
+
+def loss_sums_by_context_length(model, tokenizer, texts: Sequence[str], context_lengths: Sequence[int],
+                                chunk_size: int = 2048) -> list[list[float]]:
+    """Per file, the summed loss of its tokens at positions [0, L) for every L (the files must all have at least
+    max(L) + 1 tokens): exp(Σ_files sum@L / (files · L)) is ppl@L, and per-file values allow a bootstrap."""
+    lengths = [int(L) for L in context_lengths]
+    model.eval()
+    rows = []
+    for text in texts:
+        tokens = [tokenizer.bos_id] + tokenizer.encode(text)
+        if len(tokens) < max(lengths) + 1:
+            raise ValueError(f"a file of {len(tokens)} tokens is shorter than the longest context {max(lengths)} + 1")
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.double),
+                                token_losses(model, tokens[:max(lengths) + 1], chunk_size).double().cumsum(0)])
+        rows.append([float(cumulative[L]) for L in lengths])
+    return rows

@@ -1,0 +1,1 @@
+"""codellama-ablate: the FIM, long-context and Python ablations as ordinary training stages (docs/ablations.md)."""

@@ -1,0 +1,105 @@
+"""codellama-ablate: train the ablation arms (conf/ablate.yaml), measure them, write the report.
+
+    codellama-ablate                       # the full miniature ablations (ablate=full), runs/ablate
+    codellama-ablate ablate=smoke run_dir=/tmp/smoke   # a few minutes; effects not expected
+
+Rerunning the same command skips finished arms and measurements and resumes an interrupted arm. It runs in
+one process (2 CPU threads); every arm is an ordinary codellama-train run (train.trainer.run).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from codellama_recipe.core.cli import refuse, run_hydra_command
+from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
+from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
+from codellama_recipe.stages.ablate.report import write_outputs
+from codellama_recipe.stages.ablate.statistics import fim_figures, lcft_figures, python_figures
+from codellama_recipe.stages.pipeline import PipelineError
+
+PROG = "codellama-ablate"
+
+
+def check(acfg: DictConfig) -> None:
+    check_measurements(compose_arms(acfg))
+
+
+def arm_summary(arm, run_dir: Path, declared: dict) -> dict:
+    done_file = run_dir / arm.name / "DONE.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    return {"parent": arm.parent, "settings": declared["settings"], "set": declared["set"],
+            "steps": done.get("steps"), "tokens": done.get("tokens", 0), "time_s": done.get("time_s", 0.0),
+            "train_loss": done.get("train_loss")}
+
+
+def run_ablations(acfg: DictConfig) -> int:
+    from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.train.engine_setup import shutdown_distributed
+
+    started = time.time()
+    arms = compose_arms(acfg)
+    check_measurements(arms)
+    run_dir = Path(str(acfg.run_dir))
+    try:
+        fingerprints = train_arms(arms, run_dir)
+    finally:
+        shutdown_distributed()
+    if fingerprints is None:
+        return 0
+    by_name = {arm.name: arm for arm in arms}
+    tokenizer = Tokenizer(Path(str(by_name["ar"].cfg.run_dir)) / "hf" / "tokenizer.model")
+    held = held_out(acfg, tokenizer)
+    measured = {arm.name: measure_arm(arm, fingerprints[arm.name], acfg, held) for arm in arms if arm.measure}
+    n, seed = acfg.eval.bootstrap_samples, acfg.seed
+    declared = OmegaConf.to_container(acfg.arms, resolve=True)
+    results = {
+        "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
+                  "model": OmegaConf.to_container(by_name["ar"].cfg.model, resolve=True),
+                  "eval": OmegaConf.to_container(acfg.eval, resolve=True)},
+        "arms": {arm.name: arm_summary(arm, run_dir, declared[arm.name]) for arm in arms},
+        "fim": fim_figures(measured["fim"], measured["ar"], n, seed),
+        "lcft": lcft_figures(measured, n, seed, acfg.scale.seq_len),
+        "python": python_figures(measured["python"], measured["code_more"], n, seed),
+    }
+    lines = write_outputs(results, run_dir)
+    print(f"[ablate] report: {run_dir / 'report.md'} (this session: {time.time() - started:.0f}s)", flush=True)
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+@contextlib.contextmanager
+def hydra_compose_allowed():
+    """The arms' configs are composed with Hydra's compose API (as codellama-pipeline does), which refuses to
+    start while the @hydra.main job holds Hydra's global state; that state is set aside meanwhile."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    running = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
+
+
+def task(acfg: DictConfig) -> int:
+    try:
+        with hydra_compose_allowed():
+            return run_ablations(acfg)
+    except (ConfigError, PipelineError) as e:
+        return refuse(PROG, str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_hydra_command(PROG, "ablate", task, check=check, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The ablations' outputs: results.json, PNG plots, report.md and the summary lines scripts read.
+
+Every figure carries its bootstrap 95% interval; the report states each paper claim, the miniature
+measurement and whether the direction holds (and whether the issue's target is met).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from codellama_recipe.core.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from codellama_recipe.stages.ablate.statistics import LCFT_ARMS  # noqa: E402
+
+CURVE_GROUPS = {"FIM twins": ["fim", "ar"], "long context": ["code_more", "lcft_theta1e4", "lcft_theta1e6"],
+                "Python": ["python", "code_more"]}
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The lines the command prints last (scripts parse them)."""
+    fim, lcft, py = results["fim"], results["lcft"], results["python"]
+    em = fim["exact_match"]
+    return [f"fim: infill_loss fim_psm/ar = {fim['infill_loss_ratio']['fim_psm/ar']['value']:.4f}",
+            f"fim: exact_match fim_psm = {em['fim_psm']['value']:.4f} fim_spm = {em['fim_spm']['value']:.4f} "
+            f"ar = {em['ar']['value']:.4f}",
+            f"fim: ar_val_loss fim/ar = {fim['val_loss']['code']['fim/ar']['value']:.4f}",
+            f"lcft: ppl@16T theta1e6/theta1e4 = {lcft['ratios']['ppl@16T theta1e6/theta1e4']['value']:.4f}",
+            f"lcft: ppl@16T theta1e6/none = {lcft['ratios']['ppl@16T theta1e6/none']['value']:.4f}",
+            f"lcft: ppl@4T theta1e6/none = {lcft['ratios']['ppl@4T theta1e6/none']['value']:.4f}",
+            f"python: python_val_loss python/code = {py['val_loss']['python']['python/code']['value']:.4f}"]
+
+
+def claims(results: dict) -> list[dict]:
+    """Each paper claim with the miniature measurement, the direction and the issue's target."""
+    fim, lcft, py = results["fim"], results["lcft"], results["python"]
+    em = fim["exact_match"]
+    fim_em, ar_em = em["fim_psm"]["value"], em["ar"]["value"]
+    em_ratio = fim_em / ar_em if ar_em else (float("inf") if fim_em else float("nan"))
+    r = lcft["ratios"]
+    return [
+        {"ablation": "fim", "claim": "FIM training lets the model use the suffix: the middle is predicted better "
+                                     "than from the prefix alone (paper §2.3, Table 5)",
+         "figure": "infill loss fim_psm/ar", "interval": fim["infill_loss_ratio"]["fim_psm/ar"],
+         "direction": fim["infill_loss_ratio"]["fim_psm/ar"]["value"] < 1,
+         "target": "≤ 0.8", "met": fim["infill_loss_ratio"]["fim_psm/ar"]["value"] <= 0.8},
+        {"ablation": "fim", "claim": "a FIM model fills a removed line; an AR model rarely writes it from the "
+                                     "prefix (paper Table 5, single-line infilling)",
+         "figure": "exact match fim_psm (vs ar)", "interval": em["fim_psm"], "ratio": em_ratio,
+         "note": f"ar {_ci(em['ar'], 3)}, ratio {em_ratio:.2f}",
+         "direction": fim_em > ar_em, "target": "≥ 3× ar", "met": bool(fim_em > 0 and em_ratio >= 3)},
+        {"ablation": "fim", "claim": "FIM costs little left-to-right quality (paper Table 5: a modest drop)",
+         "figure": "code val loss fim/ar", "interval": fim["val_loss"]["code"]["fim/ar"],
+         "direction": fim["val_loss"]["code"]["fim/ar"]["value"] <= 1.05,
+         "target": "≤ 1.05", "met": fim["val_loss"]["code"]["fim/ar"]["value"] <= 1.05},
+        {"ablation": "lcft", "claim": "raising θ to 1e6 for LCFT extrapolates beyond the trained length; θ = 1e4 "
+                                      "does not (paper §2.4, Fig. 4a, Table 18)",
+         "figure": "ppl@16T theta1e6/theta1e4", "interval": r["ppl@16T theta1e6/theta1e4"],
+         "direction": r["ppl@16T theta1e6/theta1e4"]["value"] < 1,
+         "target": "≤ 0.9", "met": r["ppl@16T theta1e6/theta1e4"]["value"] <= 0.9},
+        {"ablation": "lcft", "claim": "without LCFT the model degrades beyond its trained length (paper Table 18)",
+         "figure": "ppl@16T theta1e6/none", "interval": r["ppl@16T theta1e6/none"],
+         "direction": r["ppl@16T theta1e6/none"]["value"] < 1,
+         "target": "≤ 0.9", "met": r["ppl@16T theta1e6/none"]["value"] <= 0.9},
+        {"ablation": "lcft", "claim": "LCFT helps within its new training length (4T)",
+         "figure": "ppl@4T theta1e6/none", "interval": r["ppl@4T theta1e6/none"],
+         "direction": r["ppl@4T theta1e6/none"]["value"] < 1, "target": "< 1 (no number in the issue)",
+         "met": r["ppl@4T theta1e6/none"]["value"] < 1},
+        {"ablation": "python", "claim": "more Python tokens make a better Python model (paper §2.2, Table 2: "
+                                        "Code Llama - Python 7B 38.4 vs 33.5 HumanEval pass@1)",
+         "figure": "python val loss python/code", "interval": py["val_loss"]["python"]["python/code"],
+         "direction": py["val_loss"]["python"]["python/code"]["value"] < 1,
+         "target": "≤ 0.97", "met": py["val_loss"]["python"]["python/code"]["value"] <= 0.97},
+    ]
+
+
+def _ci(d: dict, digits: int = 4) -> str:
+    return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _metrics(run_dir: Path, arm: str) -> list[dict]:
+    path = run_dir / arm / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def plot_training_curves(run_dir: Path, out: Path) -> None:
+    fig, axes = plt.subplots(1, len(CURVE_GROUPS), figsize=(5 * len(CURVE_GROUPS), 3.8))
+    for ax, (title, arms) in zip(axes, CURVE_GROUPS.items()):
+        for arm in arms:
+            rows = [r for r in _metrics(run_dir, arm) if "train/loss" in r]
+            ax.plot([r["train/tokens_seen"] for r in rows], [r["train/loss"] for r in rows], label=arm)
+        ax.set_title(title)
+        ax.set_xlabel("tokens (this arm)")
+        ax.set_ylabel("train loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _bar(ax, labels, intervals, ylabel, title):
+    values = [d["value"] for d in intervals]
+    errors = np.array([[d["value"] - d["low"], d["high"] - d["value"]] for d in intervals]).T
+    ax.bar(labels, values, yerr=errors, capsize=4, color=["tab:blue", "tab:cyan", "tab:gray", "tab:orange"][:len(labels)])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def plot_fim(results: dict, out: Path) -> None:
+    fim = results["fim"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    labels = ["fim_psm", "fim_spm", "ar"]
+    _bar(axes[0], labels, [fim["infill_loss"][k] for k in labels], "loss of the middle's tokens", "infilling loss")
+    _bar(axes[1], labels, [fim["exact_match"][k] for k in labels], "exact match", "single-line infilling")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_perplexity(results: dict, seq_len: int, out: Path) -> None:
+    lcft = results["lcft"]
+    lengths = lcft["context_lengths"]
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    for role, points in lcft["ppl"].items():
+        ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]}")
+        ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+    ax.set_ylabel("perplexity of positions [0, L)")
+    ax.set_title(f"perplexity by context length ({lcft['files']} held-out files)")
+    for role, points in lcft["ppl_ratio_to_none"].items():
+        ratio_ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]} / code_more")
+        ratio_ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+    ratio_ax.axhline(1.0, color="black", linewidth=0.8)
+    ratio_ax.set_ylabel("perplexity ratio to no LCFT (paired)")
+    ratio_ax.set_title("LCFT arms relative to no LCFT")
+    for axis in (ax, ratio_ax):
+        for factor, name in ((1, "T"), (4, "4T")):
+            axis.axvline(factor * seq_len, color="gray", linestyle=":", linewidth=1)
+            axis.annotate(name, (factor * seq_len, 1.0), xycoords=("data", "axes fraction"), ha="center",
+                          va="bottom", fontsize=8)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("context length (tokens)")
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_retrieval(results: dict, out: Path) -> None:
+    grids = results["lcft"]["key_retrieval"]
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids) + 1, 3.6), constrained_layout=True)
+    for ax, (role, g) in zip(axes, grids.items()):
+        image = ax.imshow(np.array(g["accuracy"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(g["positions"])), [f"{p:g}" for p in g["positions"]])
+        ax.set_yticks(range(len(g["lengths"])), [str(L) for L in g["lengths"]])
+        ax.set_xlabel("key position")
+        ax.set_title(LCFT_ARMS[role], fontsize=9)
+        for (row, column), accuracy in np.ndenumerate(np.array(g["accuracy"])):
+            ax.text(column, row, f"{accuracy:.2f}", ha="center", va="center", fontsize=7, color="white")
+    axes[0].set_ylabel("length (tokens)")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="accuracy")
+    fig.suptitle(f"key retrieval accuracy ({next(iter(grids.values()))['examples_per_cell']} examples per cell)")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_val_loss(results: dict, out: Path) -> None:
+    panels = {"FIM twins": (results["fim"]["val_loss"], ["fim", "ar"]),
+              "Python": (results["python"]["val_loss"], ["python", "code"])}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (title, (table, arms)) in zip(axes, panels.items()):
+        sources = list(table)
+        width = 0.8 / len(arms)
+        for i, arm in enumerate(arms):
+            values = [table[s][arm]["value"] for s in sources]
+            errors = np.array([[table[s][arm]["value"] - table[s][arm]["low"],
+                                table[s][arm]["high"] - table[s][arm]["value"]] for s in sources]).T
+            ax.bar(np.arange(len(sources)) + i * width, values, width, yerr=errors, capsize=3, label=arm)
+        ax.set_xticks(np.arange(len(sources)) + width * (len(arms) - 1) / 2, sources)
+        ax.set_ylabel("held-out loss (left to right)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def markdown(results: dict) -> str:
+    fim, lcft, py, setup = results["fim"], results["lcft"], results["python"], results["setup"]
+    T = setup["seq_len"]
+    model_text = ", ".join(f"{k} {setup['model'][k]}" for k in ("dim", "n_layers", "n_heads", "n_kv_heads"))
+    lines = [f"# Ablations of the Code Llama recipe in miniature ({setup['preset']})", "",
+             f"Model: Llama, {model_text}; T = {T} tokens; every arm {setup['batch_tokens']:,}-token batches. "
+             "Intervals: bootstrap 95% over evaluation documents (paired between the arms of an ablation). "
+             "Plots: training_curves.png, fim_infilling.png, val_loss_by_source.png, lcft_perplexity.png, "
+             "lcft_key_retrieval.png.", "", "## Arms", "",
+             "| arm | starts from | differs by | steps | tokens | time |", "|---|---|---|---|---|---|"]
+    for name, arm in results["arms"].items():
+        differs = ", ".join(f"{k}={v}" for k, v in arm["set"].items()) or "-"
+        lines.append(f"| {name} | {arm['parent'] or 'random init'} | {differs} | {arm.get('steps', '?')} | "
+                     f"{arm.get('tokens', 0):,} | {arm.get('time_s', 0):.0f}s |")
+    lines += ["", "## Claims", "", "| ablation | paper claim | figure | measured [95% CI] | direction holds | "
+              "target | met |", "|---|---|---|---|---|---|---|"]
+    for c in claims(results):
+        measured = _ci(c["interval"]) + (f"; {c['note']}" if "note" in c else "")
+        lines.append(f"| {c['ablation']} | {c['claim']} | {c['figure']} | {measured} | "
+                     f"{'yes' if c['direction'] else 'no'} | {c['target']} | {'yes' if c['met'] else 'no'} |")
+    lines += ["", f"## 1. FIM ({fim['documents']} held-out code files that fit in T)", "",
+              "| | infilling loss (middle tokens) | single-line exact match |", "|---|---|---|"]
+    for k in ("fim_psm", "fim_spm", "ar"):
+        lines.append(f"| {k} | {_ci(fim['infill_loss'][k])} | {_ci(fim['exact_match'][k], 3)} |")
+    lines += ["", f"Ratios: fim_psm/ar {_ci(fim['infill_loss_ratio']['fim_psm/ar'])}, fim_spm/ar "
+              f"{_ci(fim['infill_loss_ratio']['fim_spm/ar'])}; exact match over {fim['exact_match_n']} removed lines.",
+              "", "Left-to-right held-out loss per source (the cost of FIM):", "",
+              "| source | fim | ar | fim/ar | documents |", "|---|---|---|---|---|"]
+    for s, row in fim["val_loss"].items():
+        lines.append(f"| {s} | {_ci(row['fim'])} | {_ci(row['ar'])} | {_ci(row['fim/ar'])} | {row['documents']} |")
+    lines += ["", "A few single-line completions (removed line → completion):", ""]
+    for k, examples in fim["exact_match_examples"].items():
+        for e in examples[:3]:
+            lines.append(f"- {k}: `{e['line'].strip()[:70]}` → `{e['completion'].split(chr(10))[0].strip()[:70]}`")
+    lines += ["", f"## 2. Long context ({lcft['files']} held-out files of ≥ {lcft['context_lengths'][-1]} tokens)", "",
+              "| context length | " + " | ".join(LCFT_ARMS[r] for r in lcft["ppl"]) + " |",
+              "|---|" + "---|" * len(lcft["ppl"])]
+    for i, L in enumerate(lcft["context_lengths"]):
+        lines.append(f"| {L} ({L / T:g}T) | " + " | ".join(_ci(points[i], 2) for points in lcft["ppl"].values()) + " |")
+    lines += ["", "Ratios: " + "; ".join(f"{k} {_ci(v)}" for k, v in lcft["ratios"].items()), "",
+              "Key retrieval accuracy by length (all positions pooled):", "",
+              "| length | " + " | ".join(LCFT_ARMS[r] for r in lcft["key_retrieval"]) + " |",
+              "|---|" + "---|" * len(lcft["key_retrieval"])]
+    first = next(iter(lcft["key_retrieval"].values()))
+    for L in first["lengths"]:
+        lines.append(f"| {L} | " + " | ".join(_ci(g["by_length"][str(L)], 3) for g in lcft["key_retrieval"].values())
+                     + " |")
+    lines += ["", "## 3. Python specialization (both arms from the AR twin, the same tokens)", "",
+              "| source | python | code (code_more) | python/code | documents |", "|---|---|---|---|---|"]
+    for s, row in py["val_loss"].items():
+        lines.append(f"| {s} | {_ci(row['python'])} | {_ci(row['code'])} | {_ci(row['python/code'])} | "
+                     f"{row['documents']} |")
+    lines += ["", "## Summary lines", "", "```", *summary_lines(results), "```", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict, run_dir: Path) -> list[str]:
+    """results.json, the plots and report.md under run_dir; returns the summary lines."""
+    results = {**results, "claims": claims(results), "lines": summary_lines(results)}
+    write_json_atomic(run_dir / "results.json", results)
+    plot_training_curves(run_dir, run_dir / "training_curves.png")
+    plot_fim(results, run_dir / "fim_infilling.png")
+    plot_val_loss(results, run_dir / "val_loss_by_source.png")
+    plot_perplexity(results, results["setup"]["seq_len"], run_dir / "lcft_perplexity.png")
+    plot_retrieval(results, run_dir / "lcft_key_retrieval.png")
+    write_text_atomic(run_dir / "report.md", markdown(results))
+    return results["lines"]

@@ -1,0 +1,96 @@
+"""From the arms' per-document measurements to the ablations' figures, each with a bootstrap 95% interval
+over evaluation documents (paired: the arms of one ablation are scored on the same documents).
+
+The arms play fixed roles, named as in conf/ablate.yaml: the FIM twins `fim` / `ar`; the long-context arms
+`code_more` (no LCFT), `lcft_theta1e4`, `lcft_theta1e6`; the Python arms `python` / `code_more`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from codellama_recipe.evaluation.bootstrap import bootstrap_interval, pooled_mean, pooled_ratio
+
+LCFT_ARMS = {"none": "code_more", "theta1e4": "lcft_theta1e4", "theta1e6": "lcft_theta1e6"}
+
+
+def _pooled(sums, counts, n, seed) -> dict:
+    return bootstrap_interval(pooled_mean, [sums, counts], n, seed)
+
+
+def _ratio(a: dict, b: dict, n, seed, sums="sums", counts="counts") -> dict:
+    return bootstrap_interval(pooled_ratio, [a[sums], a[counts], b[sums], b[counts]], n, seed)
+
+
+def fim_figures(fim: dict, ar: dict, n: int, seed: int) -> dict:
+    infill = {"fim_psm": fim["infill:psm"], "fim_spm": fim["infill:spm"], "ar": ar["infill:ar"]}
+    exact = {"fim_psm": fim["exact:psm"], "fim_spm": fim["exact:spm"], "ar": ar["exact:ar"]}
+    return {
+        "infill_loss": {k: _pooled(v["sums"], v["counts"], n, seed) for k, v in infill.items()},
+        "infill_loss_ratio": {"fim_psm/ar": _ratio(infill["fim_psm"], infill["ar"], n, seed),
+                              "fim_spm/ar": _ratio(infill["fim_spm"], infill["ar"], n, seed)},
+        "exact_match": {k: _pooled(v["hits"], v["n"], n, seed) for k, v in exact.items()},
+        "exact_match_n": int(sum(exact["ar"]["n"])),
+        "exact_match_examples": {k: v.get("examples", []) for k, v in exact.items()},
+        "val_loss": val_loss_figures({"fim": fim["val_loss"], "ar": ar["val_loss"]}, "fim", "ar", n, seed),
+        "documents": len(infill["ar"]["sums"]),
+    }
+
+
+def val_loss_figures(by_arm: dict, numerator: str, denominator: str, n: int, seed: int) -> dict:
+    """Per source: each arm's token-weighted loss and the ratio numerator/denominator."""
+    out = {}
+    for source in by_arm[denominator]:
+        a, b = by_arm[numerator][source], by_arm[denominator][source]
+        out[source] = {numerator: _pooled(a["sums"], a["counts"], n, seed),
+                       denominator: _pooled(b["sums"], b["counts"], n, seed),
+                       f"{numerator}/{denominator}": _ratio(a, b, n, seed), "documents": len(a["sums"])}
+    return out
+
+
+def _log_ppl_at(column: int, length: int):
+    return lambda sums: float(np.mean(sums[:, column]) / length)
+
+
+def lcft_figures(measured: dict, n: int, seed: int, seq_len: int) -> dict:
+    ppl = {role: np.asarray(measured[arm]["perplexity"]["sums"]) for role, arm in LCFT_ARMS.items()}
+    lengths = measured[LCFT_ARMS["none"]]["perplexity"]["lengths"]
+    curves = {}
+    for role, sums in ppl.items():
+        points = []
+        for c, L in enumerate(lengths):
+            log_ppl = bootstrap_interval(lambda s, L=L: float(np.sum(s) / (len(s) * L)), [sums[:, c]], n, seed)
+            points.append({k: float(np.exp(v)) for k, v in log_ppl.items()})
+        curves[role] = points
+
+    def ratio(num: str, den: str, length: int) -> dict:
+        c = lengths.index(length)
+        log_ratio = bootstrap_interval(lambda a, b: float((np.sum(a) - np.sum(b)) / (len(a) * length)),
+                                       [ppl[num][:, c], ppl[den][:, c]], n, seed)
+        return {k: float(np.exp(v)) for k, v in log_ratio.items()}
+
+    missing = {4 * seq_len, 16 * seq_len} - set(lengths)
+    if missing:
+        raise ValueError(f"perplexity was measured at {lengths}; the figures need 4T and 16T = {sorted(missing)}")
+    retrieval = {role: retrieval_figures(measured[arm]["key_retrieval"], n, seed) for role, arm in LCFT_ARMS.items()}
+    return {"context_lengths": lengths, "files": int(ppl["none"].shape[0]), "ppl": curves,
+            "ppl_ratio_to_none": {role: [ratio(role, "none", L) for L in lengths] for role in ("theta1e4", "theta1e6")},
+            "ratios": {"ppl@16T theta1e6/theta1e4": ratio("theta1e6", "theta1e4", 16 * seq_len),
+                       "ppl@16T theta1e6/none": ratio("theta1e6", "none", 16 * seq_len),
+                       "ppl@4T theta1e6/none": ratio("theta1e6", "none", 4 * seq_len)},
+            "key_retrieval": retrieval}
+
+
+def retrieval_figures(measured: dict, n: int, seed: int) -> dict:
+    lengths, positions, hits = measured["lengths"], measured["positions"], measured["hits"]
+    grid = [[float(np.mean(hits[f"{L}/{p}"])) for p in positions] for L in lengths]
+    by_length = {}
+    for L in lengths:
+        pooled = [h for p in positions for h in hits[f"{L}/{p}"]]
+        by_length[str(L)] = bootstrap_interval(np.mean, [pooled], n, seed)
+    return {"lengths": lengths, "positions": positions, "accuracy": grid, "by_length": by_length,
+            "examples_per_cell": len(hits[f"{lengths[0]}/{positions[0]}"])}
+
+
+def python_figures(python: dict, code: dict, n: int, seed: int) -> dict:
+    return {"val_loss": val_loss_figures({"python": python["val_loss"], "code": code["val_loss"]}, "python", "code",
+                                         n, seed)}

@@ -1,0 +1,220 @@
+"""codellama-ablate: the measurement code against hand-computed values, the arms' declared differences, and
+the smoke preset end to end (outputs, printed lines, rerun skips everything)."""
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codellama_recipe.evaluation.bootstrap import bootstrap_interval, pooled_mean, pooled_ratio
+from codellama_recipe.evaluation.document_loss import document_windows
+from codellama_recipe.evaluation.infill_loss import middle_losses
+from codellama_recipe.evaluation.infill_spans import Span, exact_match, line_spans, removed_lines
+from codellama_recipe.evaluation.target_losses import target_losses
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_PATTERNS = [
+    r"fim: infill_loss fim_psm/ar = [\d.]+",
+    r"fim: exact_match fim_psm = [\d.]+ fim_spm = [\d.]+ ar = [\d.]+",
+    r"fim: ar_val_loss fim/ar = [\d.]+",
+    r"lcft: ppl@16T theta1e6/theta1e4 = [\d.]+",
+    r"lcft: ppl@16T theta1e6/none = [\d.]+",
+    r"lcft: ppl@4T theta1e6/none = [\d.]+",
+    r"python: python_val_loss python/code = [\d.]+",
+]
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+def test_bootstrap_of_constant_data_is_a_point():
+    ci = bootstrap_interval(pooled_mean, [[2.0] * 10, [1.0] * 10], n_samples=200)
+    assert ci == {"value": 2.0, "low": 2.0, "high": 2.0}
+
+
+def test_bootstrap_interval_of_a_proportion_matches_the_normal_approximation():
+    hits = [0.0] * 100 + [1.0] * 100                       # p = 0.5, n = 200: ±1.96·sqrt(.25/200) = ±0.069
+    ci = bootstrap_interval(np.mean, [hits], n_samples=4000, seed=1)
+    assert ci["value"] == 0.5
+    assert ci["low"] == pytest.approx(0.5 - 0.069, abs=0.01)
+    assert ci["high"] == pytest.approx(0.5 + 0.069, abs=0.01)
+
+
+def test_paired_ratio_has_no_spread_when_one_arm_is_a_multiple_of_the_other():
+    sums = np.array([3.0, 1.0, 7.0, 2.5])
+    counts = np.array([2.0, 1.0, 5.0, 2.0])
+    ci = bootstrap_interval(pooled_ratio, [sums, counts, 2 * sums, counts], n_samples=300)
+    assert ci["value"] == pytest.approx(0.5) and ci["low"] == pytest.approx(0.5) and ci["high"] == pytest.approx(0.5)
+    assert pooled_mean(sums, counts) == pytest.approx(13.5 / 10)
+
+
+# ------------------------------------------------------------------------------------------ spans
+def test_line_spans_cut_whole_lines_after_the_first():
+    text = "".join(f"line {i}\n" for i in range(10))
+    for span in line_spans(text, 50, 3, random.Random(0)):
+        assert span.prefix + span.middle + span.suffix == text
+        assert span.prefix.endswith("\n") and span.middle.endswith("\n")
+        assert 1 <= span.middle.count("\n") <= 3
+        assert span.suffix == "" or span.suffix.startswith("line")
+
+
+def test_removed_line_is_one_non_blank_line_without_its_newline():
+    text = "def f():\n\n    x = 1\n    return x\n"
+    spans = removed_lines(text, 5, random.Random(0))
+    assert [s.middle for s in spans] == ["    x = 1", "    return x"]
+    assert spans[0] == Span("def f():\n\n", "    x = 1", "\n    return x\n")
+    assert spans[1] == Span("def f():\n\n    x = 1\n", "    return x", "\n")
+
+
+def test_exact_match_reads_the_first_line_and_ignores_trailing_whitespace():
+    assert exact_match("    x = 1  \n    y = 2", "    x = 1")
+    assert not exact_match("x = 1", "    x = 1")
+    assert not exact_match("", "    x = 1")
+
+
+def test_document_windows_overlap_by_one_token():
+    assert document_windows(list(range(10)), 4, 9) == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [8, 9]]
+    assert document_windows(list(range(10)), 4, 1) == [[0, 1, 2, 3, 4]]
+
+
+# ------------------------------------------------------------------------------------------ infill loss
+V = 128
+
+
+class BigramModel(torch.nn.Module):
+    """logits(next | current): token current + 1 has probability 1/2, every other token 1 / (2 (V - 1))."""
+
+    def __init__(self):
+        super().__init__()
+        weight = torch.zeros(V, V)
+        for c in range(V):
+            weight[c, (c + 1) % V] = math.log(V - 1)
+        self.output = torch.nn.Linear(V, V, bias=False)
+        self.output.weight.data = weight.T.contiguous()
+
+    def forward(self, ids, return_hidden=False):
+        hidden = torch.nn.functional.one_hot(ids, V).float()
+        return hidden if return_hidden else self.output(hidden)
+
+
+class CharTokenizer:
+    bos_id, eos_id, pad_id, prefix_id, suffix_id, middle_id, eot_id = 1, 2, 0, 3, 4, 5, 6
+    has_infilling = True
+
+    def encode(self, s, bos=False, eos=False):
+        return [self.bos_id] * bos + [ord(c) for c in s] + [self.eos_id] * eos
+
+    encode_no_space = encode
+
+
+LIKELY, UNLIKELY = math.log(2), math.log(2 * (V - 1))
+
+
+def test_target_losses_score_only_the_targets_of_right_padded_rows():
+    seqs = [[ord("a"), ord("b"), ord("c"), ord("x")], [ord("a"), ord("q")]]
+    losses = target_losses(BigramModel(), seqs, [2, 1], pad_id=0, batch_size=2)
+    assert np.allclose(losses[0], [LIKELY, UNLIKELY])        # b→c (+1), c→x
+    assert np.allclose(losses[1], [UNLIKELY])                # a→q
+
+
+def test_infill_loss_scores_the_same_middle_tokens_in_every_mode():
+    span = Span("a\n", "bc\n", "z\n")
+    for mode in ("psm", "spm", "ar"):
+        (losses,) = middle_losses(BigramModel(), CharTokenizer(), [span], mode)
+        # middle "bc\n": b after <MID> / after "\n" (SPM: after the prefix's "\n"), c after b, "\n" after c
+        assert np.allclose(losses, [UNLIKELY, LIKELY, UNLIKELY]), mode
+
+
+# ------------------------------------------------------------------------------------------ arms
+def _differences(a, b):
+    from codellama_recipe.train.checkpoints import config_differences
+    from codellama_recipe.train.trainer import fingerprinted_config
+
+    skip = ("init_from", "wandb", "run_dir", "stage.name", "stage.token_budget")
+    return {d.split(":")[0] for d in config_differences(fingerprinted_config(a), fingerprinted_config(b))
+            if not d.startswith(skip)}
+
+
+def test_arms_differ_only_where_declared():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.arms import compose_arms
+
+    arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x"]))}
+    assert _differences(arms["fim"].cfg, arms["ar"].cfg) == {"data.fim.rate"}
+    assert _differences(arms["lcft_theta1e4"].cfg, arms["lcft_theta1e6"].cfg) == {"model.rope_theta"}
+    assert _differences(arms["code_more"].cfg, arms["lcft_theta1e6"].cfg) == {
+        "data.seq_len", "model.max_seq_len", "trainer.micro_batch_size", "model.rope_theta"}
+    python_vs_code = _differences(arms["code_more"].cfg, arms["python"].cfg)
+    assert python_vs_code and all(k.startswith("data.sources.") for k in python_vs_code)
+    for name in ("code_more", "lcft_theta1e4", "lcft_theta1e6", "python"):
+        assert arms[name].cfg.init_from == "/tmp/x/ar/hf"
+        assert arms[name].cfg.trainer.batch_tokens * arms[name].cfg.trainer.max_steps == \
+            arms["code_more"].cfg.trainer.batch_tokens * arms["code_more"].cfg.trainer.max_steps
+    assert arms["fim"].cfg.init_from is None and arms["ar"].cfg.init_from is None
+
+
+# ------------------------------------------------------------------------------------------ smoke run
+def ablate_cmd(run_dir):
+    return [sys.executable, "-m", "codellama_recipe.stages.ablate", "ablate=smoke", f"run_dir={run_dir}"]
+
+
+def run_ablate(run_dir, timeout=600):
+    proc = subprocess.run(ablate_cmd(run_dir), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def run_ablate_stopped_in_second_twin(run_dir, timeout=600) -> str:
+    """SIGTERM while the `ar` twin trains: the engine checkpoints and the command exits 0."""
+    proc = subprocess.Popen(ablate_cmd(run_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    lines, in_ar, deadline = [], False, time.time() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        in_ar = in_ar or line.startswith("[ablate] arm 'ar'")
+        if in_ar and line.startswith("[train] training steps"):
+            time.sleep(1.5)
+            proc.send_signal(signal.SIGTERM)
+        assert time.time() < deadline, "".join(lines[-30:])
+    assert proc.wait(timeout=60) == 0, "".join(lines[-30:])
+    return "".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_ablation_resumes_and_writes_the_report_and_the_summary_lines(tmp_path):
+    stopped = run_ablate_stopped_in_second_twin(tmp_path)
+    assert "[ablate] arm 'ar' stopped by signal 15" in stopped and not (tmp_path / "report.md").exists()
+
+    out = run_ablate(tmp_path)
+    assert "arm 'fim': finished earlier with the same config, skipped" in out
+    assert "arm 'ar': resume" in out and "[train] resumed from" in out
+    last = out.strip().splitlines()[-len(SUMMARY_PATTERNS):]
+    for line, pattern in zip(last, SUMMARY_PATTERNS):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ar" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 24          # no step logged twice across the resume
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"setup", "arms", "fim", "lcft", "python", "claims", "lines"} <= set(results)
+    assert results["lines"] == last
+    assert set(results["arms"]) == {"fim", "ar", "code_more", "lcft_theta1e4", "lcft_theta1e6", "python"}
+    assert {"fim_psm", "fim_spm", "ar"} == set(results["fim"]["infill_loss"])
+    for interval in results["fim"]["infill_loss"].values():
+        assert interval["low"] <= interval["value"] <= interval["high"]
+    assert "ppl@16T theta1e6/theta1e4" in results["lcft"]["ratios"]
+    for png in ("training_curves", "fim_infilling", "val_loss_by_source", "lcft_perplexity", "lcft_key_retrieval"):
+        assert (tmp_path / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "report.md").read_text()
+    assert "## Claims" in report and "theta1e6" in report
+
+    again = run_ablate(tmp_path)       # finished arms and measurements are skipped
+    assert again.count("skipped") == 6 and "[train] training steps" not in again and "measuring" not in again
+    assert again.strip().splitlines()[-len(SUMMARY_PATTERNS):] == last
