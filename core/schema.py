@@ -377,6 +377,22 @@ class PerplexityConfig:
 
 
 @dataclass
+class CorpusInfillingConfig:
+    modes: List[str] = field(default_factory=lambda: ["psm", "spm", "ar"])
+    source: str = "code"
+    splits: List[str] = field(default_factory=lambda: ["val"])
+    files: Any = None
+    max_files: int = 48
+    max_chars: int = 8000
+    max_tokens: Optional[int] = None
+    spans_per_doc: int = 4
+    max_span_lines: int = 8
+    lines_per_doc: int = 3
+    max_new_tokens: int = 64
+    limit: Optional[int] = None
+
+
+@dataclass
 class EvalWandb:
     mode: str = "disabled"
     project: str = "codellama-recipe"
@@ -416,6 +432,7 @@ class EvalConfig:
     infilling: InfillingConfig = field(default_factory=InfillingConfig)
     key_retrieval: KeyRetrievalConfig = field(default_factory=KeyRetrievalConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    corpus_infilling: CorpusInfillingConfig = field(default_factory=CorpusInfillingConfig)
     wandb: EvalWandb = field(default_factory=EvalWandb)
     report: ReportConfig = field(default_factory=ReportConfig)
 

@@ -31,8 +31,9 @@ from codellama_recipe.train.weight_formats import DTYPES
 log = logging.getLogger(__name__)
 
 CONF_DIR = conf_dir()
+CORPUS_INFILLING_MODES = ("psm", "spm", "ar")
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
-BENCHMARKS = CODE_BENCHMARKS + ("key_retrieval", "perplexity")
+BENCHMARKS = CODE_BENCHMARKS + ("corpus_infilling", "key_retrieval", "perplexity")
 
 
 # ------------------------------------------------------------------ config
@@ -75,6 +76,14 @@ def validate_config(cfg: DictConfig) -> None:
     bad_modes = [m for m in cfg.infilling.modes if m not in MODES]
     if bad_modes:
         raise ConfigError("infilling.modes", list(cfg.infilling.modes), f"each one of {list(MODES)}")
+    ci = cfg.corpus_infilling
+    if not ci.modes or any(m not in CORPUS_INFILLING_MODES for m in ci.modes):
+        raise ConfigError("corpus_infilling.modes", list(ci.modes), f"each one of {list(CORPUS_INFILLING_MODES)}")
+    for key in ("max_files", "max_chars", "spans_per_doc", "max_span_lines", "lines_per_doc", "max_new_tokens"):
+        if ci[key] < 1:
+            raise ConfigError(f"corpus_infilling.{key}", ci[key], "must be >= 1")
+    if ci.max_tokens is not None and ci.max_tokens < 8:
+        raise ConfigError("corpus_infilling.max_tokens", ci.max_tokens, "null (the model's max_seq_len) or >= 8")
     if cfg.benchmark is not None and cfg.benchmark not in CODE_BENCHMARKS:
         raise ConfigError("benchmark", cfg.benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
     from codellama_recipe.evaluation.sandbox import check_sandbox_config
@@ -173,6 +182,35 @@ def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: P
     return metrics, details
 
 
+def run_corpus_infilling(cfg, model, tokenizer) -> tuple[dict, dict]:
+    """Loss and exact match of infilling held-out files (evaluation/corpus_infilling.py), per mode."""
+    from codellama_recipe.evaluation.corpus_infilling import exact_match_hits, fitting_files, infill_loss_sums
+    from codellama_recipe.evaluation.long_files import select_texts
+
+    ci = cfg.corpus_infilling
+    max_tokens = ci.max_tokens or model.cfg.max_seq_len
+    n_files = min(ci.max_files, _limit(cfg, "corpus_infilling") or ci.max_files)
+    candidates = (text for _, text in select_texts(ci, cfg.cache_dir))
+    docs = fitting_files(candidates, tokenizer, ci.max_chars, max_tokens, n_files)
+    if not docs:   # skipped (skip_missing) or an error, as a missing benchmark file
+        raise FileNotFoundError(f"corpus_infilling: no file of at most {ci.max_chars} characters fits, FIM-framed, "
+                                f"in {max_tokens} tokens")
+    modes = [m for m in ci.modes if m == "ar" or tokenizer.has_infilling]
+    metrics, details = {}, {"corpus_infilling": {"files": len(docs), "max_tokens": max_tokens, "modes": {}}}
+    for mode in modes:
+        loss = infill_loss_sums(model, tokenizer, docs, mode, spans_per_doc=ci.spans_per_doc,
+                                max_span_lines=ci.max_span_lines, seed=cfg.seed, batch_size=cfg.batch_size)
+        exact = exact_match_hits(model, tokenizer, docs, mode, lines_per_doc=ci.lines_per_doc, seed=cfg.seed,
+                                 max_new_tokens=ci.max_new_tokens, batch_size=cfg.batch_size)
+        metrics[f"corpus_infilling/{mode}/loss"] = sum(loss["sums"]) / max(1, sum(loss["counts"]))
+        metrics[f"corpus_infilling/{mode}/exact_match"] = sum(exact["hits"]) / max(1, sum(exact["n"]))
+        details["corpus_infilling"]["modes"][mode] = {"middle_tokens": sum(loss["counts"]), "lines": sum(exact["n"]),
+                                                      "examples": exact["examples"]}
+    if len(modes) < len(ci.modes):
+        details["corpus_infilling"]["skipped_modes"] = "psm/spm: the tokenizer has no infilling pieces"
+    return metrics, details
+
+
 def run_key_retrieval(cfg, generator: Generator) -> tuple[dict, dict]:
     from codellama_recipe.evaluation.key_retrieval import accuracy_grid, build_examples
     from codellama_recipe.evaluation.long_files import select_texts
@@ -241,6 +279,8 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
                     sandbox = make_sandbox(cfg)
                     results["sandbox"] = sandbox.capabilities.to_dict()
                 metrics, details = run_code_benchmark(name, cfg, generator, sandbox, out_dir)
+            elif name == "corpus_infilling":
+                metrics, details = run_corpus_infilling(cfg, model, tokenizer)
             elif name == "key_retrieval":
                 metrics, details = run_key_retrieval(cfg, generator)
             else:

@@ -256,6 +256,7 @@ def format_summary(rows: list[dict], run_dir: Path) -> str:
         cells = [r["stage"], str(r.get("steps", "?")), f"{r.get('tokens', 0):,}",
                  f"{r.get('time_s', 0):.0f}s", _fmt(r.get("train_loss"))] + [_fmt(val.get(s)) for s in sources]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += format_eval_summary(rows)
     lines += ["", f"Outputs under {run_dir}/<stage>/:",
               "  checkpoints/   DeepSpeed checkpoints (resume: rerun the same command)",
               "  hf/            Hugging Face export of the stage's final weights (the next stage starts from it)",
@@ -263,6 +264,38 @@ def format_summary(rows: list[dict], run_dir: Path) -> str:
               "  wandb/         the stage's wandb run (offline runs: `wandb sync <dir>` uploads them)",
               "  eval/          per-stage evaluation results and report"]
     return "\n".join(lines)
+
+
+# The evaluation figures of the final table, in this order (perplexity by length follows). The held-out
+# infilling loss and exact match move for models far too small for pass@k to leave 0.
+HEADLINE_METRICS = (
+    ("humaneval/pass@1", "HumanEval pass@1"), ("mbpp/pass@1", "MBPP pass@1"),
+    ("infilling_single/psm/pass@1", "HumanEval single-line infilling pass@1 (PSM)"),
+    ("infilling_single/spm/pass@1", "HumanEval single-line infilling pass@1 (SPM)"),
+    ("corpus_infilling/psm/loss", "held-out infilling: middle loss, PSM prompt"),
+    ("corpus_infilling/spm/loss", "held-out infilling: middle loss, SPM prompt"),
+    ("corpus_infilling/ar/loss", "held-out infilling: middle loss, prefix only"),
+    ("corpus_infilling/psm/exact_match", "held-out single-line exact match, PSM"),
+    ("corpus_infilling/spm/exact_match", "held-out single-line exact match, SPM"),
+    ("corpus_infilling/ar/exact_match", "held-out single-line exact match, prefix only"),
+    ("key_retrieval/accuracy", "key retrieval accuracy"),
+)
+
+
+def format_eval_summary(rows: list[dict]) -> list[str]:
+    """Each stage's evaluation next to the others: one row per metric, one column per stage."""
+    metrics = [r.get("eval", {}).get("metrics", {}) for r in rows]
+    if not any(metrics):
+        return []
+    lengths = sorted({int(k.split("@")[1]) for m in metrics for k in m if k.startswith("perplexity/ppl@")})
+    wanted = [*HEADLINE_METRICS, *((f"perplexity/ppl@{L}", f"perplexity of held-out files at {L} tokens")
+                                   for L in lengths)]
+    lines = ["", "Per-stage evaluation (codellama-eval on each stage's export; details in <stage>/eval/report.md):", "",
+             "| metric | " + " | ".join(r["stage"] for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    for key, label in wanted:
+        if any(key in m for m in metrics):
+            lines.append(f"| {label} | " + " | ".join(_fmt(m.get(key)) for m in metrics) + " |")
+    return lines
 
 
 def _fmt(x) -> str:

@@ -108,6 +108,77 @@ def test_evaluate_checkpoint_end_to_end(tiny_export, tmp_path):
     assert list((out / "wandb").glob("offline-run-*")), "wandb offline run not written"
 
 
+CODE_FILE = """import os
+
+
+def first(items):
+    for item in items:
+        return item
+    return None
+
+
+class Box:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+"""
+
+
+def test_corpus_infilling_scores_the_files_middles_in_every_mode(tiny_export, tmp_path):
+    import random
+    import torch.nn.functional as F
+    from codellama_recipe.evaluation.infill_spans import line_spans
+    from codellama_recipe.train.model import Llama
+    from codellama_recipe.train.pretrained import load_pretrained
+
+    for i in range(3):
+        (tmp_path / f"f{i}.py").write_text(CODE_FILE.replace("Box", f"Box{i}").replace("first", f"pick_{i}"))
+    (tmp_path / "too_long.py").write_text("x = 1\n" * 400)
+    ci = {"files": str(tmp_path / "*.py"), "max_chars": 1000, "spans_per_doc": 3, "max_span_lines": 3,
+          "lines_per_doc": 2, "max_new_tokens": 6}
+    results = evaluate(tiny_export, {"out_dir": str(tmp_path / "eval"), "benchmarks": ["corpus_infilling"],
+                                     "corpus_infilling": ci, "report": {"enabled": False}})
+    m, details = results["metrics"], results["details"]["corpus_infilling"]
+    assert details["files"] == 3 and details["max_tokens"] == 512       # the long file is left out
+    for mode in ("psm", "spm", "ar"):
+        assert details["modes"][mode]["lines"] == 3 * 2
+        assert 0.0 <= m[f"corpus_infilling/{mode}/exact_match"] <= 1.0
+    # independent: the prefix-only loss is the model's plain next-token loss of each whole file's middle lines
+    cfg, state = load_pretrained(str(tiny_export))
+    model = Llama(cfg)
+    model.load_state_dict(state)
+    model.eval()
+    tok = small_tokenizer()
+    total, count = 0.0, 0
+    docs = [(tmp_path / f"f{i}.py").read_text() for i in range(3)]
+    for d, text in enumerate(docs):
+        for span in line_spans(text, 3, 3, random.Random(f"0/infill/{d}")):
+            start = len(tok.encode(span.prefix, bos=True))
+            ids = tok.encode(span.prefix + span.middle, bos=True)
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]))[0].float()
+            losses = F.cross_entropy(logits[start - 1:-1], torch.tensor(ids[start:]), reduction="none")
+            total, count = total + losses.sum().item(), count + len(losses)
+    assert details["modes"]["ar"]["middle_tokens"] == details["modes"]["psm"]["middle_tokens"] == count
+    assert m["corpus_infilling/ar/loss"] == pytest.approx(total / count, rel=1e-4)
+    # a random model reads a middle about as badly in every mode, near log(vocab)
+    assert all(abs(m[f"corpus_infilling/{mode}/loss"] - m["corpus_infilling/ar/loss"]) < 0.5 for mode in ("psm", "spm"))
+
+
+def test_corpus_infilling_with_no_fitting_file_is_skipped_or_refused(tiny_export, tmp_path):
+    (tmp_path / "long.py").write_text("x = 1\n" * 400)
+    cfg = {"out_dir": str(tmp_path / "eval"), "benchmarks": ["corpus_infilling"], "report": {"enabled": False},
+           "corpus_infilling": {"files": str(tmp_path / "*.py")}}
+    results = evaluate(tiny_export, cfg)
+    assert "no file of at most" in results["skipped"]["corpus_infilling"]
+    with pytest.raises(FileNotFoundError):
+        evaluate(tiny_export, {**cfg, "skip_missing": False})
+    with pytest.raises(ConfigError, match="corpus_infilling.modes"):
+        evaluate(tiny_export, {**cfg, "corpus_infilling": {"modes": ["fim"]}})
+
+
 def test_report_across_stages(tmp_path):
     def result(label, score, ppl):
         return {"label": label, "metrics": {"humaneval/pass@1": score, "key_retrieval/accuracy": score / 2},

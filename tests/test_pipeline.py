@@ -86,6 +86,12 @@ def test_every_stage_kind_runs_and_chains_weights(smoke_run):
     summary = (run_dir / "summary.md").read_text()
     for name in order:
         assert f"| {name} |" in summary
+    # the final table puts each stage's held-out infilling figures side by side (code has FIM, so all modes)
+    code_metrics = json.loads((run_dir / "code" / "eval" / "results.json").read_text())["metrics"]
+    assert {f"corpus_infilling/{m}/{k}" for m in ("psm", "spm", "ar") for k in ("loss", "exact_match")} <= set(code_metrics)
+    assert "| metric | " + " | ".join(order) + " |" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| held-out infilling: middle loss, PSM"))
+    assert row.split(" | ")[1] == f"{code_metrics['corpus_infilling/psm/loss']:.3f}"
 
 
 def test_rerun_skips_finished_stages_and_refuses_changed_ones(smoke_run):

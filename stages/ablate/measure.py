@@ -11,17 +11,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import random
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.evaluation.corpus_infilling import exact_match_hits, fitting_files, infill_loss_sums
 from codellama_recipe.evaluation.document_loss import document_losses
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
-from codellama_recipe.evaluation.infill_loss import middle_losses
-from codellama_recipe.evaluation.infill_spans import exact_match, line_spans, removed_lines
 from codellama_recipe.evaluation.key_retrieval import build_examples, parse_answer
 from codellama_recipe.evaluation.long_files import corpus_dir_for, corpus_texts
 from codellama_recipe.evaluation.perplexity import loss_sums_by_context_length
@@ -32,7 +30,6 @@ MEASUREMENTS_FILE = "ablate_measurements.json"
 VAL_SOURCES = ("code", "python", "nl_code", "nl")
 KNOWN = ("infill:psm", "infill:spm", "infill:ar", "exact:psm", "exact:spm", "exact:ar", "val_loss", "perplexity",
          "key_retrieval")
-FIM_FRAME_TOKENS = 6     # BOS <PRE> <SUF> <MID> <EOT> EOS around a transformed document
 
 
 @dataclasses.dataclass
@@ -58,10 +55,8 @@ def context_lengths(acfg: DictConfig, factors) -> list[int]:
 def held_out(acfg: DictConfig, tokenizer) -> HeldOut:
     ev, seq_len = acfg.eval, acfg.scale.seq_len
     corpus_dir = corpus_dir_for(acfg.cache_dir)
-    fits = (text for _, text in corpus_texts(corpus_dir, "code", ["val"])
-            if len(text) <= acfg.scale.base_max_doc_chars and "\n" in text.strip()
-            and len(tokenizer.encode(text)) + FIM_FRAME_TOKENS <= seq_len)
-    infill_docs = list(itertools.islice(fits, ev.infill_docs))
+    infill_docs = fitting_files((text for _, text in corpus_texts(corpus_dir, "code", ["val"])), tokenizer,
+                                acfg.scale.base_max_doc_chars, seq_len, ev.infill_docs)
     val_docs = {s: [t for _, t in itertools.islice(corpus_texts(corpus_dir, s, ["val"]), ev.val_docs_per_source)]
                 for s in VAL_SOURCES}
     longest = max(context_lengths(acfg, ev.ppl_length_factors))
@@ -76,35 +71,13 @@ def held_out(acfg: DictConfig, tokenizer) -> HeldOut:
 
 
 def measure_infill(model, tokenizer, acfg, docs, mode) -> dict:
-    sums, counts = [], []
-    for d, text in enumerate(docs):
-        spans = line_spans(text, acfg.eval.spans_per_doc, acfg.eval.max_span_lines,
-                           random.Random(f"{acfg.seed}/infill/{d}"))
-        losses = middle_losses(model, tokenizer, spans, mode, acfg.eval.batch_size)
-        sums.append(float(sum(v.sum() for v in losses)))
-        counts.append(int(sum(len(v) for v in losses)))
-    return {"sums": sums, "counts": counts}
+    return infill_loss_sums(model, tokenizer, docs, mode, spans_per_doc=acfg.eval.spans_per_doc,
+                            max_span_lines=acfg.eval.max_span_lines, seed=acfg.seed, batch_size=acfg.eval.batch_size)
 
 
 def measure_exact(model, tokenizer, acfg, docs, mode) -> dict:
-    generator = Generator(model, tokenizer, batch_size=acfg.eval.batch_size)
-    params = GenerationParams(max_new_tokens=acfg.eval.max_new_tokens, stop=("\n",))
-    owners, spans = [], []
-    for d, text in enumerate(docs):
-        for span in removed_lines(text, acfg.eval.lines_per_doc, random.Random(f"{acfg.seed}/line/{d}")):
-            owners.append(d)
-            spans.append(span)
-    if mode == "ar":
-        completions = generator.complete([s.prefix for s in spans], params)
-    else:
-        completions = generator.infill([s.prefix for s in spans], [s.suffix for s in spans], params,
-                                       suffix_first=mode == "spm")
-    hits, n = [0] * len(docs), [0] * len(docs)
-    for d, span, completion in zip(owners, spans, completions):
-        hits[d] += int(exact_match(completion, span.middle))
-        n[d] += 1
-    examples = [{"line": s.middle, "completion": c} for s, c in zip(spans[:6], completions[:6])]
-    return {"hits": hits, "n": n, "examples": examples}
+    return exact_match_hits(model, tokenizer, docs, mode, lines_per_doc=acfg.eval.lines_per_doc, seed=acfg.seed,
+                            max_new_tokens=acfg.eval.max_new_tokens, batch_size=acfg.eval.batch_size)
 
 
 def measure_val_loss(model, tokenizer, acfg, held: HeldOut) -> dict:
