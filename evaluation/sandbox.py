@@ -86,13 +86,16 @@ class SandboxCapabilities:
     network_isolated: bool
     drop_uid: bool
     mount_namespace: bool
+    private_filesystem: bool         # every mount read-only but the program's dir; tmpfs /tmp, /var/tmp, /dev/shm
     interpreter: str
     interpreter_via_bind_mount: bool
     notes: list[str]
 
     def describe(self) -> str:
         parts = ["run as " + ("dedicated unprivileged uid" if self.drop_uid else "the evaluator's user"),
-                 "network " + ("isolated (own namespace)" if self.network_isolated else "NOT isolated")]
+                 "network " + ("isolated (own namespace)" if self.network_isolated else "NOT isolated"),
+                 "filesystem " + ("read-only outside its own dir, private scratch dirs" if self.private_filesystem
+                                  else "shared (leftovers in /tmp, /var/tmp, /dev/shm removed after each program)")]
         return "; ".join(parts + self.notes)
 
     def to_dict(self) -> dict:
@@ -171,8 +174,12 @@ def detect_capabilities(cfg: SandboxConfig | None = None) -> SandboxCapabilities
                               "sandbox.user=none")
     if not dedicated and os.geteuid() == 0:
         notes.append("sandbox.user=none: programs run as root")
+    private_fs = drop and bool(report.get("private_filesystem"))
+    if drop and not private_fs:
+        notes.append("no private filesystem: " + str(report.get("private_filesystem_error")
+                                                      or report.get("mount_namespace_error")))
     return SandboxCapabilities(is_root=os.geteuid() == 0, network_isolated=network, drop_uid=drop,
-                               mount_namespace=bool(report.get("mount_namespace")),
+                               mount_namespace=bool(report.get("mount_namespace")), private_filesystem=private_fs,
                                interpreter=interpreter, interpreter_via_bind_mount=via_bind, notes=notes)
 
 
@@ -392,8 +399,9 @@ class Sandbox:
                 mount_point = work / ".python"
                 mount_point.mkdir()
                 bind = [sys.base_prefix, str(mount_point)]
-                interpreter = str(mount_point / os.path.relpath(os.path.realpath(sys.executable),
-                                                                sys.base_prefix))
+                # relative to the program's directory, its cwd: the absolute path is hidden by a private /tmp
+                interpreter = "./" + str(Path(".python") / os.path.relpath(os.path.realpath(sys.executable),
+                                                                           sys.base_prefix))
             if uid is not None:
                 for p in (work, *work.iterdir()):
                     os.chown(p, uid, uid)
@@ -404,6 +412,8 @@ class Sandbox:
                 "uid": uid, "gid": uid,
                 "netns": (("root" if caps.is_root else "userns") if caps.network_isolated else None),
                 "bind": bind,
+                "private_fs": ({"work": os.path.realpath(work), "scratch_mb": 4 * cfg.max_file_mb}
+                               if caps.private_filesystem else None),
                 "timeout_s": float(cfg.timeout_s),
                 "rlimits": {"CPU": [cpu, cpu + 1],
                             "AS": [cfg.memory_mb << 20] * 2,

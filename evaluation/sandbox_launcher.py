@@ -31,9 +31,21 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
-MS_BIND = 4096
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+KEPT_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                    "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -62,6 +74,60 @@ def bind_mount(source: str, target: str) -> None:
            f"bind mount {source} -> {target}")
 
 
+def _unescape(field: str) -> str:
+    """Mount points in /proc/self/mountinfo escape space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points() -> list[tuple[str, int]]:
+    """(mount point, flags to keep on a remount) of this mount namespace, parents first."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            flags = 0
+            for option in fields[5].split(","):
+                flags |= KEPT_MOUNT_FLAGS.get(option, 0)
+            found.append((_unescape(fields[4]), flags))
+    return found
+
+
+def make_filesystem_private(work: str, scratch_mb: int) -> None:
+    """In a new mount namespace (root): every mount read-only but the program's own directory, and fresh
+    tmpfs scratch dirs (/tmp, /var/tmp, /dev/shm), which vanish with the namespace. Nothing the program
+    writes outside its directory (removed by the evaluator) outlives it."""
+    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    _check(_libc.mount(work.encode(), work.encode(), None, MS_BIND | MS_REC, None), f"bind mount {work}")
+    os.chdir(work)      # the bind mount, not the directory below it (which turns read-only)
+    work_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for point, flags in mount_points():
+            if point == work or point.startswith(work.rstrip("/") + "/"):
+                continue
+            ret = _libc.mount(None, point.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags, None)
+            if ret != 0 and ctypes.get_errno() not in (2, 13):   # a mount point that vanished or is hidden
+                _check(ret, f"remount {point} read-only")
+        for directory in SCRATCH_DIRS:
+            if os.path.isdir(directory) and not os.path.islink(directory):
+                _check(_libc.mount(b"tmpfs", directory.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                                   f"mode=1777,size={int(scratch_mb)}m".encode()), f"tmpfs on {directory}")
+        if not os.path.isdir(work):   # under a scratch dir: put it back at its path (programs use absolute paths)
+            os.makedirs(work, mode=0o755)
+            _check(_libc.mount(f"/proc/self/fd/{work_fd}".encode(), work.encode(), None, MS_BIND | MS_REC, None),
+                   f"bind mount {work} into the scratch dir")
+        os.chdir(work)
+    finally:
+        os.close(work_fd)
+
+
 def enter_user_and_network_namespace() -> None:
     """Unprivileged: a new user namespace (mapping our own uid/gid) that owns a new network namespace."""
     uid, gid = os.getuid(), os.getgid()
@@ -76,7 +142,8 @@ def enter_user_and_network_namespace() -> None:
 
 def enter_namespaces(spec: dict) -> None:
     network = spec.get("netns")           # None | "root" | "userns"
-    mount_ns = bool(spec.get("bind"))
+    private = spec.get("private_fs")      # None | {"work": dir, "scratch_mb": size}
+    mount_ns = bool(spec.get("bind")) or bool(private)
     if network == "root":
         # A private IPC namespace too: SysV shared memory / message queues die with the program.
         unshare(CLONE_NEWNET | CLONE_NEWIPC | (CLONE_NEWNS if mount_ns else 0))
@@ -84,9 +151,11 @@ def enter_namespaces(spec: dict) -> None:
         enter_user_and_network_namespace()
     elif mount_ns:
         unshare(CLONE_NEWNS)
-    if mount_ns:
+    if spec.get("bind"):
         source, target = spec["bind"]
         bind_mount(source, target)
+    if private:
+        make_filesystem_private(private["work"], private["scratch_mb"])
 
 
 def apply_limits_and_drop(spec: dict) -> None:
@@ -274,6 +343,26 @@ def probe(spec: dict) -> dict:
                 _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make-rprivate")
             report["mount_namespace_error"] = _probe_in_child(mount_namespace)
             report["mount_namespace"] = report["mount_namespace_error"] is None
+        if report.get("mount_namespace"):
+            import shutil
+            import tempfile
+
+            work = tempfile.mkdtemp(prefix="codellama-sandbox-probe-")
+
+            def private_filesystem():
+                unshare(CLONE_NEWNS)
+                make_filesystem_private(work, 1)
+                open("written-here", "w").close()
+                try:
+                    open("/etc/codellama-sandbox-probe", "w").close()
+                except OSError:
+                    return
+                raise LaunchError("/etc is still writable")
+            try:
+                report["private_filesystem_error"] = _probe_in_child(private_filesystem)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            report["private_filesystem"] = report["private_filesystem_error"] is None
     return report
 
 

@@ -111,7 +111,9 @@ def test_hostile_programs_are_each_reported_correctly(sandbox, tmp_path):
     if IS_ROOT:
         assert victim.read_text() == "keep me"
         assert not (tmp_path / "new.txt").exists()
-        assert "PermissionError" in by_name["delete_outside"].stderr
+        # refused, or (private filesystem) not even visible: the program's /tmp is a scratch tmpfs of its own
+        expected = "FileNotFoundError" if sandbox.capabilities.private_filesystem else "PermissionError"
+        assert expected in by_name["delete_outside"].stderr
     # 4 programs wait for the 3 s timeout; with 2 workers the batch stays well under a minute.
     assert elapsed < 60
 
@@ -179,7 +181,11 @@ def test_unremovable_looking_leftovers_are_cleaned_and_nothing_outside_is_touche
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="files of the dedicated sandbox uid are swept only as root")
-def test_files_left_in_world_writable_dirs_are_removed(sandbox):
+def test_without_a_private_filesystem_files_left_in_scratch_dirs_are_removed(monkeypatch):
+    _probe_without(monkeypatch, private_filesystem=False, private_filesystem_error="EPERM (simulated)")
+    sandbox = Sandbox(SandboxConfig(timeout_s=5, workers=1))
+    assert not sandbox.capabilities.private_filesystem
+    assert "no private filesystem: EPERM (simulated)" in sandbox.capabilities.describe()
     tmp_mode = os.stat("/tmp").st_mode
     marker = f"sandbox-litter-{os.getpid()}-{time.time_ns()}"
     result = sandbox.run(f"import os\nfor d in ('/tmp', '/dev/shm'):\n"
@@ -188,6 +194,43 @@ def test_files_left_in_world_writable_dirs_are_removed(sandbox):
     assert result.status == "passed", result.stderr
     assert not any(os.path.exists(p) for p in (f"/tmp/{marker}", f"/dev/shm/{marker}", f"/tmp/{marker}.txt"))
     assert os.stat("/tmp").st_mode == tmp_mode
+
+
+def _world_writable_dirs():
+    found = []
+    for root, dirs, _ in os.walk("/"):
+        if root in ("/proc", "/sys") or root.startswith(("/proc/", "/sys/")):
+            dirs[:] = []
+            continue
+        for d in list(dirs):
+            path = os.path.join(root, d)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not os.path.islink(path) and st.st_mode & 0o002:
+                found.append(path)
+    return found
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the private filesystem needs root (CI)")
+def test_nothing_written_anywhere_survives_the_program(sandbox):
+    """Every world-writable directory on the machine (/run/lock included) and every file the program could open:
+    the program sees them read-only or as a private scratch tmpfs, so nothing it wrote is left afterwards."""
+    assert sandbox.capabilities.private_filesystem, sandbox.capabilities.notes
+    dirs = _world_writable_dirs()
+    assert "/tmp" in dirs
+    marker = f"sandbox-litter-{os.getpid()}-{time.time_ns()}"
+    program = (f"import os, tempfile\nwritten = []\nfor d in {dirs!r}:\n"
+               f"    try:\n        open(os.path.join(d, {marker!r}), 'w').write('x')\n        written.append(d)\n"
+               f"    except OSError:\n        pass\n"
+               f"tempfile.NamedTemporaryFile(delete=False).write(b'x')\n"
+               f"open('own-dir-is-writable', 'w').write('x')\nprint(written)")
+    result = sandbox.run(program)
+    assert result.status == "passed", result.stderr
+    assert "/tmp" in result.stdout                           # programs still have a working /tmp
+    leftovers = [d for d in dirs if os.path.exists(os.path.join(d, marker))]
+    assert leftovers == []
 
 
 def _probe_without(monkeypatch, **changes):
@@ -224,7 +267,8 @@ def test_interpreter_unreadable_by_the_sandbox_uid_is_bind_mounted(monkeypatch):
     sandbox = Sandbox(SandboxConfig(timeout_s=10, workers=1))
     assert sandbox.capabilities.interpreter_via_bind_mount
     result = sandbox.run("import json, math, os\nprint(os.getuid())\nopen('/etc/codellama-test', 'w')")
-    assert result.status == "failed" and "PermissionError" in result.stderr
+    refused = "Read-only file system" if sandbox.capabilities.private_filesystem else "PermissionError"
+    assert result.status == "failed" and refused in result.stderr
     assert int(result.stdout) != 0
 
 
