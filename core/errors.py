@@ -1,4 +1,5 @@
 """Errors raised before any training starts: one clear message per problem."""
+from __future__ import annotations
 
 
 class ConfigError(ValueError):
@@ -15,3 +16,13 @@ class ConfigError(ValueError):
         error.key = error.value = error.allowed = None
         ValueError.__init__(error, f"config error: {message}")
         return error
+
+
+class InputFileError(ConfigError):
+    """A file the user gave cannot be used: the message names the file, the line when there is one, and why."""
+
+    def __init__(self, path, line: int | None, what: str):
+        self.path, self.line = str(path), line
+        self.key, self.value, self.allowed = None, None, what
+        where = f"{path}:{line}" if line is not None else str(path)
+        ValueError.__init__(self, f"input error: {where}: {what}")

@@ -42,9 +42,19 @@ def check(cfg: DictConfig) -> None:
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.evaluation.run import validate_config
 
-    validate_config(load_config(_plain(cfg)))
+    typed_cfg = load_config(_plain(cfg))
+    validate_config(typed_cfg)
     if cfg.samples and not cfg.benchmark:
         raise ConfigError("benchmark", None, "samples=FILE needs benchmark=NAME")
+    if cfg.samples:
+        from codellama_recipe.evaluation.run import every_problem
+        from codellama_recipe.evaluation.samples_file import read_samples
+
+        try:
+            problems = every_problem(cfg.benchmark, typed_cfg)
+        except FileNotFoundError as e:
+            raise ConfigError.from_message(f"benchmark={cfg.benchmark}: {e}") from None
+        read_samples(cfg.samples, cfg.benchmark, [p.task_id for p in problems])
 
 
 def _plain(cfg: DictConfig) -> DictConfig:

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
 from codellama_recipe.evaluation.humaneval import load_humaneval
 from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_infilling
-from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
+from codellama_recipe.core.jsonl import write_jsonl
 from codellama_recipe.evaluation.mbpp import load_mbpp
 from codellama_recipe.evaluation.problems import Problem, score_completions
+from codellama_recipe.evaluation.samples_file import read_samples
 from codellama_recipe.core.config import conf_dir, typed
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import EvalConfig, SandboxConfig
@@ -307,6 +308,14 @@ def make_sandbox(cfg):
     return Sandbox(cfg.sandbox)
 
 
+def every_problem(benchmark: str, cfg: DictConfig) -> list[Problem]:
+    """All the benchmark's problems, whatever limits cfg sets (a samples file may complete any of them)."""
+    cfg = cfg.copy()
+    cfg.limit = None
+    cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
+    return load_problems(benchmark, cfg)
+
+
 def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     """Score completions written by any model: jsonl rows {task_id, completion} (several per task for
     pass@k). Infilling completions are middles. Returns and writes {metrics, ...}."""
@@ -314,17 +323,8 @@ def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     validate_config(cfg)
     if benchmark not in CODE_BENCHMARKS:
         raise ConfigError("benchmark", benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
-    cfg.limit = None            # score every task that has completions
-    cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
-    problems = load_problems(benchmark, cfg)
-    rows = read_jsonl(samples_path)
-    if not rows:
-        raise ValueError(f"{samples_path}: no completions (expected jsonl rows {{task_id, completion}})")
-    completions: dict[str, list[str]] = {}
-    for i, row in enumerate(rows):
-        if "task_id" not in row or "completion" not in row:
-            raise ValueError(f"{samples_path}: row {i + 1} needs 'task_id' and 'completion'")
-        completions.setdefault(str(row["task_id"]), []).append(row["completion"])
+    problems = every_problem(benchmark, cfg)
+    completions = read_samples(samples_path, benchmark, [p.task_id for p in problems])
     sandbox = make_sandbox(cfg)
     scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
     result = {"benchmark": benchmark, "samples": str(samples_path), "metrics": scored["metrics"],

@@ -50,12 +50,43 @@ def test_samples_file_cli_prints_and_writes_pass_at_k(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_samples.jsonl", "out"]   # no stray log files
 
 
-def test_samples_file_with_unknown_task_is_rejected(tmp_path):
-    from codellama_recipe.evaluation.run import score_samples_file
+BAD_SAMPLES = {
+    "bad_json": ('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "HumanEval/1", "completion": \n',
+                 ":2: not valid JSON"),
+    "unknown_task": ('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "HumanEval/9999", "completion": ""}\n',
+                     ":2: task_id 'HumanEval/9999' is not a humaneval task"),
+    "missing_key": ('\n{"task_id": "HumanEval/0"}\n', ":2: no 'completion' key"),
+    "not_a_string": ('{"task_id": "HumanEval/0", "completion": 5}\n', ":1: 'completion' is a int, expected a string"),
+    "not_an_object": ('["HumanEval/0", ""]\n', ":1: a JSON list, not an object"),
+    "empty": ("\n", ": no completions in the file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SAMPLES))
+def test_samples_file_mistakes_are_one_line_naming_file_and_line_with_exit_2(case, tmp_path, capsys):
+    from codellama_recipe.core.cli import run_hydra_command
+    from codellama_recipe.evaluation.cli import check, run
+
+    text, expected = BAD_SAMPLES[case]
     samples = tmp_path / "s.jsonl"
-    samples.write_text(json.dumps({"task_id": "HumanEval/9999", "completion": ""}) + "\n")
-    with pytest.raises(ValueError, match="unknown task ids"):
-        score_samples_file(samples, "humaneval", {"out_dir": str(tmp_path)})
+    samples.write_text(text)
+    code = run_hydra_command("codellama-eval", "eval", run, check=check,
+                             argv=[f"samples={samples}", "benchmark=humaneval", f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"codellama-eval: input error: {samples}{expected}"), err[0]
+    assert not (tmp_path / "out").exists()          # refused before anything ran
+
+
+def test_missing_samples_file_and_unknown_benchmark_are_refused(tmp_path, capsys):
+    from codellama_recipe.core.cli import run_hydra_command
+    from codellama_recipe.evaluation.cli import check, run
+
+    for argv, expected in ([f"samples={tmp_path / 'none.jsonl'}", "benchmark=humaneval"], "none.jsonl: no such file"), \
+                          ([f"samples={tmp_path / 'none.jsonl'}", "benchmark=nope"], "benchmark='nope' is invalid"):
+        assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
 
 
 def test_config_errors_name_the_key():
