@@ -1,15 +1,19 @@
-"""The Llama 2 chat format used by Code Llama - Instruct (RECIPE.md §6).
+"""The Llama 2 chat format used by Code Llama - Instruct (RECIPE.md §6), token for token as Meta's reference
+`chat_completion` (codellama/llama/generation.py) builds it:
 
-Each user/assistant pair is one turn:  <s> Enc("[INST] {user} [/INST]") Enc("{answer}") </s>
-with an optional system prompt inside the first user turn as "<<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user}".
-Contents are stripped, as in the reference chat code.
+    finished turn:  Enc("[INST] {user.strip()} [/INST] {answer.strip()} ", bos=True, eos=True)
+    last user turn: Enc("[INST] {user.strip()} [/INST]", bos=True)
 
-The prompt and the answer are encoded separately (the reference encodes "[INST] u [/INST] a " in one
-piece): the training tokens then end the prompt exactly where an inference prompt built by
-`encode_dialog_prompt` ends, and the answer tokens are exactly the tokens the model must generate,
-so the loss mask is exact. SentencePiece's implicit leading space on Enc(answer) stands for the
-space after "[/INST]". The reference's trailing space after the answer is not encoded: generation
-stops at EOS, which is trained.
+With a system prompt (the first message with role "system", or the `system` argument), the first user
+content becomes "<<SYS>>\n{system}\n<</SYS>>\n\n{user}" before that strip: the system text is kept as given
+(no strip, an empty one keeps its empty block), the first user message keeps its leading whitespace, and
+only the whole content's trailing whitespace goes. Other user messages and every answer are stripped at both
+ends; the answer is followed by one space before </s>, which the model is trained to write.
+
+Training encodes each finished turn in one piece, as the reference does, so the tokens are the reference's;
+the loss mask is 1 from the first token after the inference prompt Enc("[INST] … [/INST]", bos=True), which
+is a prefix of the turn's tokens (no SentencePiece piece spans "]" and the space after it; when a tokenizer
+breaks that, the mask starts where the two encodings first differ).
 """
 from __future__ import annotations
 
@@ -41,27 +45,37 @@ def _check_roles(messages: Sequence[Mapping], end_with: str) -> None:
 
 
 def _user_text(content: str, system: str | None, first: bool) -> str:
-    content = content.strip()
-    if first and system is not None and system.strip():
-        content = B_SYS + system.strip() + E_SYS + content
-    return f"{B_INST} {content} {E_INST}"
+    if first and system is not None:
+        content = B_SYS + system + E_SYS + content
+    return f"{B_INST} {content.strip()} {E_INST}"
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def encode_dialog(tokenizer, messages: Sequence[Mapping], system: str | None = None) -> tuple[list[int], list[int]]:
-    """Training tokens of a dialog and its loss mask: 1 exactly on answer tokens and their EOS."""
+    """Training tokens of a dialog (the reference's) and its loss mask: 1 exactly on what the model writes after
+    each turn's prompt (the answer, its trailing space and </s>)."""
     system, messages = _split_system(messages, system)
     _check_roles(messages, end_with="assistant")
     tokens, mask = [], []
     for i in range(0, len(messages), 2):
-        prompt = tokenizer.encode(_user_text(messages[i]["content"], system, i == 0), bos=True)
-        answer = tokenizer.encode(messages[i + 1]["content"].strip(), eos=True)
-        tokens += prompt + answer
-        mask += [0] * len(prompt) + [1] * len(answer)
+        user = _user_text(messages[i]["content"], system, i == 0)
+        turn = tokenizer.encode(f"{user} {messages[i + 1]['content'].strip()} ", bos=True, eos=True)
+        prompt_length = _common_prefix(turn, tokenizer.encode(user, bos=True))
+        tokens += turn
+        mask += [0] * prompt_length + [1] * (len(turn) - prompt_length)
     return tokens, mask
 
 
 def encode_dialog_prompt(tokenizer, messages: Sequence[Mapping], system: str | None = None) -> list[int]:
-    """Inference prompt: the earlier turns as in training, then <s> Enc("[INST] {last user} [/INST]")."""
+    """Inference prompt: the earlier turns as in training, then Enc("[INST] {last user} [/INST]", bos=True)."""
     system, messages = _split_system(messages, system)
     _check_roles(messages, end_with="user")
     tokens = []
