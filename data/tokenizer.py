@@ -21,6 +21,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from codellama_recipe.core.atomic import write_bytes_atomic
+from codellama_recipe.core.errors import InputFileError
 
 PREFIX_PIECE, SUFFIX_PIECE, MIDDLE_PIECE, EOT_PIECE = "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"
 INFILLING_PIECES = (PREFIX_PIECE, SUFFIX_PIECE, MIDDLE_PIECE, EOT_PIECE)
@@ -40,14 +41,14 @@ def _load_model_proto(model_path) -> sp_pb2.ModelProto:
     """Parse a SentencePiece model file; one clear ValueError when it is not one."""
     path = pathlib.Path(model_path)
     if not path.is_file():
-        raise ValueError(f"tokenizer model {str(path)!r} does not exist (expected a SentencePiece .model file)")
+        raise InputFileError(path, None, "tokenizer model does not exist (expected a SentencePiece .model file)")
     proto = sp_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
     except Exception as exc:  # protobuf raises DecodeError (and occasionally others) on garbage
-        raise ValueError(f"{str(path)!r} is not a SentencePiece model (protobuf parse failed: {exc})") from None
+        raise InputFileError(path, None, f"is not a SentencePiece model (protobuf parse failed: {exc})") from None
     if len(proto.pieces) == 0:
-        raise ValueError(f"{str(path)!r} is not a SentencePiece model (no pieces in the file)")
+        raise InputFileError(path, None, "is not a SentencePiece model (no pieces in the file)")
     return proto
 
 

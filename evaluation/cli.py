@@ -17,7 +17,17 @@ from codellama_recipe.evaluation.run import evaluate, load_config, score_samples
 
 
 def run(cfg: DictConfig) -> int:
-    cfg = _plain(cfg)
+    from codellama_recipe.core.cli import refuse
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.train.weight_formats import CheckpointError
+
+    try:
+        return _run(_plain(cfg))
+    except (ConfigError, CheckpointError) as e:   # a model folder that cannot be used: one line, exit 2
+        return refuse("codellama-eval", str(e))
+
+
+def _run(cfg: DictConfig) -> int:
     if cfg.report_from:
         from codellama_recipe.evaluation.report import write_report
         print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")

@@ -19,9 +19,12 @@ and a half-written `.tmp-*` folder is deleted at the next start. All ranks must 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import pickle
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -293,14 +296,60 @@ def publish(ckpt_dir: Path, tag: str, keep_last: int) -> None:
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict, dict | None]:
     """Restore module + optimizer into `engine`; return (client_state, this rank's state or None)."""
     ckpt_dir = Path(ckpt_dir)
-    load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False, load_module_strict=True)
+    with weights_only_loads():
+        load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False, load_module_strict=True)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     client_state = read_client_state(ckpt_dir, tag)
     rank_file = ckpt_dir / tag / "client" / f"rank_{rank:05d}.json"
     rank_state = json.loads(rank_file.read_text()) if rank_file.is_file() else None
     return client_state, rank_state
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading without unpickling
+# --------------------------------------------------------------------------------------------------------
+
+def deepspeed_record_types() -> list:
+    """The plain classes DeepSpeed stores in its checkpoint files besides tensors and containers (allow-listed
+    for torch.load(weights_only=True), which rebuilds them field by field and never calls arbitrary code)."""
+    found = []
+    for module, name in (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                         ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+                         ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every torch.load inside the block, DeepSpeed's own included (it asks for weights_only=False), reads
+    tensors, containers and DeepSpeed's allow-listed records only: loading a checkpoint never runs code from it.
+    A file holding anything else is refused with a CheckpointError naming the file and the object's type."""
+    real = torch.load
+    allowed = deepspeed_record_types()
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return real(f, *args, **kwargs)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            detail = f"a {found.group(1)}" if found else "an object that is not a tensor"
+            raise CheckpointError(f"{f}: refused: it holds {detail}, not only tensors and DeepSpeed's records; "
+                                  "checkpoint files are loaded with torch.load(weights_only=True), never unpickled") from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = real
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -314,12 +363,13 @@ def _consolidate_tag(tag_dir: Path, marker: dict) -> dict[str, torch.Tensor]:
     if stage in (1, 2) and precision == "fp32" or stage == 0:
         # The module weights are complete in the model-states file (fp32 master copy for fp32 training;
         # for bf16 with ZeRO stage 0 the bf16 weights, widened to fp32).
-        # DeepSpeed pickles more than tensors in this file: it is our own checkpoint, loaded as trusted.
-        module = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        with weights_only_loads():
+            module = torch.load(model_file, map_location="cpu")["module"]
         return {k: v.float() for k, v in module.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    with weights_only_loads():
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     return {k: v.float() for k, v in sd.items()}
 
 
