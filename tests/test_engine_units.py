@@ -303,3 +303,20 @@ def test_workspace_sections_use_the_metric_groups():
     assert list(sections) == ["train", "val", "perf", "data", "eval"]
     for group, panels in sections.items():
         assert all(m.startswith(group + "/") for _, metrics in panels for m in metrics)
+
+
+def test_mfu_above_one_is_reported_as_a_measurement_problem_not_logged():
+    from codellama_recipe.train.metrics import mfu_metrics
+
+    assert mfu_metrics(40e9, 100e9) == ({"perf/mfu": 0.4}, None)
+    metrics, problem = mfu_metrics(142e9, 100e9)
+    assert "perf/mfu" not in metrics and metrics["perf/achieved_over_peak"] == pytest.approx(1.42)
+    assert "MFU would be 1.42 > 1" in problem and "trainer.peak_flops_per_device" in problem
+
+
+def test_cpu_peak_keeps_the_best_measurement_so_a_busy_sample_never_lowers_it(tmp_path, monkeypatch):
+    import codellama_recipe.train.metrics as metrics
+
+    samples = iter([100e9, 30e9, 120e9])     # idle, busy, idle
+    monkeypatch.setattr(metrics, "measure_matmul_flops", lambda *a, **k: next(samples))
+    assert [metrics.cpu_peak_flops(tmp_path) for _ in range(3)] == [100e9, 100e9, 120e9]

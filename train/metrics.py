@@ -93,6 +93,18 @@ def peak_flops_per_device(configured, device: torch.device, cache_dir: Path) -> 
     return cpu_peak_flops(cache_dir), "measured fp32 matmul on this CPU (cached)"
 
 
+def mfu_metrics(achieved_flops: float, peak_flops: float) -> tuple[dict, str | None]:
+    """{"perf/mfu": achieved / peak} when that is at most 1. Above 1 the denominator is wrong (a CPU peak measured
+    while the machine was busy, a wrong trainer.peak_flops_per_device): the ratio is logged as
+    perf/achieved_over_peak instead, with a warning, and never as MFU."""
+    ratio = achieved_flops / peak_flops
+    if ratio <= 1.0:
+        return {"perf/mfu": ratio}, None
+    return {"perf/achieved_over_peak": ratio}, (
+        f"MFU would be {ratio:.2f} > 1: the peak of {peak_flops / 1e12:.3f} TFLOP/s per process is too low "
+        "(measured while the machine was busy?); MFU is not logged; set trainer.peak_flops_per_device")
+
+
 def memory_gb(device: torch.device) -> float:
     """Peak allocated GPU memory since the last call, or this process's resident CPU memory."""
     if device.type == "cuda":

@@ -36,7 +36,7 @@ from codellama_recipe.train.distributed import all_reduce
 from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend,
                                                  init_distributed, prepare_model)
 from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
-from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, ProgressBar, memory_gb,
+from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, ProgressBar, memory_gb, mfu_metrics,
                                             peak_flops_per_device)
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
@@ -114,6 +114,7 @@ class TrainContext:
     peak_flops: float              # per process; the MFU denominator
     tokenizer_path: str
     last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
+    mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
 
@@ -449,11 +450,15 @@ def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, gra
         "train/nonfinite_in_interval": total.skipped_steps,
         "train/nonfinite_microbatches": int(total.nonfinite_microbatches),
         "perf/tokens_per_s": tokens_per_s,
-        "perf/mfu": ctx.flops_per_token * tokens_per_s / (ctx.peak_flops * ctx.plan.world_size),
         "perf/step_time_s": total.time_s / total.steps,
         "perf/memory_gb": memory_gb(ctx.device),
         **total.loss_breakdown(),
     }
+    utilisation, problem = mfu_metrics(ctx.flops_per_token * tokens_per_s, ctx.peak_flops * ctx.plan.world_size)
+    metrics.update(utilisation)
+    if problem and not ctx.mfu_warned:
+        ctx.mfu_warned = True
+        _log(ctx.rank, problem)
     per_rank = [None] * ctx.plan.world_size
     dist.all_gather_object(per_rank, ctx.train_loader.metrics())
     metrics.update(combine_data_metrics(per_rank))
