@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from codellama_recipe.core.atomic import write_json_atomic
+from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import compose_checked, refuse, split_argv
 from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
@@ -188,10 +189,14 @@ def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
 
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
+    run_dir = Path(str(pcfg.run_dir))
+    with run_dir_lock(run_dir, enabled=_rank() == 0):
+        return _run_stages(pcfg, run_dir)
+
+
+def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
     from codellama_recipe.train.trainer import run as train_stage
 
-    run_dir = Path(str(pcfg.run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
     steps = plan(pcfg)
     for step in steps:
         if step["action"] == "restart":

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic
+from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import RunPlan, check_config
 from codellama_recipe.train.distributed import all_reduce
@@ -74,11 +75,29 @@ class TrainState:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (SLURM preemption); read at step boundaries."""
+    """Set by SIGTERM/SIGUSR1 (SLURM preemption), or when the launcher that started this worker is gone; read at
+    step boundaries."""
+    LAUNCHER_GONE = int(signal.SIGHUP)
 
     def __init__(self):
         self.signum = 0
         self._previous = {}
+        # Under torchrun or the deepspeed launcher the parent is the launcher. torchrun starts each worker in a
+        # session of its own, so a killed launcher (kill -9, a lost ssh session) would leave the workers training.
+        self._launcher = os.getppid() if "LOCAL_RANK" in os.environ else None
+
+    def check_launcher(self) -> None:
+        if self._launcher is not None and not self.signum and os.getppid() != self._launcher:
+            self.signum = self.LAUNCHER_GONE
+            self.reason = f"because its launcher (pid {self._launcher}) is gone"
+
+    @property
+    def reason(self) -> str:
+        return self.__dict__.get("_reason") or f"by signal {self.signum}"
+
+    @reason.setter
+    def reason(self, text: str) -> None:
+        self._reason = text
 
     def install(self):
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -241,9 +260,15 @@ def validate(engine, val_loaders: dict, device, chunk_size: int, intra_doc: bool
 def run(cfg: DictConfig) -> dict:
     """Train one stage as configured; returns DONE.json's content (or {'stopped': signal} after SIGTERM).
 
-    Everything that can be checked without a process group is checked first (ConfigError / ResumeRefused)."""
+    Everything that can be checked without a process group is checked first (ConfigError / ResumeRefused),
+    and the run_dir is held by this job alone (RunDirBusy, exit 2, when another process has it)."""
     plan = check_config(cfg)
     run_dir = Path(str(cfg.run_dir)).absolute()
+    with run_dir_lock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _run_locked(cfg, plan, run_dir)
+
+
+def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     rank_env = int(os.environ.get("RANK", "0"))
 
@@ -391,13 +416,15 @@ def fit(ctx: TrainContext) -> dict:
     if ctx.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
-        _log(ctx.rank, f"stopped by signal {ctx.stop.signum} at step {state.step}; rerun the same command to resume")
+        _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}; rerun the same command to resume")
         return {"stopped": int(ctx.stop.signum), "steps": state.step, "tokens": state.tokens_seen}
     return finish(ctx)
 
 
 def stop_requested(ctx: TrainContext) -> bool:
-    """At a step boundary: did any rank receive SIGTERM/SIGUSR1? Every rank gets the same answer."""
+    """At a step boundary: did any rank receive SIGTERM/SIGUSR1, or lose its launcher? Every rank gets the same
+    answer."""
+    ctx.stop.check_launcher()
     return bool(all_reduce(torch.tensor([ctx.stop.signum]), dist.ReduceOp.MAX).item())
 
 

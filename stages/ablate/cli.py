@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import refuse, run_hydra_command
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
@@ -40,6 +41,11 @@ def arm_summary(arm, run_dir: Path, declared: dict) -> dict:
 
 
 def run_ablations(acfg: DictConfig) -> int:
+    with run_dir_lock(Path(str(acfg.run_dir))):
+        return _run_ablations(acfg)
+
+
+def _run_ablations(acfg: DictConfig) -> int:
     from codellama_recipe.data.tokenizer import Tokenizer
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
