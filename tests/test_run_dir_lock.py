@@ -100,3 +100,18 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     assert "because its launcher (pid" in H.output(proc)
     with run_dir_lock(run_dir):       # their lock went with them: the run_dir is free for the next command
         pass
+
+
+def test_a_run_killed_during_the_comm_op_build_does_not_block_the_next_one(tmp_path, monkeypatch):
+    """torch's JIT build lock names no process; a run killed while DeepSpeed builds its CPU comm op leaves it
+    behind, and the next run used to wait for it forever in silence."""
+    extensions = tmp_path / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    first = H.launch(BASE + [f"run_dir={tmp_path / 'a'}", "trainer.max_steps=2"], nproc=0, log_path=tmp_path / "a.log")
+    lock = extensions / "deepspeed_shm_comm" / "lock"
+    H.wait_for(lock.exists, first, timeout=120, what="the comm op build")
+    H.kill_tree(first)
+    assert lock.exists()
+    rc, out = H.run(BASE + [f"run_dir={tmp_path / 'b'}", "trainer.max_steps=2"], nproc=0, timeout=300)
+    assert rc == 0, out[-3000:]
+    assert f"removed a stale build lock {lock}" in out and "building DeepSpeed's CPU comm op" in out

@@ -41,6 +41,10 @@ def init_distributed(backend: str) -> tuple[int, int]:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     if not dist.is_initialized():
+        if backend == "gloo":
+            from codellama_recipe.train.extension_builds import prepare_cpu_comm_op
+
+            prepare_cpu_comm_op(log=lambda msg: print(f"[train] rank {os.environ['RANK']}: {msg}", flush=True))
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return dist.get_rank(), dist.get_world_size()
 
