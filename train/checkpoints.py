@@ -10,7 +10,11 @@ Layout under `<run_dir>/checkpoints/`:
         client/rank_00000.json        every rank's data-pipeline state and RNG states (python, numpy,
                                       torch, CUDA), one file per rank
         codellama_checkpoint.json     marker: `train.pretrained.load_pretrained` reads this folder
+        manifest.json                 every other file's size and CRC-32, written last (rank 0)
     latest                            the tag of the newest complete checkpoint (replaced atomically)
+
+Checkpoints verify themselves: a resume (and load_pretrained on a checkpoints folder) takes the newest
+checkpoint whose files match its manifest, says which file of a newer one is damaged, and skips it.
 
 A checkpoint is written into `.tmp-step_…/`, every rank finishes (barrier), then rank 0 renames the folder
 and replaces `latest` with `os.replace`: a crash at any point leaves the previous checkpoint as the latest,
@@ -27,6 +31,7 @@ import random
 import re
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,7 @@ LATEST = "latest"
 TAG_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 CLIENT_STATE = "client_state.json"
+MANIFEST = "manifest.json"
 # The config sections a checkpoint must agree with to be resumed (trainer/optim may change, e.g. max_steps).
 RESUME_SECTIONS = ("model", "data")
 # 2: the typed configuration (codellama_recipe 0.2) stores every schema key, defaults included, so a format-1
@@ -154,6 +160,75 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 def read_client_state(ckpt_dir: Path, tag: str) -> dict:
     return json.loads((Path(ckpt_dir) / tag / CLIENT_STATE).read_text())
+
+
+def _crc32(path: Path) -> int:
+    value = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            value = zlib.crc32(chunk, value)
+    return value
+
+
+def write_manifest(tag_dir: Path) -> None:
+    """Size and CRC-32 of every file of a written checkpoint (rank 0, after every rank's files are written)."""
+    tag_dir = Path(tag_dir)
+    files = {str(p.relative_to(tag_dir)): [p.stat().st_size, _crc32(p)]
+             for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    write_json_atomic(tag_dir / MANIFEST, {"files": files})
+
+
+def damage(tag_dir: Path) -> str | None:
+    """None when the checkpoint's files match its manifest, else what is wrong, naming the file. A checkpoint
+    written before manifests existed is checked as far as it can be: its JSON files must parse."""
+    tag_dir = Path(tag_dir)
+    try:
+        manifest = json.loads((tag_dir / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        manifest = None
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    if manifest is None:
+        for path in [tag_dir / CLIENT_STATE, *sorted((tag_dir / "client").glob("*.json"))]:
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError):
+                return f"{path.relative_to(tag_dir)} is missing or not valid JSON"
+        return None
+    for name, (size, crc) in manifest.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{name} has {actual:,} bytes, {size:,} when saved"
+        if _crc32(path) != crc:
+            return f"{name} does not match its checksum (same size, different bytes)"
+    return None
+
+
+def newest_intact_tag(ckpt_dir: Path) -> tuple[str | None, list[tuple[str, str]]]:
+    """(the newest checkpoint that verifies, [(tag, what is damaged) for each newer one skipped]). The tag named
+    by `latest` is tried first, then every complete checkpoint from the newest."""
+    ckpt_dir = Path(ckpt_dir)
+    candidates = complete_tags(ckpt_dir)[::-1]
+    pointed = latest_tag(ckpt_dir)
+    if pointed in candidates:
+        candidates.remove(pointed)
+        candidates.insert(0, pointed)
+    damaged = []
+    for tag in candidates:
+        problem = damage(ckpt_dir / tag)
+        if problem is None:
+            return tag, damaged
+        damaged.append((tag, problem))
+    return None, damaged
+
+
+def no_intact_checkpoint(ckpt_dir: Path, damaged: list[tuple[str, str]]) -> CheckpointError:
+    listed = "; ".join(f"{tag}: {problem}" for tag, problem in damaged)
+    return CheckpointError(f"no intact checkpoint in {ckpt_dir} ({listed}); nothing was loaded. Move the folder "
+                           "aside to start from scratch, or restore a copy")
 
 
 def remove_incomplete(ckpt_dir: Path) -> list[str]:
@@ -286,6 +361,7 @@ def publish(ckpt_dir: Path, tag: str, keep_last: int) -> None:
     """Rank 0, once every rank's files are written: the folder gets its final name, `latest` names it, and only
     the newest `keep_last` checkpoints stay."""
     # The same step may have been saved before (e.g. a resumed run that stopped at once).
+    write_manifest(ckpt_dir / (TMP_PREFIX + tag))
     replace_dir_atomic(ckpt_dir / (TMP_PREFIX + tag), ckpt_dir / tag)
     write_text_atomic(ckpt_dir / LATEST, tag)
     for old in complete_tags(ckpt_dir)[:-keep_last]:
@@ -388,8 +464,10 @@ def load_consolidated(path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             return load_hf(path / "hf")
         return load_consolidated(path / "checkpoints")
     if kind == "checkpoints":
-        tag = latest_tag(path)
+        tag, damaged = newest_intact_tag(path)
         if tag is None:
+            if damaged:
+                raise no_intact_checkpoint(path, damaged)
             raise CheckpointError(f"{path}: no complete checkpoint yet")
         return load_consolidated(path / tag)
     if kind == "checkpoint":

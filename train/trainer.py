@@ -65,6 +65,7 @@ class TrainState:
     elapsed_s: float = 0.0         # wall time of all sessions of this run
     wandb_run_id: str | None = None
     nonfinite_skipped: int = 0
+    damaged_checkpoints_skipped: int = 0     # newer checkpoints that failed verification at a resume
     last_train_loss: float | None = None
     last_val: dict = field(default_factory=dict)
 
@@ -273,7 +274,11 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     rank_env = int(os.environ.get("RANK", "0"))
 
     identity = ckpt.resume_identity(cfg, plan.world_size)
-    tag = ckpt.latest_tag(ckpt_dir)
+    tag, damaged = ckpt.newest_intact_tag(ckpt_dir)
+    if damaged and tag is None:
+        raise ckpt.no_intact_checkpoint(ckpt_dir, damaged)
+    for bad, problem in damaged:
+        _log(rank_env, f"checkpoint {bad} is damaged ({problem}); skipped, resuming from {tag}")
     resume_client = ckpt.read_client_state(ckpt_dir, tag) if tag else None
     diffs = ckpt.check_resumable(resume_client, identity, cfg.trainer.allow_config_change) if resume_client else []
 
@@ -327,6 +332,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     if tag:
         client, rank_state = ckpt.load(engine, ckpt_dir, tag, rank)
         state = TrainState.from_client(client)
+        state.damaged_checkpoints_skipped += len(damaged)
         if rank_state is not None and client.get("identity", {}).get("world_size") == world_size:
             train_loader.load_state_dict(rank_state["data"])
             ckpt.set_rng_state(rank_state["rng"])
@@ -528,7 +534,7 @@ def finish(ctx: TrainContext) -> dict:
     done = {"fingerprint": ctx.fingerprint, "steps": state.step, "tokens": state.tokens_seen,
             "time_s": state.elapsed_s, "train_loss": state.last_train_loss, "val_loss": state.last_val,
             "nonfinite_skipped": state.nonfinite_skipped, "wandb_run_id": state.wandb_run_id,
-            "checkpoint": str(last_checkpoint), "hf_dir": str(ctx.run_dir / "hf"),
+            "damaged_checkpoints_skipped": state.damaged_checkpoints_skipped, "checkpoint": str(last_checkpoint), "hf_dir": str(ctx.run_dir / "hf"),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if ctx.rank == 0:
         export_hf(last_checkpoint, ctx.run_dir / "hf", ctx.tokenizer_path, ctx.cfg.trainer.export_dtype)

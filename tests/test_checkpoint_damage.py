@@ -1,0 +1,88 @@
+"""Checkpoints verify themselves: a damaged latest checkpoint (any of its files truncated, emptied or changed) is
+named and skipped, the run resumes exactly from the newest intact one; with none intact, one line and exit 2."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import helpers_engine as H
+from codellama_recipe.train.checkpoints import MANIFEST, newest_intact_tag, tag_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+
+BASE = H.TINY + ["trainer.batch_tokens=256", "trainer.log_every=1", "trainer.val_every=0", "data.num_workers=0",
+                 "optim.warmup_steps=1", "deepspeed=zero1", "trainer.checkpoint_every=2", "trainer.keep_last=5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run stopped after step 4 (checkpoints 2 and 4) and the same run trained to step 6 without a stop."""
+    root = tmp_path_factory.mktemp("damage")
+    rc, out = H.run(BASE + [f"run_dir={root / 'run'}", "trainer.max_steps=4"], nproc=0)
+    assert rc == 0, out[-3000:]
+    rc, out = H.run(BASE + [f"run_dir={root / 'ref'}", "trainer.max_steps=6"], nproc=0)
+    assert rc == 0, out[-3000:]
+    return root
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated model states": ("mp_rank_00_model_states.pt", _truncate),
+    "empty model states": ("mp_rank_00_model_states.pt", _empty),
+    "truncated optimizer states": ("zero_pp_rank_0_mp_rank_00_optim_states.pt", _truncate),
+    "changed optimizer states": ("zero_pp_rank_0_mp_rank_00_optim_states.pt", _flip_a_byte),
+    "truncated client state": ("client_state.json", _truncate),
+    "truncated rank state": ("client/rank_00000.json", _truncate),
+    "truncated manifest": (MANIFEST, _truncate),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_each_kind_of_damage_is_named_and_the_older_checkpoint_is_chosen(trained, tmp_path, kind):
+    name, hurt = DAMAGE[kind]
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    hurt(run / "checkpoints" / tag_for(4) / name)
+    tag, damaged = newest_intact_tag(run / "checkpoints")
+    assert tag == tag_for(2)
+    assert [t for t, _ in damaged] == [tag_for(4)] and name in damaged[0][1], damaged
+
+
+def test_resume_skips_a_damaged_latest_and_trains_exactly_as_without_a_stop(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    _truncate(run / "checkpoints" / tag_for(4) / "mp_rank_00_model_states.pt")
+    rc, out = H.run(BASE + [f"run_dir={run}", "trainer.max_steps=6"], nproc=0)
+    assert rc == 0, out[-3000:]
+    assert f"checkpoint {tag_for(4)} is damaged (mp_rank_00_model_states.pt has " in out
+    assert f"resumed from {run / 'checkpoints' / tag_for(2)}: step 2" in out
+    assert json.loads((run / "DONE.json").read_text())["damaged_checkpoints_skipped"] == 1
+    ours, ref = H.hf_weights(run), H.hf_weights(trained / "ref")
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_with_no_intact_checkpoint_one_line_and_exit_2(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    _empty(run / "checkpoints" / tag_for(4) / "client_state.json")
+    _flip_a_byte(run / "checkpoints" / tag_for(2) / "mp_rank_00_model_states.pt")
+    rc, out = H.run(BASE + [f"run_dir={run}", "trainer.max_steps=6"], nproc=0)
+    assert rc == 2, out[-3000:]
+    line = next(line for line in out.splitlines() if "no intact checkpoint" in line)
+    assert tag_for(4) in line and tag_for(2) in line and "nothing was loaded" in line
+    assert "Traceback" not in out
