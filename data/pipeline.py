@@ -166,7 +166,11 @@ class RowStream:
                 doc = self.readers[i].next_document()
                 if doc is None:
                     continue
-                seg = self.encoder.encode(doc, self.specs[i], self.source_indices[i])
+                try:
+                    seg = self.encoder.encode(doc, self.specs[i], self.source_indices[i])
+                except Exception as exc:  # noqa: BLE001 - a record the tokenizer cannot take is skipped, counted
+                    self.readers[i].skip_at(doc.where, "tokenize_error", f"{type(exc).__name__}: {exc}"[:300])
+                    continue
                 if len(seg) <= self.seq_len:
                     self.mixture.add(i, len(seg))
                     packer.add(seg)

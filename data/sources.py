@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
+import zlib
 import hashlib
 import json
 import os
@@ -44,7 +45,12 @@ SKIP_REASONS = (
     "binary",           # NUL bytes (binary files, or "\u0000" inside a JSON string)
     "bad_chat",         # messages that are not user/assistant turns (optionally after one system turn)
     "unreadable_file",  # a file that cannot be read at all (corrupt .gz / parquet); the rest of it is skipped
+    "invalid_text",     # a string that is not valid Unicode text (lone surrogates such as "\ud800")
+    "tokenize_error",   # the tokenizer failed on the record
+    "bad_record",       # any other error while reading or decoding one record
 )
+LINE_BYTES_PER_CHAR = 6     # the longest JSON escape of one character (\uXXXX): a line longer than
+LINE_OVERHEAD_BYTES = 4096  # max_doc_chars * 6 + this cannot hold a document that fits, and is never held whole
 
 TEXT_EXTENSIONS_JSONL = (".jsonl", ".json", ".ndjson")
 HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
@@ -317,16 +323,22 @@ class Location:
             elif fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                try:
-                    seen = set(pq.ParquetFile(path).schema_arrow.names)
-                except Exception as exc:
-                    raise ConfigError(self.paths_key, path, f"not a readable parquet file: {exc}") from None
+                seen, errors = None, []
+                for candidate in self.files:   # a corrupt file is skipped while reading, wherever it sorts
+                    try:
+                        seen = set(pq.ParquetFile(candidate).schema_arrow.names)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on corrupt files
+                        errors.append(f"{candidate}: {exc}")
+                if seen is None:
+                    raise ConfigError(self.paths_key, path, f"no readable parquet file among {len(self.files)} "
+                                                            f"({errors[0][:200]})")
             else:
                 seen = set()
                 for raw in _peek_lines(path, fmt, PEEK_RECORDS):
                     try:
                         row = json.loads(raw)
-                    except (ValueError, UnicodeDecodeError):
+                    except (ValueError, UnicodeDecodeError, RecursionError):
                         continue
                     if isinstance(row, dict):
                         seen.update(row)
@@ -339,17 +351,17 @@ class Location:
             raise ConfigError(f"{self.fields_key}.{field_key}", missing[0], f"no such field in {where} (fields seen: {sorted(seen)})")
 
 
-def _peek_lines(path: str, fmt: str, n: int) -> list[bytes]:
+def _peek_lines(path: str, fmt: str, n: int, limit: int = 1 << 22) -> list[bytes]:
     opener = gzip.open if fmt == "jsonl.gz" else open
     out = []
     try:
         with opener(path, "rb") as f:
-            for line in f:
-                if line.strip():
+            for line, _ in bounded_lines(f, limit):
+                if isinstance(line, bytes) and line.strip():
                     out.append(line)
                 if len(out) >= n:
                     break
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):
         pass
     return out
 
@@ -379,6 +391,10 @@ def _check_text(text: str, max_chars: int) -> str:
         raise SkipRecord("empty")
     if len(text) > max_chars:
         raise SkipRecord("too_long", f"{len(text)} characters > max_doc_chars={max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:   # lone surrogates, which JSON can carry and no tokenizer can read
+        raise SkipRecord("invalid_text", f"{exc.reason} at character {exc.start}") from None
     return text
 
 
@@ -432,25 +448,50 @@ def _row_messages(spec: SourceSpec, row: Mapping, max_chars: int) -> list:
 # line, or a whole text file) or a dict (parquet / hub row) and byte_offset_after is None except
 # for plain .jsonl. They raise SkipRecord("unreadable_file") when the shard breaks mid-way.
 
-def _iter_jsonl(path: str, start_record: int, start_offset: int):
+def line_limit(max_chars: int) -> int:
+    return LINE_BYTES_PER_CHAR * max_chars + LINE_OVERHEAD_BYTES
+
+
+def bounded_lines(f, limit: int):
+    """(line, bytes consumed) per line of a binary file; a line longer than `limit` bytes is read through in 1 MiB
+    pieces, never held whole, and comes as (SkipRecord("too_long"), bytes consumed)."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        consumed = len(line)
+        while not line.endswith(b"\n"):
+            line = f.readline(1 << 20)
+            if not line:
+                break
+            consumed += len(line)
+        yield SkipRecord("too_long", f"a line of {consumed:,} bytes > {limit:,} (max_doc_chars x "
+                                     f"{LINE_BYTES_PER_CHAR} + {LINE_OVERHEAD_BYTES})"), consumed
+
+
+def _iter_jsonl(path: str, start_record: int, start_offset: int, max_chars: int):
     with open(path, "rb") as f:
         f.seek(start_offset)
         record, offset = start_record, start_offset
-        for line in f:
-            offset += len(line)
+        for line, size in bounded_lines(f, line_limit(max_chars)):
+            offset += size
             yield record, line, offset
             record += 1
 
 
-def _iter_jsonl_gz(path: str, start_record: int, _offset):
+def _iter_jsonl_gz(path: str, start_record: int, _offset, max_chars: int):
     try:
         with gzip.open(path, "rb") as f:
             record = 0
-            for line in f:  # a .gz shard is re-decompressed from its start on resume (bounded by one shard)
+            # a .gz shard is re-decompressed from its start on resume (bounded by one shard)
+            for line, _ in bounded_lines(f, line_limit(max_chars)):
                 if record >= start_record:
                     yield record, line, None
                 record += 1
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise SkipRecord("unreadable_file", f"gzip: {exc}") from None
 
 
@@ -599,9 +640,9 @@ class SourceReader:
         path = self.location.files[index]
         fmt = detect_file_format(path, self.spec.file_format)
         if fmt == "jsonl":
-            return _iter_jsonl(path, st["record"], st["offset"])
+            return _iter_jsonl(path, st["record"], st["offset"], self.max_doc_chars)
         if fmt == "jsonl.gz":
-            return _iter_jsonl_gz(path, st["record"], None)
+            return _iter_jsonl_gz(path, st["record"], None, self.max_doc_chars)
         if fmt == "parquet":
             return _iter_parquet(path, st["record"], None, self._columns)
         return _iter_text_file(path, st["record"], None, self.max_doc_chars)
@@ -637,6 +678,9 @@ class SourceReader:
             except SkipRecord as skip:
                 self._skip(skip, index, record)
                 continue
+            except Exception as exc:  # noqa: BLE001 - one record never stops a run: skipped and counted
+                self._skip(SkipRecord("bad_record", f"{type(exc).__name__}: {exc}"[:300]), index, record)
+                continue
             st["docs"] += 1
             yield Document(text, messages, (st["epoch"], index, record), self._where(index, record, fmt))
 
@@ -661,8 +705,8 @@ class SourceReader:
             raise SkipRecord("invalid_utf8", str(exc)) from None
         try:
             row = json.loads(line)
-        except ValueError as exc:
-            raise SkipRecord("malformed_json", str(exc)) from None
+        except (ValueError, RecursionError) as exc:   # RecursionError: nesting deeper than Python's stack
+            raise SkipRecord("malformed_json", f"{type(exc).__name__}: {exc}"[:300]) from None
         if not isinstance(row, dict):
             raise SkipRecord("malformed_json", f"a JSON {type(row).__name__}, not an object")
         return row
@@ -685,7 +729,10 @@ class SourceReader:
 
     def _skip(self, skip: SkipRecord, index: int, record: int) -> None:
         fmt = "hub" if self.location.hub else detect_file_format(self.location.files[index], self.spec.file_format)
-        where = self._where(index, record, fmt)
+        self.skip_at(self._where(index, record, fmt), skip.reason, skip.detail)
+
+    def skip_at(self, where: str, reason: str, detail: str = "") -> None:
+        """Count a bad record (strict mode: stop, naming the file and line)."""
         if self.strict:
-            raise BadInputError(f"bad input ({skip.reason}) in source {self.spec.name!r} at {where}: {skip.detail}".rstrip(": "))
-        self.counters[f"skipped/{skip.reason}"] += 1
+            raise BadInputError(f"bad input ({reason}) in source {self.spec.name!r} at {where}: {detail}".rstrip(": "))
+        self.counters[f"skipped/{reason}"] += 1

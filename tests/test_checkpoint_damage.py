@@ -86,3 +86,32 @@ def test_with_no_intact_checkpoint_one_line_and_exit_2(trained, tmp_path):
     line = next(line for line in out.splitlines() if "no intact checkpoint" in line)
     assert tag_for(4) in line and tag_for(2) in line and "nothing was loaded" in line
     assert "Traceback" not in out
+
+
+POISON = [b'{"text": "\\ud800 lone surrogate"}', b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b'}',
+          b'{"text": "' + b"q" * 200_000 + b'"}', b'not json at all']
+
+
+def test_poison_records_mid_stream_are_skipped_through_a_kill_and_a_resume(tmp_path):
+    lines = []
+    for i in range(400):
+        lines.append(json.dumps({"text": f"def function_{i}(x):\n    return x * {i} + {i % 7}\n"}).encode())
+        if i % 6 == 3:
+            lines.append(POISON[(i // 6) % len(POISON)])
+    data = tmp_path / "poison.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    corpus = [f"corpus.{s}.{k}={v}" for s in ("code", "nl_code", "nl")
+              for k, v in (("paths", f"[{data}]"), ("val_paths", "null"))]
+    overrides = BASE + corpus + ["data.max_doc_chars=20000", "trainer.max_steps=8", "data.fim.enabled=false"]
+    rc, out = H.run(overrides + [f"run_dir={tmp_path / 'ref'}"], nproc=0)
+    assert rc == 0, out[-3000:]
+    proc = H.launch(overrides + [f"run_dir={tmp_path / 'run'}"], nproc=0, hang_at_step=5)
+    H.wait_for(lambda: H.hang_marker(tmp_path / "run", 0).exists(), proc, what="step 5")
+    H.kill_tree(proc)                                    # kill -9 after step 5 (latest checkpoint: 4)
+    rc, out = H.run(overrides + [f"run_dir={tmp_path / 'run'}"], nproc=0)
+    assert rc == 0, out[-3000:]
+    last = H.metrics(tmp_path / "run")[-1]
+    skipped = {k.split("/")[-1] for k, v in last.items() if k.startswith("data/skipped/") and v}
+    assert {"invalid_text", "malformed_json", "too_long"} <= skipped, last
+    ours, ref = H.hf_weights(tmp_path / "run"), H.hf_weights(tmp_path / "ref")
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
