@@ -62,6 +62,15 @@ HUB_BATCH = 256             # rows fetched per datasets batch
 class BadInputError(ValueError):
     """Raised in strict mode for the first bad record, naming the file and line (or row)."""
 
+    def one_line(self) -> str:
+        """The message without what a DataLoader worker wraps around it (torch re-raises a worker's exception
+        with the worker's traceback as its text)."""
+        lines = [line for line in str(self).splitlines() if line.strip()]
+        for line in reversed(lines):
+            if "BadInputError: " in line:
+                return line.split("BadInputError: ", 1)[1]
+        return lines[0] if lines else "bad input"
+
 
 def stable_seed(*parts) -> int:
     """A 64-bit integer that is a pure function of `parts` (no Python hash randomisation)."""

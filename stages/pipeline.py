@@ -319,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
     if unknown:
         return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
+    from codellama_recipe.data.sources import BadInputError
     from codellama_recipe.train.engine_setup import shutdown_distributed
+    from codellama_recipe.train.weight_formats import CheckpointError
 
     try:
         pcfg = compose_pipeline(overrides)
@@ -327,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             print(OmegaConf.to_yaml(pcfg, resolve="--resolve" in names))
             return 0
         rows = run_pipeline(pcfg)
-    except (ConfigError, PipelineError) as e:
+    except (ConfigError, PipelineError, CheckpointError) as e:
         return refuse(PROG, str(e))
+    except BadInputError as e:
+        return refuse(PROG, e.one_line())
     finally:
         shutdown_distributed()  # the stages share one process group; it ends with the pipeline
     if rows is None:

@@ -115,3 +115,49 @@ def test_poison_records_mid_stream_are_skipped_through_a_kill_and_a_resume(tmp_p
     assert {"invalid_text", "malformed_json", "too_long"} <= skipped, last
     ours, ref = H.hf_weights(tmp_path / "run"), H.hf_weights(tmp_path / "ref")
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def _tmpfs(path, size_kb):
+    import subprocess
+
+    path.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
+
+
+def test_a_full_disk_is_one_line_exit_2_and_nothing_is_lost(tmp_path):
+    import subprocess
+
+    overrides = BASE + ["wandb.mode=disabled", "trainer.checkpoint_every=1", "trainer.keep_last=1"]
+    rc, out = H.run(overrides + [f"run_dir={tmp_path / 'probe'}", "trainer.max_steps=1"], nproc=0)
+    assert rc == 0, out[-3000:]
+    one = sum(p.stat().st_size for p in (tmp_path / "probe" / "checkpoints" / tag_for(1)).rglob("*") if p.is_file())
+    disk = tmp_path / "small"
+    _tmpfs(disk, int(one * 1.5 / 1024) + 256)      # room for one checkpoint, not for the next beside it
+    try:
+        rc, out = H.run(overrides + [f"run_dir={disk / 'run'}", "trainer.max_steps=4"], nproc=0)
+        assert rc == 2, out[-3000:]
+        line = next(line for line in out.splitlines() if "no space left" in line)
+        assert f"writing checkpoint {tag_for(2)}" in line and f"latest checkpoint ({tag_for(1)}) is intact" in line
+        assert "Traceback" not in out and "basic_ios" not in out
+        shutil.copytree(disk / "run", tmp_path / "moved")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    rc, out = H.run(overrides + [f"run_dir={tmp_path / 'moved'}", "trainer.max_steps=4"], nproc=0)
+    assert rc == 0 and f"resumed from {tmp_path / 'moved' / 'checkpoints' / tag_for(1)}: step 1" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_strict_mode_stop_is_one_line_naming_file_and_line(tmp_path, workers):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"\n".join([json.dumps({"text": f"row {i} " * 20}).encode() for i in range(30)]
+                                + [b'{"text": "\\ud800"}']) + b"\n")
+    corpus = [f"corpus.{s}.{k}={v}" for s in ("code", "nl_code", "nl")
+              for k, v in (("paths", f"[{data}]"), ("val_paths", "null"))]
+    rc, out = H.run(BASE + corpus + [f"run_dir={tmp_path / 'run'}", "trainer.max_steps=20", "data.strict=true",
+                                     f"data.num_workers={workers}"], nproc=0)
+    assert rc == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("codellama-train: ")]
+    assert len(errors) == 1 and f"(invalid_text) in source" in errors[0] and f"{data.name}:31" in errors[0], errors
+    assert "Traceback" not in out

@@ -73,3 +73,26 @@ def test_every_input_path_refuses_the_payload_in_one_line(tmp_path):
         assert done.returncode == 2, (name, done.stderr[-2000:])
         assert any("refused: it holds a" in line for line in err), (name, err)
         assert "Traceback" not in done.stderr, (name, done.stderr[-2000:])
+
+
+def test_damaged_safetensors_and_meta_shards_are_named(tmp_path):
+    from codellama_recipe.train.pretrained import load_pretrained
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                                                "num_hidden_layers": 2, "vocab_size": 256, "intermediate_size": 176}))
+    (hf / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_pretrained(hf)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "params.json").write_text(json.dumps({"dim": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 256}))
+    torch.save({"tok_embeddings.weight": torch.zeros(2, 2), "x": Payload(tmp_path / "pwned")},
+               meta / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth: not a readable Meta shard"):
+        load_pretrained(meta)
+    assert not (tmp_path / "pwned").exists()
+    (meta / "consolidated.00.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth: not a readable Meta shard"):
+        load_pretrained(meta)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import pickle
 import random
 import re
@@ -333,12 +335,53 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
     _barrier()
-    write_files(engine, tmp_dir, step, client_state, rank_state, rank=rank, model_config=model_config)
-    _barrier()  # every rank's files are written
+    failure = None
+    try:
+        write_files(engine, tmp_dir, step, client_state, rank_state, rank=rank, model_config=model_config)
+    except (OSError, RuntimeError) as e:   # torch's writer reports a full disk as RuntimeError("file write failed")
+        failure = write_failure(e, tmp_dir)
+    if _any_rank(failure is not None):     # every rank's files are written, or every rank stops here
+        if rank == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise CheckpointWriteFailed(f"{failure or 'another rank could not write its part'} while writing checkpoint "
+                                    f"{tag} in {ckpt_dir}; nothing was lost: the latest checkpoint "
+                                    f"({latest_tag(ckpt_dir) or 'none yet'}) is intact and rerunning the same "
+                                    "command resumes from it")
     if rank == 0:
         publish(ckpt_dir, tag, keep_last)
     _barrier()
     return tag
+
+
+class CheckpointWriteFailed(CheckpointError):
+    """A checkpoint could not be written (disk full, I/O error); the previous one stays the latest."""
+
+
+def write_failure(error: Exception, tmp_dir: Path) -> str:
+    """What went wrong writing a checkpoint, in words: a full disk is named as such (with the path and the space
+    left), whatever exception type reported it."""
+    full = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if not full:   # probe: can 1 MiB still be written next to the checkpoint?
+        probe = Path(tmp_dir).parent / ".space-probe"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            full = e.errno == errno.ENOSPC
+        finally:
+            probe.unlink(missing_ok=True)
+    if full:
+        free = shutil.disk_usage(Path(tmp_dir).parent).free
+        return f"no space left on the device of {Path(tmp_dir).parent} ({free / 2**20:.1f} MiB free)"
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
+def _any_rank(flag: bool) -> bool:
+    if dist.is_available() and dist.is_initialized():
+        return bool(all_reduce(torch.tensor([int(flag)]), dist.ReduceOp.MAX).item())
+    return flag
 
 
 def write_files(engine, tmp_dir: Path, step: int, client_state: dict, rank_state: dict, *, rank: int,

@@ -39,6 +39,7 @@ def sweep_run_dir(cfg) -> None:
 
 
 def _run(cfg) -> int:
+    from codellama_recipe.data.sources import BadInputError
     from codellama_recipe.train.trainer import TooManyNonFinite, run
     from codellama_recipe.train.weight_formats import CheckpointError
 
@@ -48,6 +49,9 @@ def _run(cfg) -> int:
         return 0
     except (ConfigError, CheckpointError) as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+        return 2
+    except BadInputError as e:    # strict mode: the first bad record, named by file and line
+        print(f"{PROG}: {e.one_line()}", file=sys.stderr, flush=True)
         return 2
     except TooManyNonFinite as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)

@@ -113,7 +113,13 @@ def load_meta(path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     if not shard_files:
         raise CheckpointError(f"{path}: no consolidated.*.pth shard next to params.json")
     params = _read_json(params_file)
-    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in shard_files]
+    shards = []
+    for f in shard_files:
+        try:
+            shards.append(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:  # noqa: BLE001 - truncated zip, a pickle payload (weights_only refuses it), ...
+            raise CheckpointError(f"{f}: not a readable Meta shard; loaded with torch.load(weights_only=True), never "
+                                  f"unpickled ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     state_dict = _merge_meta_shards(shards, str(path))
     if params.get("vocab_size", -1) in (-1, None) and "tok_embeddings.weight" in state_dict:
         params["vocab_size"] = state_dict["tok_embeddings.weight"].shape[0]  # Llama 2 params.json says -1
@@ -234,7 +240,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: config.json found but no *.safetensors weights")
     tensors = {}
     for f in files:
-        tensors.update(load_file(str(path / f)))
+        try:
+            tensors.update(load_file(str(path / f)))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on damaged files
+            raise CheckpointError(f"{path / f}: not a readable safetensors file ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else 'unreadable'})") from None
     return tensors
 
 
