@@ -179,7 +179,8 @@ class TrainerConfig:
     val_batches: int = 4
     activation_checkpointing: bool = False
     precision: str = "fp32"                     # fp32 | bf16
-    loss_chunk_size: int = 0
+    loss_chunk_size: Optional[int] = None      # null = auto (train/engine_setup.py::loss_chunk_tokens)
+    compile: Optional[bool] = None             # null = true on CUDA, false on CPU
     intra_document_attention: bool = False
     max_nonfinite_in_row: int = 5
     peak_flops_per_device: Optional[float] = None

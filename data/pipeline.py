@@ -310,6 +310,7 @@ class TrainLoader:
         self._last_worker = self.num_logical - 1
         self._batches = 0
         self._fingerprint = self._make_fingerprint()
+        self.pin_memory = False   # the trainer sets it on CUDA: page-locked batches, copied to the GPU asynchronously
 
     # -- streams ------------------------------------------------------------------------------
     def _build_stream(self, logical: int) -> RowStream:
@@ -325,8 +326,10 @@ class TrainLoader:
         else:
             source = iter(torch.utils.data.DataLoader(
                 dataset, batch_size=None, num_workers=self.plan.num_workers, collate_fn=_identity,
-                prefetch_factor=self.plan.prefetch_factor, persistent_workers=False))
+                prefetch_factor=self.plan.prefetch_factor, persistent_workers=False, pin_memory=self.pin_memory))
         for batch, logical, state in source:
+            if self.pin_memory and self.plan.num_workers == 0:
+                batch = {k: v.pin_memory() for k, v in batch.items()}
             self._states[logical] = state
             self._last_worker = logical
             self._batches += 1

@@ -92,7 +92,7 @@ def compose(overrides: list[str]):
 # Fault injection (in the launched processes)
 # --------------------------------------------------------------------------------------------------------
 
-FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step")
+FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile")
 
 
 def fault_env(faults: dict) -> dict:
@@ -122,8 +122,18 @@ def install_faults(env) -> None:
     - hang_at_step: after that step (its metrics and checkpoint written) every rank blocks until a stop signal
       arrives;
     - hang_in_save_at_step: inside that step's checkpoint save, every rank's files written but the folder not yet
-      published, every rank blocks (until killed)."""
+      published, every rank blocks (until killed);
+    - break_compile: torch.compile's backend raises, as a compiler failure would."""
     from codellama_recipe.train import checkpoints, trainer
+
+    if env.get("TEST_BREAK_COMPILE"):
+        def compile_with_a_broken_backend(model):
+            def broken(gm, example_inputs):
+                raise RuntimeError("injected compiler failure")
+            for layer in model.layers:
+                layer.compile(backend=broken)
+
+        trainer.compile_blocks = compile_with_a_broken_backend
 
     nan_steps = {int(s) for s in env.get("TEST_INJECT_NAN_STEPS", "").split(",") if s}
     nan_rank = int(env.get("TEST_INJECT_NAN_RANK", "-1"))

@@ -320,3 +320,11 @@ def test_cpu_peak_keeps_the_best_measurement_so_a_busy_sample_never_lowers_it(tm
     samples = iter([100e9, 30e9, 120e9])     # idle, busy, idle
     monkeypatch.setattr(metrics, "measure_matmul_flops", lambda *a, **k: next(samples))
     assert [metrics.cpu_peak_flops(tmp_path) for _ in range(3)] == [100e9, 100e9, 120e9]
+
+
+def test_the_chunked_loss_is_the_default_where_full_logits_would_be_large():
+    from codellama_recipe.train.engine_setup import loss_chunk_tokens
+
+    assert loss_chunk_tokens(None, 16384, 32016) == 8192        # 16k tokens x 32k vocabulary: 2.1 GB of fp32 logits
+    assert loss_chunk_tokens(None, 8 * 512, 4096) == 0          # the CPU demo: 67 MB, the plain loss
+    assert loss_chunk_tokens(0, 16384, 32016) == 0 and loss_chunk_tokens(1024, 8, 8) == 1024   # as configured

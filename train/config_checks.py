@@ -66,8 +66,10 @@ def _one_of(node, name: str, allowed, where: str) -> None:
 def check_trainer(t) -> None:
     for name, minimum in (("max_steps", 1), ("batch_tokens", 1), ("micro_batch_size", 1), ("checkpoint_every", 0),
                           ("keep_last", 1), ("log_every", 1), ("val_every", 0), ("val_batches", 0),
-                          ("loss_chunk_size", 0), ("max_nonfinite_in_row", 1)):
+                          ("max_nonfinite_in_row", 1)):
         _at_least(t, name, minimum, "trainer")
+    if t.loss_chunk_size is not None:
+        _at_least(t, "loss_chunk_size", 0, "trainer")
     if t.precision == "fp16":
         raise ConfigError("trainer.precision", t.precision,
                           f"fp16 (loss scaling) is not supported; allowed values: {', '.join(PRECISIONS)}")

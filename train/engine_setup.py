@@ -119,6 +119,50 @@ def prepare_model(cfg: DictConfig, vocab_size: int, load_weights: bool = True) -
     return setup
 
 
+AUTO_LOSS_CHUNK_TOKENS = 8192
+AUTO_LOSS_CHUNK_ABOVE_BYTES = 1 << 30
+
+
+def loss_chunk_tokens(configured: int | None, micro_batch_tokens: int, vocab_size: int) -> int:
+    """trainer.loss_chunk_size as used: as configured, or (null) chunks of 8,192 tokens when one micro-batch's
+    fp32 logits would take more than 1 GiB, where never materialising them pays; 0 means the plain loss."""
+    if configured is not None:
+        return int(configured)
+    return AUTO_LOSS_CHUNK_TOKENS if micro_batch_tokens * vocab_size * 4 > AUTO_LOSS_CHUNK_ABOVE_BYTES else 0
+
+
+def compile_wanted(configured: bool | None, device: torch.device) -> bool:
+    return bool(configured) if configured is not None else device.type == "cuda"
+
+
+def compile_blocks(model: Llama) -> None:
+    """torch.compile each transformer block in place (the module DeepSpeed wraps keeps its hooks and parameters).
+    The blocks differ only in their int layer_idx: dynamo may treat it as dynamic (one graph for all), and gets a
+    recompile per block where that is not honoured (with the default limit of 8, later blocks ran eager)."""
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(model.layers))
+    for layer in model.layers:
+        layer.compile()
+
+
+def uncompile_blocks(model: Llama) -> None:
+    for layer in model.layers:
+        layer._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def is_compile_failure(error: BaseException) -> bool:
+    """An error raised by torch.compile's machinery (dynamo, AOT autograd, inductor, a C++ compiler it ran)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__ or ""
+        if module.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def build_model(setup: ModelSetup, *, seed: int, activation_checkpointing: bool) -> Llama:
     torch.manual_seed(seed)  # the same random init on every rank
     model = Llama(setup.config, activation_checkpointing=activation_checkpointing)

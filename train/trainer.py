@@ -12,6 +12,7 @@ One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accu
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -34,8 +35,10 @@ from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import RunPlan, check_config
 from codellama_recipe.train.distributed import all_reduce
-from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, device_and_backend,
-                                                 init_distributed, prepare_model)
+from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, compile_blocks,
+                                                 compile_wanted, device_and_backend, init_distributed,
+                                                 is_compile_failure, loss_chunk_tokens, prepare_model,
+                                                 uncompile_blocks)
 from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
 from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, ProgressBar, memory_gb, mfu_metrics,
                                             peak_flops_per_device)
@@ -135,6 +138,9 @@ class TrainContext:
     tokenizer_path: str
     last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
     mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
+    loss_chunk_size: int = 0                   # trainer.loss_chunk_size as used (null resolved)
+    compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
+    backward_started: bool = False
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
 
@@ -200,6 +206,7 @@ def build_loaders(cfg: DictConfig, tokenizer, rank: int, world_size: int, plan: 
     from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders
 
     train_loader = build_train_loader(plan.data, tokenizer, rank, world_size, plan.micro_batch_size)
+    train_loader.pin_memory = torch.cuda.is_available()   # the device the engine trains on (device_and_backend)
     val_loaders = {}
     if cfg.trainer.val_every and cfg.trainer.val_batches:
         val_loaders = build_val_loaders(plan.data, tokenizer, rank, world_size, plan.micro_batch_size,
@@ -349,6 +356,12 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     peak, peak_source = (peak_flops_per_device(cfg.trainer.peak_flops_per_device, device, Path(str(cfg.cache_dir)))
                          if rank == 0 else (float("nan"), ""))
     _log(rank, f"MFU denominator: {peak / 1e12:.3f} TFLOP/s per process ({peak_source})")
+    chunk = loss_chunk_tokens(cfg.trainer.loss_chunk_size, plan.micro_batch_size * plan.seq_len,
+                              setup.config.vocab_size)
+    compiled = compile_wanted(cfg.trainer.compile, device)
+    if compiled:
+        compile_blocks(engine.module)
+        _log(rank, "torch.compile per transformer block (the first step compiles them)")
     stop = StopFlag()
     stop.install()
     exit_code = 1
@@ -357,7 +370,8 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
             cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
             val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
             state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
-            flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path))
+            flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
+            loss_chunk_size=chunk, compile_pending=compiled))
         exit_code = 0
         return result
     finally:
@@ -442,7 +456,34 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
 
 def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
     """One optimizer update over `grad_accum` micro-batches; False when it was skipped on every rank (a non-finite
-    loss on any rank, or a non-finite gradient norm)."""
+    loss on any rank, or a non-finite gradient norm). The first step of compiled blocks compiles them; if that
+    fails before any backward pass, the step runs again eagerly, after one warning."""
+    if not ctx.compile_pending:
+        return _train_step(ctx, batches, lr, interval)
+    ctx.compile_pending = False
+    taken = []
+
+    def recorded():
+        while True:
+            taken.append(next(batches))
+            yield taken[-1]
+    try:
+        return _train_step(ctx, recorded(), lr, interval)
+    except Exception as e:
+        if not is_compile_failure(e) or ctx.backward_started:
+            raise
+        root = e   # dynamo keeps the compiler's own error as inner_exception (or the cause)
+        while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
+            root = getattr(root, "inner_exception", None) or root.__cause__
+        why = f"{type(e).__name__}" + (f" <- {type(root).__name__}: {str(root).splitlines()[0][:200]}" if root is not e
+                                       else f": {str(e).splitlines()[0][:200] if str(e) else ''}")
+        _log(ctx.rank, f"WARNING: torch.compile failed ({why}); training eagerly (set trainer.compile=false to "
+                       "skip the attempt)")
+        uncompile_blocks(ctx.engine.module)
+        return _train_step(ctx, itertools.chain(taken, batches), lr, interval)
+
+
+def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
     set_lr(ctx.optimizer, lr)
     for _ in range(ctx.plan.grad_accum):
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()}
@@ -450,6 +491,7 @@ def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics)
         finite = torch.isfinite(loss)
         # A non-finite loss must poison the gradients (an inf loss can have finite ones) so that the overflow
         # check skips the update on every rank; a finite loss is multiplied by exactly 1.
+        ctx.backward_started = True
         ctx.engine.backward(loss * torch.where(finite, 1.0, float("nan")).detach())
         ctx.engine.step()
         interval.add_microbatch(losses, valid, finite, batch["is_fim"], batch["source_ids"])
@@ -458,8 +500,7 @@ def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics)
 
 def microbatch_loss(ctx: TrainContext, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-token losses, mask of the tokens that carry one, their mean: the loss the backward pass starts from)."""
-    t = ctx.cfg.trainer
-    losses, valid = token_losses_of(ctx.engine, batch, t.loss_chunk_size, t.intra_document_attention)
+    losses, valid = token_losses_of(ctx.engine, batch, ctx.loss_chunk_size, ctx.cfg.trainer.intra_document_attention)
     return losses, valid, mean_loss(losses, valid)
 
 
@@ -497,7 +538,7 @@ def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, gra
     metrics.update(combine_data_metrics(per_rank))
     if with_validation:
         t = ctx.cfg.trainer
-        state.last_val = validate(ctx.engine, ctx.val_loaders, ctx.device, t.loss_chunk_size,
+        state.last_val = validate(ctx.engine, ctx.val_loaders, ctx.device, ctx.loss_chunk_size,
                                   t.intra_document_attention)
         metrics.update({f"val/loss/{s}": v for s, v in state.last_val.items()})
     if math.isfinite(metrics["train/loss"]):
