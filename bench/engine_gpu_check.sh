@@ -26,7 +26,7 @@ PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/engine_gpu}
 LOGS=${OUT:-$WORK}
 rm -rf "$WORK"; mkdir -p "$WORK" "$LOGS"
-TRAIN() { "$PY" tests/helpers_engine.py "$@"; }
+TRAIN() { TEST_SYNTHETIC_DATA=1 "$PY" tests/helpers_engine.py "$@"; }   # synthetic batches: no corpus to build
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 "$PY" -c 'import torch, deepspeed; print("torch", torch.__version__, "deepspeed", deepspeed.__version__, "cuda", torch.cuda.is_available())'
 
