@@ -508,8 +508,69 @@ class AblateConfig:
     arms: Dict[str, AblateArm] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Self-instruct
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SelfInstructGenerator:
+    kind: str = "endpoint"                      # endpoint | local
+    url: str = "http://127.0.0.1:8000"
+    model: str = "codellama"
+    api_key_env: Optional[str] = None
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 4
+    model_path: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 8
+
+
+@dataclass
+class SelfInstructStep:
+    prompt: str = MISSING
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batches: int = 1                            # questions only: prompts sent
+    n: int = 1                                  # solutions only: per question
+
+
+@dataclass
+class SelfInstructDecontamination:
+    enabled: bool = True
+    ngram: int = 6
+    threshold: float = 0.5
+    humaneval_path: Optional[str] = None
+    mbpp_path: Optional[str] = None
+
+
+@dataclass
+class SelfInstructOutput:
+    user_template: str = "{question}"
+    answer_template: str = "[PYTHON]\n{solution}\n[/PYTHON]"
+    with_tests: bool = False
+    tests_template: str = "\n[TESTS]\n{tests}\n[/TESTS]"
+
+
+@dataclass
+class SelfInstructConfig:
+    """codellama-selfinstruct (conf/selfinstruct.yaml)."""
+    out_dir: str = "runs/selfinstruct"
+    seed: int = 0
+    chunk: int = 16
+    generator: SelfInstructGenerator = field(default_factory=SelfInstructGenerator)
+    questions: SelfInstructStep = field(default_factory=SelfInstructStep)
+    tests: SelfInstructStep = field(default_factory=SelfInstructStep)
+    solutions: SelfInstructStep = field(default_factory=SelfInstructStep)
+    decontamination: SelfInstructDecontamination = field(default_factory=SelfInstructDecontamination)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    output: SelfInstructOutput = field(default_factory=SelfInstructOutput)
+
+
 SCHEMAS = {"train_schema": TrainConfig, "pipeline_schema": PipelineRunConfig, "eval_schema": EvalConfig,
-           "ablate_schema": AblateConfig}
+           "ablate_schema": AblateConfig, "selfinstruct_schema": SelfInstructConfig}
 
 
 def register_schemas() -> None:
