@@ -534,6 +534,7 @@ class SelfInstructStep:
     temperature: float = 0.0
     top_p: float = 1.0
     batches: int = 1                            # questions only: prompts sent
+    path: Optional[str] = None                  # questions only: a file of questions instead (one per line)
     n: int = 1                                  # solutions only: per question
 
 

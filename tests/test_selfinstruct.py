@@ -227,3 +227,20 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_2(tmp_path, capsys):
                  "decontamination.enabled=false", "questions.batches=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no answer after 2 tries" in err[0] and "Connection refused" in err[0], err
+
+
+def test_questions_from_a_file_skip_the_question_writer(server, sandbox, tmp_path):
+    from codellama_recipe.core.errors import InputFileError
+
+    questions = tmp_path / "q.txt"
+    questions.write_text('Write a function that returns the sum of a list of integers.\n\n'
+                         '{"question": "Write a function that reverses a string."}\n')
+    cfg = config(tmp_path / "si", server.url)
+    cfg.questions.path = str(questions)
+    asked = len(server.requests)
+    stats = SelfInstruct(cfg, Endpoint(server.url, model="fixture"), sandbox.judge_many, None).run()
+    assert stats["questions_generated"] == 2 and stats["questions_with_tests"] == 2
+    assert not any("programming interview questions" in r["prompt"] for r in server.requests[asked:])
+    questions.write_text('{"not a question": 1}\n')
+    with pytest.raises(InputFileError, match=r"q\.txt:1"):
+        SelfInstruct(cfg, Endpoint(server.url, model="fixture"), sandbox.judge_many, None).run()

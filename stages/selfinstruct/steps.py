@@ -73,6 +73,10 @@ class SelfInstruct:
     # 1 ------------------------------------------------------------------------------------------------
     def questions(self) -> list[str]:
         q = self.cfg.questions
+        if q.path:
+            found = read_question_file(Path(str(q.path)))
+            self.stats["questions_generated"] = len(found)
+            return found
         journal = Journal(self.out / "questions.jsonl", ("batch",))
         self._generate(journal, [((b,), b) for b in range(q.batches)], lambda i: q.prompt,
                        lambda i: item_seed(self.cfg.seed, "questions", i[1]),
@@ -197,6 +201,26 @@ class SelfInstruct:
             stats.setdefault(f"rejected/{reason}", 0)
         write_json_atomic(self.out / "stats.json", stats)
         return stats
+
+
+def read_question_file(path: Path) -> list[str]:
+    """Questions written elsewhere: one per line, or jsonl rows with a "question" field."""
+    from codellama_recipe.core.errors import InputFileError
+
+    if not path.is_file():
+        raise InputFileError(path, None, "no such file (questions.path)")
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                found.append(str(json.loads(line)["question"]).strip())
+            except (ValueError, KeyError, TypeError):
+                raise InputFileError(path, number, 'expected {"question": "..."} or a plain line') from None
+        else:
+            found.append(line.strip())
+    return found
 
 
 def stats_table(stats: dict) -> str:
