@@ -4,8 +4,10 @@ count is checked, a killed run resumes to exactly the rows of an uninterrupted o
 one line and exit 2."""
 import http.server
 import json
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,7 @@ class FixtureServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fixture.requests.append(body)
+                time.sleep(fixture.delay_s)
                 prompt = body["prompt"]
                 if "programming interview questions" in prompt:
                     text = QUESTIONS[fixture.question_batch[body["seed"]]]
@@ -86,6 +89,7 @@ class FixtureServer:
             def log_message(self, *args):
                 pass
 
+        self.delay_s = 0.0
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.question_batch = {item_seed(0, "questions", b): b for b in range(len(QUESTIONS))}
@@ -244,3 +248,29 @@ def test_questions_from_a_file_skip_the_question_writer(server, sandbox, tmp_pat
     questions.write_text('{"not a question": 1}\n')
     with pytest.raises(InputFileError, match=r"q\.txt:1"):
         SelfInstruct(cfg, Endpoint(server.url, model="fixture"), sandbox.judge_many, None).run()
+
+
+def test_the_command_killed_with_sigkill_resumes_to_the_same_rows(server, tmp_path):
+    args = [f"generator.url={server.url}", f"questions.batches={len(QUESTIONS)}", f"solutions.n={N_SOLUTIONS}",
+            "chunk=1", "sandbox.timeout_s=2", "sandbox.cpu_s=2", "sandbox.workers=2"]
+
+    def command(out):
+        return [sys.executable, "-m", "codellama_recipe.stages.selfinstruct.cli", f"out_dir={out}", *args]
+    done = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    server.delay_s = 0.3
+    proc = subprocess.Popen(command(tmp_path / "cut"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        solutions = tmp_path / "cut" / "solutions.jsonl"
+        if solutions.exists() and len(solutions.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.1)
+    proc.kill()                                   # SIGKILL mid-way through the solutions
+    proc.wait()
+    server.delay_s = 0.0
+    done = subprocess.run(command(tmp_path / "cut"), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("dataset.jsonl", "triples.jsonl", "stats.json"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert "rows kept" in done.stdout
