@@ -505,7 +505,9 @@ class AblateConfig:
     scale: AblateScale = field(default_factory=AblateScale)
     eval: AblateEval = field(default_factory=AblateEval)
     settings: Dict[str, Any] = field(default_factory=dict)
-    arms: Dict[str, AblateArm] = field(default_factory=dict)
+    # each value is an AblateArm, checked by stages/ablate/arms.py (a typed Dict[str, AblateArm] refuses an arm
+    # added on the command line, +arms.<name>={...}, before its keys could be checked)
+    arms: Dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -218,3 +218,17 @@ def test_smoke_ablation_resumes_and_writes_the_report_and_the_summary_lines(tmp_
     again = run_ablate(tmp_path)       # finished arms and measurements are skipped
     assert again.count("skipped") == 6 and "[train] training steps" not in again and "measuring" not in again
     assert again.strip().splitlines()[-len(SUMMARY_PATTERNS):] == last
+
+
+def test_an_arm_added_on_the_command_line_is_composed_and_its_keys_checked():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.stages.ablate.arms import compose_arms
+
+    extra = '+arms.fim_psm_only={parent: null, settings: base, set: {data.fim.spm_rate: 0.0}, measure: ["infill:psm"]}'
+    arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x", extra]))}
+    assert arms["fim_psm_only"].cfg.data.fim.spm_rate == 0.0 and arms["fim_psm_only"].measure == ["infill:psm"]
+    assert _differences(arms["fim"].cfg, arms["fim_psm_only"].cfg) == {"data.fim.spm_rate"}
+    with pytest.raises(ConfigError, match=r"arms\.bad\.parentt.*unknown key"):
+        compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x",
+                                                "+arms.bad={parentt: null, settings: base}"]))

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import PipelineRunConfig
+from codellama_recipe.core.config import typed
+from codellama_recipe.core.schema import AblateArm, PipelineRunConfig
 from codellama_recipe.stages.pipeline import PipelineError, check_stage, compose_stage, stage_fingerprint
 from codellama_recipe.train.checkpoints import config_differences
 
@@ -63,7 +64,8 @@ def arm_entries(acfg: DictConfig) -> dict[str, dict]:
     """Each arm's codellama-train keys (as a pipeline stage entry), interpolations resolved."""
     resolved = OmegaConf.to_container(acfg, resolve=True)
     settings, entries = resolved["settings"], {}
-    for name, arm in resolved["arms"].items():
+    for name, raw in resolved["arms"].items():
+        arm = dataclasses.asdict(typed(AblateArm, raw, f"arms.{name}"))
         if arm["settings"] not in settings:
             raise ConfigError(f"arms.{name}.settings", arm["settings"], f"one of {sorted(settings)}")
         entry = OmegaConf.create(copy.deepcopy(settings[arm["settings"]]))
@@ -85,7 +87,8 @@ def pipeline_view(acfg: DictConfig, entries: dict, order: list[str]) -> DictConf
 
 def compose_arms(acfg: DictConfig) -> list[Arm]:
     """Every arm's training config, checked by codellama-train's checks (nothing runs)."""
-    resolved_arms = OmegaConf.to_container(acfg.arms, resolve=True)
+    resolved_arms = {name: dataclasses.asdict(typed(AblateArm, arm, f"arms.{name}"))
+                     for name, arm in OmegaConf.to_container(acfg.arms, resolve=True).items()}
     order = arm_order(resolved_arms)
     view = pipeline_view(acfg, arm_entries(acfg), order)
     run_dir = Path(str(acfg.run_dir))
