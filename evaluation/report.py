@@ -1,7 +1,8 @@
 """A small report from one or more results.json files (e.g. one per pipeline stage, in order):
 report.md (a metrics table, one column per result) and PNG plots:
 
-  metrics_by_stage.png        every pass@1 / accuracy metric across the results
+  metrics_by_stage.png        every pass@1 / accuracy / exact-match metric across the results
+  infill_loss_by_stage.png    held-out infilling loss (PSM, SPM, prefix only) across the results
   perplexity_by_context.png   perplexity of the tokens in each context-length bin, one line per result
   key_retrieval.png           retrieval accuracy heatmap, length x key position, one panel per result
 
@@ -28,7 +29,7 @@ def _load(item) -> dict:
 
 def _stage_metrics(results: Sequence[dict]) -> list[str]:
     keys = sorted({k for r in results for k in r.get("metrics", {})})
-    return [k for k in keys if k.endswith("/pass@1") or k == "key_retrieval/accuracy"]
+    return [k for k in keys if k.endswith(("/pass@1", "/exact_match")) or k == "key_retrieval/accuracy"]
 
 
 def _fmt(v) -> str:
@@ -58,6 +59,27 @@ def plot_metrics_by_stage(results: Sequence[dict], path: Path) -> bool:
     ax.set_ylabel("score")
     ax.set_title("metrics by stage")
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_infill_loss(results: Sequence[dict], path: Path) -> bool:
+    keys = sorted({k for r in results for k in r.get("metrics", {}) if k.startswith("corpus_infilling/")
+                   and k.endswith("/loss")})
+    if not keys:
+        return False
+    labels = [r.get("label", f"run{i}") for i, r in enumerate(results)]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels) + 3), 4))
+    for k in keys:
+        ys = [r.get("metrics", {}).get(k) for r in results]
+        ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker="o",
+                label=k.split("/")[1])
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set_ylabel("loss of the true middle (nats/token)")
+    ax.set_title("held-out infilling loss by stage (lower is better)")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -117,7 +139,7 @@ def write_report(items: Sequence, out_dir) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = ["# Evaluation report", "", markdown_table(results), ""]
-    for name, plot in (("metrics_by_stage.png", plot_metrics_by_stage),
+    for name, plot in (("metrics_by_stage.png", plot_metrics_by_stage), ("infill_loss_by_stage.png", plot_infill_loss),
                        ("perplexity_by_context.png", plot_perplexity),
                        ("key_retrieval.png", plot_key_retrieval)):
         if plot(results, out_dir / name):

@@ -212,7 +212,9 @@ def test_corpus_infilling_with_no_fitting_file_is_skipped_or_refused(tiny_export
 
 def test_report_across_stages(tmp_path):
     def result(label, score, ppl):
-        return {"label": label, "metrics": {"humaneval/pass@1": score, "key_retrieval/accuracy": score / 2},
+        return {"label": label, "metrics": {"humaneval/pass@1": score, "key_retrieval/accuracy": score / 2,
+                                            "corpus_infilling/psm/loss": 3 - score,
+                                            "corpus_infilling/psm/exact_match": score},
                 "details": {"perplexity": {"context_lengths": [128, 256], "ppl": ppl, "ppl_bin": ppl},
                             "key_retrieval": {"lengths": [256, 512], "positions": [0.0, 1.0],
                                               "accuracy": [[1.0, 0.5], [0.25, 0.0]]}}}
@@ -225,6 +227,6 @@ def test_report_across_stages(tmp_path):
     text = report.read_text()
     assert "| metric | code | python | long_context |" in text
     assert "| humaneval/pass@1 | 0.1 | 0.2 | 0.25 |" in text
-    for png in ("metrics_by_stage.png", "perplexity_by_context.png", "key_retrieval.png"):
+    for png in ("metrics_by_stage.png", "infill_loss_by_stage.png", "perplexity_by_context.png", "key_retrieval.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == PNG_MAGIC
         assert f"]({png})" in text
