@@ -65,8 +65,11 @@ def run(cfg: DictConfig) -> dict:
                       if d.enabled else None)
     with run_dir_lock(Path(str(cfg.out_dir))):
         sandbox = Sandbox(cfg.sandbox)
-        stats = SelfInstruct(cfg, make_generator(cfg.generator), sandbox.judge_many, decontaminator).run()
+        runner = SelfInstruct(cfg, make_generator(cfg.generator), sandbox.judge_many, decontaminator)
+        stats = runner.run()
     print(stats_table(stats), flush=True)
+    print("seconds per step (this session): " + ", ".join(f"{k} {v:.1f}" for k, v in runner.seconds.items()),
+          flush=True)
     print(f"[selfinstruct] {cfg.out_dir}/dataset.jsonl: {stats['kept']} rows "
           f"(instruct stage: corpus.instruct.paths=[{cfg.out_dir}/dataset.jsonl])", flush=True)
     return stats

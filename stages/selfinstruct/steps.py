@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -191,11 +192,21 @@ class SelfInstruct:
         return rows
 
     def run(self) -> dict:
-        questions = self.filter(self.questions())
-        tests = self.tests(questions)
-        codes = self.solutions(questions, tests)
-        statuses = self.execute(codes, tests)
-        self.select(questions, tests, codes, statuses)
+        seconds = {}
+
+        def timed(name, call, *args):
+            started = time.perf_counter()
+            result = call(*args)
+            seconds[name] = round(time.perf_counter() - started, 2)
+            return result
+        questions = timed("filter", self.filter, timed("questions", self.questions))
+        tests = timed("tests", self.tests, questions)
+        codes = timed("solutions", self.solutions, questions, tests)
+        statuses = timed("execution", self.execute, codes, tests)
+        timed("selection", self.select, questions, tests, codes, statuses)
+        # this session's time per step (a resumed run only counts what it did), apart from the counts
+        write_json_atomic(self.out / "timings.json", seconds)
+        self.seconds = seconds
         stats = {k: int(self.stats[k]) for k in sorted(self.stats)}
         for reason in REASONS:
             stats.setdefault(f"rejected/{reason}", 0)
