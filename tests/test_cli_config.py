@@ -87,7 +87,8 @@ def test_sweep_runs_every_job_in_its_own_run_dir(tmp_path):
 
 
 def test_eval_sweep_checks_every_job_first(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n')
     proc = command("codellama-eval", "-m", "generation.temperature=0.0,-1", "samples=x.jsonl",
                    "benchmark=humaneval", cwd=tmp_path)
     assert proc.returncode == 2 and "generation.temperature=-1.0 is invalid" in proc.stderr, proc.stderr[-2000:]
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == ["x.jsonl"]            # the first job did not run either
