@@ -65,7 +65,7 @@ def test_resume_is_bit_exact(tmp_path, num_workers, world_size, tokenizer):
     cfg = mixed_cfg(tmp_path, num_workers=num_workers)
     names = list(cfg["sources"])
     nl, nl_code, prose = names.index("nl"), names.index("nl_code"), names.index("prose")
-    total, follow = 60, 10
+    total, follow = 80, 10
     for rank in range(world_size):
         batches, states = run_with_states(build_train_loader(cfg, tok, rank, world_size, 3), total)
         points = {
