@@ -70,17 +70,21 @@ def test_a_second_start_mid_run_exits_2_at_once_and_leaves_the_first_run_alone(t
     overrides = BASE + [f"run_dir={run_dir}", "trainer.max_steps=12", "trainer.checkpoint_every=2",
                         "trainer.keep_last=2"]
     first = H.launch(overrides, nproc=2, log_path=tmp_path / "a.log", hang_at_step=4)   # mid-run, after step 4
-    H.wait_for(lambda: H.hang_marker(run_dir, 0).exists(), first, what="the first run at step 4")
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    started = time.time()
-    rc, out = H.run(overrides, nproc=2)
-    # the worker exits 2; torchrun reports any failed worker as its own exit 1
-    assert rc == 1 and "exitcode  : 2" in out and "is in use by pid" in out, out[-4000:]
-    assert time.time() - started < 60
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == checkpoints    # untouched
-    for pid in H.worker_pids(first):           # the first run checkpoints and stops as usual (preemption)
-        os.kill(pid, signal.SIGTERM)
-    assert first.wait(timeout=300) == 0, H.output(first)[-4000:]
+    try:
+        H.wait_for(lambda: H.hang_marker(run_dir, 0).exists(), first, what="the first run at step 4")
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        started = time.time()
+        rc, out = H.run(overrides, nproc=2)
+        # the worker exits 2; torchrun reports any failed worker as its own exit 1
+        assert rc == 1 and "exitcode  : 2" in out and "is in use by pid" in out, out[-4000:]
+        assert time.time() - started < 60
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == checkpoints    # untouched
+        for pid in H.worker_pids(first):           # the first run checkpoints and stops as usual (preemption)
+            os.kill(pid, signal.SIGTERM)
+        assert first.wait(timeout=300) == 0, H.output(first)[-4000:]
+    finally:
+        if first.poll() is None:
+            H.kill_tree(first)
     assert _metrics_steps(run_dir) == [1, 2, 3, 4]
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
 
@@ -96,6 +100,8 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)         # the launcher only, as a lost ssh session or a crashed shell does
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(workers, timeout=60)
+    for p in alive:                           # never leave them behind, even when the test fails
+        p.kill()
     assert not alive, f"workers still running after their launcher died: {[p.pid for p in alive]}"
     assert "because its launcher (pid" in H.output(proc)
     with run_dir_lock(run_dir):       # their lock went with them: the run_dir is free for the next command
