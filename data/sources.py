@@ -400,10 +400,11 @@ def _check_text(text: str, max_chars: int) -> str:
         raise SkipRecord("empty")
     if len(text) > max_chars:
         raise SkipRecord("too_long", f"{len(text)} characters > max_doc_chars={max_chars}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:   # lone surrogates, which JSON can carry and no tokenizer can read
-        raise SkipRecord("invalid_text", f"{exc.reason} at character {exc.start}") from None
+    if not text.isascii():   # only non-ASCII text can hold lone surrogates, which JSON carries and no tokenizer reads
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SkipRecord("invalid_text", f"{exc.reason} at character {exc.start}") from None
     return text
 
 

@@ -45,19 +45,21 @@ def markdown_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_metrics_by_stage(results: Sequence[dict], path: Path) -> bool:
-    keys = _stage_metrics(results)
+def _plot_by_stage(results: Sequence[dict], keys: Sequence[str], path: Path, *, ylabel: str, title: str,
+                   label=lambda key: key, ylim=None) -> bool:
+    """One line per metric key across the results (stages), written to `path`; False when there is none."""
     if not keys:
         return False
     labels = [r.get("label", f"run{i}") for i, r in enumerate(results)]
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels) + 3), 4))
     for k in keys:
         ys = [r.get("metrics", {}).get(k) for r in results]
-        ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker="o", label=k)
+        ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker="o", label=label(k))
     ax.set_xticks(range(len(labels)), labels, rotation=20)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("score")
-    ax.set_title("metrics by stage")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -65,25 +67,16 @@ def plot_metrics_by_stage(results: Sequence[dict], path: Path) -> bool:
     return True
 
 
+def plot_metrics_by_stage(results: Sequence[dict], path: Path) -> bool:
+    return _plot_by_stage(results, _stage_metrics(results), path, ylabel="score", title="metrics by stage",
+                          ylim=(-0.02, 1.02))
+
+
 def plot_infill_loss(results: Sequence[dict], path: Path) -> bool:
-    keys = sorted({k for r in results for k in r.get("metrics", {}) if k.startswith("corpus_infilling/")
-                   and k.endswith("/loss")})
-    if not keys:
-        return False
-    labels = [r.get("label", f"run{i}") for i, r in enumerate(results)]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(labels) + 3), 4))
-    for k in keys:
-        ys = [r.get("metrics", {}).get(k) for r in results]
-        ax.plot(range(len(labels)), [float("nan") if y is None else y for y in ys], marker="o",
-                label=k.split("/")[1])
-    ax.set_xticks(range(len(labels)), labels, rotation=20)
-    ax.set_ylabel("loss of the true middle (nats/token)")
-    ax.set_title("held-out infilling loss by stage (lower is better)")
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    keys = sorted({k for r in results for k in r.get("metrics", {})
+                   if k.startswith("corpus_infilling/") and k.endswith("/loss")})
+    return _plot_by_stage(results, keys, path, ylabel="loss of the true middle (nats/token)",
+                          title="held-out infilling loss by stage (lower is better)", label=lambda k: k.split("/")[1])
 
 
 def plot_perplexity(results: Sequence[dict], path: Path) -> bool:

@@ -159,5 +159,5 @@ def test_a_strict_mode_stop_is_one_line_naming_file_and_line(tmp_path, workers):
                                      f"data.num_workers={workers}"], nproc=0)
     assert rc == 2, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("codellama-train: ")]
-    assert len(errors) == 1 and f"(invalid_text) in source" in errors[0] and f"{data.name}:31" in errors[0], errors
+    assert len(errors) == 1 and "(invalid_text) in source" in errors[0] and f"{data.name}:31" in errors[0], errors
     assert "Traceback" not in out
