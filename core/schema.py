@@ -451,6 +451,7 @@ class AblateArm:
     settings: str = MISSING
     set: Dict[str, Any] = field(default_factory=dict)
     measure: List[str] = field(default_factory=list)   # what codellama-ablate measures on its export
+    curve: bool = False   # also measure its infill:/exact: entries at eval.curve_fractions of its steps (checkpoints)
 
 
 @dataclass
@@ -462,7 +463,9 @@ class AblateScale:
     batch_tokens: int = 8192
     micro_batch_size: int = 8
     long_micro_batch_size: int = 2
-    base_steps: int = 100
+    general_steps: int = 100            # the general base model every twin continues from
+    general_lr: float = 2.0e-3
+    base_steps: int = 100               # each twin
     base_lr: float = 2.0e-3
     base_warmup_steps: int = 10
     base_max_doc_chars: int = 1_000_000
@@ -476,7 +479,9 @@ class AblateScale:
 @dataclass
 class AblateEval:
     """`eval`: how much held-out data each measurement reads (conf/ablate/<preset>.yaml)."""
-    infill_docs: int = 64               # held-out code files that fit in T (FIM trains on those only)
+    infill_docs: int = 64               # pieces of the held-out infilling set (the corpus's infilling/heldout) that
+                                        # fit in T
+    curve_fractions: List[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])  # learning-curve points
     spans_per_doc: int = 4              # random whole-line middles per file (infilling loss)
     max_span_lines: int = 8
     lines_per_doc: int = 2              # single lines removed per file (exact match)
@@ -491,6 +496,7 @@ class AblateEval:
     retrieval_examples: int = 8
     batch_size: int = 16
     bootstrap_samples: int = 1000
+    device: str = "cpu"                 # where the measurements run: cpu | cuda | auto (cuda when available)
 
 
 @dataclass
@@ -505,6 +511,7 @@ class AblateConfig:
     scale: AblateScale = field(default_factory=AblateScale)
     eval: AblateEval = field(default_factory=AblateEval)
     settings: Dict[str, Any] = field(default_factory=dict)
+    code_pieces: Dict[str, Any] = field(default_factory=dict)   # `corpus` keys of the general base and the twins
     # each value is an AblateArm, checked by stages/ablate/arms.py (a typed Dict[str, AblateArm] refuses an arm
     # added on the command line, +arms.<name>={...}, before its keys could be checked)
     arms: Dict[str, Any] = field(default_factory=dict)

@@ -1,7 +1,11 @@
 """`codellama-corpus OUT`: the embedded default corpus, built from files already on the machine.
 
 Everything comes from the running Python installation (found through sys / sysconfig / site, never
-from fixed paths) plus, when present, the standard Debian/Ubuntu licence locations:
+from fixed paths). By default only what a release pins is read, so that two users of the same release and Python
+version build the same corpus (the manifest's `fingerprint` tells): the standard library, the interpreter's C
+headers, and the files of the pinned distributions (`distributions`: torch, whose version the Makefile pins); with
+`include_system_dirs` (or `distributions=None`: every installed package and the environment's scripts) it also
+reads the standard Debian/Ubuntu licence locations and shell scripts, which differ from machine to machine:
 
   code      C/C++ and CUDA sources and headers, Python (installed packages, not the stdlib), shell,
             and a few other languages shipped inside packages (Fortran, protobuf, CMake, ...)
@@ -15,11 +19,19 @@ Output: `<out>/<source>/{train,val}-NNNNN.jsonl` (text rows {"text", "path", "ki
 {"messages", "source_path"}) and `<out>/manifest.json`. The build is deterministic: files are walked
 in sorted order and then taken in the order of a hash of their path label; the validation split is a
 hash of the path label too (so a stdlib module is held out in `python`, `nl_code` and `instruct`
-alike, and never leaks into training through another source). Texts are exact-deduplicated by sha256.
+alike, and never leaks into training through another source). Texts are exact-deduplicated by sha256; in
+`code` and `python`, generated files (a generator's marker near the top, such as torchgen's `@generated`) are
+skipped and near-duplicates (MinHash, Jaccard >= 0.7 over 5-token shingles, data.near_dedup) of a file taken
+before are skipped, so one family of generated headers cannot fill the source.
+
+`code` and `python` also come as pieces: `<source>/{train,val}_pieces-NNNNN.jsonl` hold the same files cut into
+pieces of at most `piece_chars` characters at top-level boundaries (data.pieces), for models whose context
+holds few whole files (the ablations and the demo train and evaluate infilling on them).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import json
@@ -34,9 +46,12 @@ from typing import Callable, Iterable, Iterator
 
 from codellama_recipe.core.atomic import replace_dir_atomic, write_bytes_atomic, write_text_atomic
 from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
+from codellama_recipe.data.near_dedup import NearDuplicateIndex, looks_generated
+from codellama_recipe.data.pieces import split_into_pieces
 
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
 SOURCES = ("code", "python", "nl_code", "nl", "instruct")
+DEDUPLICATED_SOURCES = ("code", "python")   # generated files and near-duplicates skipped; also written as pieces
 MB = 1_000_000
 
 DEFAULT_SOURCE_BYTES = {"code": 24 * MB, "python": 12 * MB, "nl_code": 8 * MB, "nl": 4 * MB, "instruct": 4 * MB}
@@ -50,7 +65,12 @@ class CorpusConfig:
     val_per_mille: int = 30           # ~3% of path labels go to validation
     train_shards: int = 8             # 2 ranks x 2 workers read whole shards
     val_shards: int = 4
-    include_system_dirs: bool = True  # licences in /usr/share, shell scripts in /usr/bin, bash completions
+    include_system_dirs: bool = False  # licences in /usr/share, shell scripts in /usr/bin, bash completions (these
+                                       # differ between machines: off by default)
+    distributions: tuple | None = ("torch",)   # installed packages read (their RECORD files); None: every package
+                                               # in site-packages and the environment's bin/ scripts
+    near_dup_threshold: float = 0.7   # MinHash Jaccard over 5-token shingles (StarCoder's near-dedup value)
+    piece_chars: int = 1500           # the `*_pieces` splits: files cut into pieces of at most this many chars
 
     def validate(self) -> "CorpusConfig":
         unknown = set(self.source_bytes) - set(SOURCES)
@@ -59,7 +79,9 @@ class CorpusConfig:
         for name, cap in self.source_bytes.items():
             if not isinstance(cap, int) or cap <= 0:
                 raise ValueError(f"corpus source_bytes[{name!r}]={cap!r} is invalid; must be a positive int")
-        for key in ("max_file_bytes", "train_shards", "val_shards"):
+        if not 0 < self.near_dup_threshold <= 1:
+            raise ValueError(f"corpus near_dup_threshold={self.near_dup_threshold!r} is invalid; must be in (0, 1]")
+        for key in ("max_file_bytes", "train_shards", "val_shards", "piece_chars"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"corpus {key}={getattr(self, key)!r} is invalid; must be > 0")
         if not 0 < self.val_per_mille < 1000:
@@ -108,6 +130,34 @@ def _dedup_dirs(paths: Iterable) -> list[pathlib.Path]:
     return out
 
 
+def distribution_files(names) -> dict[str, set[str]]:
+    """site-packages root label -> the relative paths of the files that the named distributions installed there
+    (from their RECORD). An absent distribution is an error: the corpus would silently differ."""
+    import importlib.metadata
+
+    roots = {label: path.resolve() for label, path in python_roots().items() if label.startswith("site-packages")}
+    allowed: dict[str, set[str]] = {label: set() for label in roots}
+    for name in names:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ValueError(f"corpus distributions: {name!r} is not installed; install it or set distributions") \
+                from None
+        for f in dist.files or ():
+            path = pathlib.Path(dist.locate_file(f)).resolve()
+            for label, root in roots.items():
+                if root in path.parents:
+                    allowed[label].add(path.relative_to(root).as_posix())
+                    break
+    return allowed
+
+
+def distribution_versions(names) -> dict[str, str]:
+    import importlib.metadata
+
+    return {name: importlib.metadata.version(name) for name in names}
+
+
 def python_roots() -> dict[str, pathlib.Path]:
     """Root label -> directory, for the running interpreter."""
     paths = sysconfig.get_paths()
@@ -150,8 +200,11 @@ def _shell_shebang(path: pathlib.Path) -> bool:
     return head.startswith(SH_SHEBANGS)
 
 
-def discover(roots: dict[str, pathlib.Path], include_system_dirs: bool) -> dict[str, dict[str, list[Candidate]]]:
-    """source -> bucket -> candidates (in sorted-walk order; ordering by hash happens later)."""
+def discover(roots: dict[str, pathlib.Path], include_system_dirs: bool,
+             allowed: dict[str, set[str]] | None = None) -> dict[str, dict[str, list[Candidate]]]:
+    """source -> bucket -> candidates (in sorted-walk order; ordering by hash happens later). With `allowed`, a
+    root it names contributes only the files it lists, and a root it does not name outside the interpreter's own
+    (stdlib, include) contributes nothing."""
     buckets: dict[str, dict[str, list[Candidate]]] = {s: {} for s in SOURCES}
 
     def add(source, kind, label, path):
@@ -160,8 +213,13 @@ def discover(roots: dict[str, pathlib.Path], include_system_dirs: bool) -> dict[
     for root_name, root in roots.items():
         is_stdlib = root_name == "stdlib"
         skip = STDLIB_SKIP_DIRS if is_stdlib else SKIP_DIRS
+        if allowed is not None and root_name not in allowed and root_name not in ("stdlib", "include"):
+            continue
         for p in _walk(root, skip):
-            label = f"{root_name}/{p.relative_to(root).as_posix()}"
+            relative = p.relative_to(root).as_posix()
+            if allowed is not None and root_name in allowed and relative not in allowed[root_name]:
+                continue
+            label = f"{root_name}/{relative}"
             ext, name = p.suffix.lower(), p.name
             if root_name.startswith("bin"):
                 if ext in SHELL or name == "activate" or (ext == "" and _shell_shebang(p)):
@@ -334,9 +392,11 @@ def _row_key(row: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def select_source(buckets: dict[str, list[Candidate]], loaders, cap: int, seen: set, skipped: dict) -> list[dict]:
+def select_source(buckets: dict[str, list[Candidate]], loaders, cap: int, seen: set, skipped: dict,
+                  near: NearDuplicateIndex | None = None) -> list[dict]:
     """Take candidates until `cap` bytes, always from the bucket with the fewest bytes taken so far
-    (so languages / kinds stay balanced until the small ones run out), each bucket in hash order."""
+    (so languages / kinds stay balanced until the small ones run out), each bucket in hash order. With `near`,
+    generated files and near-duplicates of a file taken before are skipped (counted as such)."""
     order = sorted(buckets)
     queues = {k: iter(sorted(buckets[k], key=lambda c: (_hash_int("order", c.label), c.label))) for k in order}
     taken = {k: 0 for k in order}
@@ -357,6 +417,13 @@ def select_source(buckets: dict[str, list[Candidate]], loaders, cap: int, seen: 
             if key in seen:
                 skipped["duplicate"] = skipped.get("duplicate", 0) + 1
                 continue
+            if near is not None:
+                if looks_generated(row["text"]):
+                    skipped["generated"] = skipped.get("generated", 0) + 1
+                    continue
+                if not near.add(row["text"]):
+                    skipped["near_duplicate"] = skipped.get("near_duplicate", 0) + 1
+                    continue
             seen.add(key)
             rows.append(row)
             size = _row_bytes(row)
@@ -379,6 +446,39 @@ def split_rows(rows: list[dict], val_per_mille: int) -> tuple[list[dict], list[d
     train = [r for r in rows if label(r) not in val_labels]
     val = [r for r in rows if label(r) in val_labels]
     return train, val
+
+
+def pieces_of(rows: list[dict], max_chars: int) -> list[dict]:
+    """Each text row cut into pieces (data.pieces); a piece's path is its file's label + "#<piece number>"."""
+    return [{"text": piece, "path": f"{r['path']}#{i}", "kind": r["kind"]}
+            for r in rows for i, piece in enumerate(split_into_pieces(r["text"], max_chars))]
+
+
+INFILLING_SOURCE = "infilling"
+INFILLING_DESCRIPTION = (
+    "The held-out infilling set: pieces of the validation files of `code` and `python` (so C/C++, CUDA, shell and "
+    "package Python next to standard-library Python) with at least 3 non-blank lines, none a near-duplicate of "
+    "any training piece of either source, in a fixed hash order. codellama-ablate and the per-stage evaluation "
+    "(corpus_infilling) fill their middles and lines.")
+
+
+def infilling_heldout(pieces: dict[tuple[str, str], list[dict]], cfg: CorpusConfig) -> tuple[list[dict], dict]:
+    """The held-out infilling set (INFILLING_DESCRIPTION) and why other validation pieces were left out."""
+    train_index = NearDuplicateIndex(cfg.near_dup_threshold)
+    for source in DEDUPLICATED_SOURCES:
+        for row in pieces.get((source, "train"), ()):
+            train_index.add(row["text"])
+    kept, skipped = [], collections.Counter()
+    for source in DEDUPLICATED_SOURCES:
+        for row in pieces.get((source, "val"), ()):
+            if sum(1 for line in row["text"].splitlines() if line.strip()) < 3:
+                skipped["short"] += 1
+            elif train_index.match(row["text"])[0] is not None:
+                skipped["near_duplicate_of_train"] += 1
+            else:
+                kept.append({"text": row["text"], "path": f"{source}/{row['path']}", "kind": row["kind"]})
+    kept.sort(key=lambda r: (_hash_int("infilling", r["path"]), r["path"]))
+    return kept, dict(sorted(skipped.items()))
 
 
 def write_shards(rows: list[dict], out_dir: pathlib.Path, split: str, n_shards: int) -> list[dict]:
@@ -428,22 +528,30 @@ def build_corpus(out_dir, cfg: CorpusConfig | None = None, roots: dict | None = 
         raise ValueError(f"corpus output {str(out_dir)!r} exists and is not a corpus (no manifest.json); "
                          "give a new or empty directory")
     start = time.perf_counter()
-    roots = roots if roots is not None else python_roots()
-    buckets = discover(roots, cfg.include_system_dirs)
+    explicit_roots = roots is not None
+    roots = roots if explicit_roots else python_roots()
+    pinned = cfg.distributions is not None and not explicit_roots
+    allowed = distribution_files(cfg.distributions) if pinned else None
+    if allowed is not None:
+        roots = {k: v for k, v in roots.items() if k in ("stdlib", "include") or allowed.get(k)}
+    buckets = discover(roots, cfg.include_system_dirs, allowed)
     loaders = make_loaders(cfg, _pydoc_topics())
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     seen: set[str] = set()
+    pieces: dict[tuple[str, str], list[dict]] = {}
     manifest = {"format_version": CORPUS_FORMAT_VERSION, "python": sys.version.split()[0],
                 "roots": {k: str(v) for k, v in roots.items()} | ({"system": "/"} if cfg.include_system_dirs else {}),
-                "config": dataclasses.asdict(cfg), "sources": {}}
+                "config": dataclasses.asdict(cfg), "sources": {},
+                "distributions": distribution_versions(cfg.distributions) if pinned else None}
     try:
         for source in SOURCES:
             skipped: dict[str, int] = {}
+            near = NearDuplicateIndex(cfg.near_dup_threshold) if source in DEDUPLICATED_SOURCES else None
             rows = select_source(buckets[source], loaders, cfg.source_bytes.get(source, DEFAULT_SOURCE_BYTES[source]),
-                                 seen, skipped)
+                                 seen, skipped, near)
             if not rows:
                 raise ValueError(f"corpus source {source!r} is empty on this machine (candidates per kind: "
                                  f"{ {k: len(v) for k, v in buckets[source].items()} }, skipped: {skipped})")
@@ -451,6 +559,12 @@ def build_corpus(out_dir, cfg: CorpusConfig | None = None, roots: dict | None = 
             (tmp / source).mkdir()
             shards = {"train": write_shards(train, tmp / source, "train", cfg.train_shards),
                       "val": write_shards(val, tmp / source, "val", cfg.val_shards) if val else []}
+            if source in DEDUPLICATED_SOURCES:
+                for split, split_rows_, n in (("train", train, cfg.train_shards), ("val", val, cfg.val_shards)):
+                    if split_rows_:
+                        pieces[source, split] = pieces_of(split_rows_, cfg.piece_chars)
+                        shards[f"{split}_pieces"] = write_shards(pieces[source, split], tmp / source,
+                                                                 f"{split}_pieces", n)
             kinds: dict[str, dict[str, int]] = {}
             for r in rows:
                 k = kinds.setdefault(r.get("kind", "stdlib_functions"), {"docs": 0, "bytes": 0})
@@ -468,9 +582,17 @@ def build_corpus(out_dir, cfg: CorpusConfig | None = None, roots: dict | None = 
             }
             log(f"  {source:9s} {len(labels):6d} files {len(rows):7d} docs "
                 f"{sum(map(_row_bytes, rows)) / MB:6.1f} MB (val {len(val)} docs)")
+        heldout, heldout_skipped = infilling_heldout(pieces, cfg)
+        (tmp / INFILLING_SOURCE).mkdir()
+        manifest["infilling"] = {"description": INFILLING_DESCRIPTION, "docs": len(heldout),
+                                 "kinds": dict(sorted(collections.Counter(r["kind"] for r in heldout).items())),
+                                 "skipped": heldout_skipped,
+                                 "shards": {"heldout": write_shards(heldout, tmp / INFILLING_SOURCE, "heldout", 1)}}
+        log(f"  {INFILLING_SOURCE:9s} {len(heldout):6d} held-out pieces (skipped {heldout_skipped})")
         manifest["fingerprint"] = hashlib.sha256(json.dumps(
-            {s: [sh["sha256"] for split in ("train", "val") for sh in m["shards"][split]]
-             for s, m in manifest["sources"].items()}, sort_keys=True).encode()).hexdigest()
+            {s: [sh["sha256"] for split in sorted(m["shards"]) for sh in m["shards"][split]]
+             for s, m in manifest["sources"].items()} | {INFILLING_SOURCE: manifest["infilling"]["shards"]},
+            sort_keys=True).encode()).hexdigest()
         write_text_atomic(tmp / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
         replace_dir_atomic(tmp, out_dir)
     finally:
@@ -484,6 +606,8 @@ def shard_files(corpus_dir, source: str, split: str) -> list[pathlib.Path]:
     """The shard paths of one source and split, as listed in the manifest."""
     corpus_dir = pathlib.Path(corpus_dir)
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    if source == INFILLING_SOURCE and "infilling" in manifest:
+        return [corpus_dir / source / s["file"] for s in manifest["infilling"]["shards"][split]]
     if source not in manifest["sources"]:
         raise ValueError(f"corpus {str(corpus_dir)!r} has no source {source!r}; it has {sorted(manifest['sources'])}")
     return [corpus_dir / source / s["file"] for s in manifest["sources"][source]["shards"][split]]
@@ -510,15 +634,21 @@ def main(argv=None) -> int:
     p.add_argument("--val-per-mille", type=int, default=CorpusConfig.val_per_mille)
     p.add_argument("--train-shards", type=int, default=CorpusConfig.train_shards)
     p.add_argument("--val-shards", type=int, default=CorpusConfig.val_shards)
-    p.add_argument("--no-system-dirs", action="store_true",
-                   help="only the Python installation (no /usr/share licences, /usr/bin scripts, completions)")
+    p.add_argument("--system-dirs", action="store_true",
+                   help="also /usr/share licences, /usr/bin scripts and bash completions (machine-dependent)")
+    p.add_argument("--no-system-dirs", action="store_true", help="(the default) only the Python installation")
+    p.add_argument("--distributions", nargs="*", default=list(CorpusConfig.distributions), metavar="NAME",
+                   help="installed packages whose files are read (default: torch); --all-packages reads every one")
+    p.add_argument("--all-packages", action="store_true",
+                   help="every package in site-packages and the environment's scripts (machine-dependent)")
     args = p.parse_args(argv)
     try:
         caps = dict(DEFAULT_SOURCE_BYTES)
         caps.update(_parse_source_bytes(args.source_mb))
         cfg = CorpusConfig(source_bytes=caps, max_file_bytes=args.max_file_kb * 1000,
                            val_per_mille=args.val_per_mille, train_shards=args.train_shards,
-                           val_shards=args.val_shards, include_system_dirs=not args.no_system_dirs)
+                           val_shards=args.val_shards, include_system_dirs=args.system_dirs and not args.no_system_dirs,
+                           distributions=None if args.all_packages else tuple(args.distributions))
         if args.scale != 1.0:
             cfg = cfg.scaled(args.scale)
         build_corpus(args.out, cfg)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from codellama_recipe.data.corpus import CORPUS_FORMAT_VERSION, SOURCES, CorpusConfig, build_corpus, shard_files
 from codellama_recipe.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 
 
 class EmbeddedPaths(NamedTuple):

@@ -16,8 +16,8 @@ import random
 from collections.abc import Iterable, Sequence
 
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
-from codellama_recipe.evaluation.infill_loss import MODES, middle_losses
-from codellama_recipe.evaluation.infill_spans import exact_match, line_spans, removed_lines
+from codellama_recipe.evaluation.infill_loss import MODES, OTHER_SUFFIX, middle_losses
+from codellama_recipe.evaluation.infill_spans import Span, exact_match, line_spans, removed_lines
 
 FIM_FRAME_TOKENS = 6     # BOS <PRE> <SUF> <MID> <EOT> EOS around a transformed document
 
@@ -33,12 +33,18 @@ def fitting_files(texts: Iterable[str], tokenizer, max_chars: int, max_tokens: i
 
 def infill_loss_sums(model, tokenizer, docs: Sequence[str], mode: str, *, spans_per_doc: int, max_span_lines: int,
                      seed: int, batch_size: int = 16) -> dict:
-    """{"sums": [...], "counts": [...]}: the middles' summed loss and token count per file."""
+    """{"sums": [...], "counts": [...]}: the middles' summed loss and token count per file. In the *_othersuffix
+    modes the k-th span of file d gets the suffix of the k-th span of file d + 1 (cyclically)."""
     if mode not in MODES:
         raise ValueError(f"infilling mode {mode!r}: one of {MODES}")
+    all_spans = [line_spans(text, spans_per_doc, max_span_lines, random.Random(f"{seed}/infill/{d}"))
+                 for d, text in enumerate(docs)]
     sums, counts = [], []
-    for d, text in enumerate(docs):
-        spans = line_spans(text, spans_per_doc, max_span_lines, random.Random(f"{seed}/infill/{d}"))
+    for d, spans in enumerate(all_spans):
+        if mode.endswith(OTHER_SUFFIX) and len(docs) > 1:
+            donors = all_spans[(d + 1) % len(docs)]
+            spans = [Span(s.prefix, s.middle, donors[k % len(donors)].suffix if donors else "")
+                     for k, s in enumerate(spans)]
         losses = middle_losses(model, tokenizer, spans, mode, batch_size)
         sums.append(float(sum(v.sum() for v in losses)))
         counts.append(int(sum(len(v) for v in losses)))
@@ -48,8 +54,8 @@ def infill_loss_sums(model, tokenizer, docs: Sequence[str], mode: str, *, spans_
 def exact_match_hits(model, tokenizer, docs: Sequence[str], mode: str, *, lines_per_doc: int, seed: int,
                      max_new_tokens: int, batch_size: int = 16, n_examples: int = 6) -> dict:
     """{"hits": [...], "n": [...], "examples": [...]}: per file, lines filled exactly and lines tried."""
-    if mode not in MODES:
-        raise ValueError(f"infilling mode {mode!r}: one of {MODES}")
+    if mode not in ("psm", "spm", "ar"):
+        raise ValueError(f"single-line infilling mode {mode!r}: one of psm, spm, ar")
     owners, spans = [], []
     for d, text in enumerate(docs):
         for span in removed_lines(text, lines_per_doc, random.Random(f"{seed}/line/{d}")):

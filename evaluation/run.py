@@ -32,7 +32,7 @@ from codellama_recipe.train.weight_formats import DTYPES
 log = logging.getLogger(__name__)
 
 CONF_DIR = conf_dir()
-CORPUS_INFILLING_MODES = ("psm", "spm", "ar")
+CORPUS_INFILLING_MODES = ("psm", "spm", "ar", "psm_nosuffix", "spm_nosuffix")   # *_nosuffix: loss only
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
 BENCHMARKS = CODE_BENCHMARKS + ("corpus_infilling", "key_retrieval", "perplexity")
 
@@ -197,16 +197,23 @@ def run_corpus_infilling(cfg, model, tokenizer) -> tuple[dict, dict]:
         raise FileNotFoundError(f"corpus_infilling: no file of at most {ci.max_chars} characters fits, FIM-framed, "
                                 f"in {max_tokens} tokens")
     modes = [m for m in ci.modes if m == "ar" or tokenizer.has_infilling]
+    no_suffix = {m for m in modes if m.endswith("_nosuffix")}   # the suffix gain's denominator: loss only
     metrics, details = {}, {"corpus_infilling": {"files": len(docs), "max_tokens": max_tokens, "modes": {}}}
     for mode in modes:
         loss = infill_loss_sums(model, tokenizer, docs, mode, spans_per_doc=ci.spans_per_doc,
                                 max_span_lines=ci.max_span_lines, seed=cfg.seed, batch_size=cfg.batch_size)
+        metrics[f"corpus_infilling/{mode}/loss"] = sum(loss["sums"]) / max(1, sum(loss["counts"]))
+        details["corpus_infilling"]["modes"][mode] = {"middle_tokens": sum(loss["counts"])}
+        if mode in no_suffix:
+            continue
         exact = exact_match_hits(model, tokenizer, docs, mode, lines_per_doc=ci.lines_per_doc, seed=cfg.seed,
                                  max_new_tokens=ci.max_new_tokens, batch_size=cfg.batch_size)
-        metrics[f"corpus_infilling/{mode}/loss"] = sum(loss["sums"]) / max(1, sum(loss["counts"]))
         metrics[f"corpus_infilling/{mode}/exact_match"] = sum(exact["hits"]) / max(1, sum(exact["n"]))
-        details["corpus_infilling"]["modes"][mode] = {"middle_tokens": sum(loss["counts"]), "lines": sum(exact["n"]),
-                                                      "examples": exact["examples"]}
+        details["corpus_infilling"]["modes"][mode] |= {"lines": sum(exact["n"]), "examples": exact["examples"]}
+    for mode in ("psm", "spm"):
+        if mode in modes and f"{mode}_nosuffix" in modes:
+            metrics[f"corpus_infilling/{mode}/suffix_gain"] = (metrics[f"corpus_infilling/{mode}_nosuffix/loss"]
+                                                               / metrics[f"corpus_infilling/{mode}/loss"])
     if len(modes) < len(ci.modes):
         details["corpus_infilling"]["skipped_modes"] = "psm/spm: the tokenizer has no infilling pieces"
     return metrics, details

@@ -280,6 +280,8 @@ HEADLINE_METRICS = (
     ("corpus_infilling/psm/loss", "held-out infilling: middle loss, PSM prompt"),
     ("corpus_infilling/spm/loss", "held-out infilling: middle loss, SPM prompt"),
     ("corpus_infilling/ar/loss", "held-out infilling: middle loss, prefix only"),
+    ("corpus_infilling/psm_nosuffix/loss", "held-out infilling: middle loss, PSM prompt with the suffix emptied"),
+    ("corpus_infilling/psm/suffix_gain", "held-out infilling: suffix gain (PSM loss without / with the suffix)"),
     ("corpus_infilling/psm/exact_match", "held-out single-line exact match, PSM"),
     ("corpus_infilling/spm/exact_match", "held-out single-line exact match, SPM"),
     ("corpus_infilling/ar/exact_match", "held-out single-line exact match, prefix only"),

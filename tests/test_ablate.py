@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SUMMARY_PATTERNS = [
     r"fim: infill_loss fim_psm/ar = [\d.]+",
     r"fim: exact_match fim_psm = [\d.]+ fim_spm = [\d.]+ ar = [\d.]+",
+    r"fim: suffix_gain psm = [\d.]+ spm = [\d.]+ \(other file's suffix: psm = [\d.]+ spm = [\d.]+\)",
+    r"fim: psm_only infill_loss psm/ar = [\d.]+ suffix_gain = [\d.]+ \(other: [\d.]+\) exact_match = [\d.]+",
     r"fim: ar_val_loss fim/ar = [\d.]+",
     r"lcft: ppl@16T theta1e6/theta1e4 = [\d.]+",
     r"lcft: ppl@16T theta1e6/none = [\d.]+",
@@ -148,6 +150,7 @@ def test_arms_differ_only_where_declared():
 
     arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x"]))}
     assert _differences(arms["fim"].cfg, arms["ar"].cfg) == {"data.fim.rate"}
+    assert _differences(arms["fim"].cfg, arms["fim_psm_only"].cfg) == {"data.fim.spm_rate"}
     assert _differences(arms["lcft_theta1e4"].cfg, arms["lcft_theta1e6"].cfg) == {"model.rope_theta"}
     assert _differences(arms["code_more"].cfg, arms["lcft_theta1e6"].cfg) == {
         "data.seq_len", "model.max_seq_len", "trainer.micro_batch_size", "model.rope_theta"}
@@ -157,7 +160,27 @@ def test_arms_differ_only_where_declared():
         assert arms[name].cfg.init_from == "/tmp/x/ar/hf"
         assert arms[name].cfg.trainer.batch_tokens * arms[name].cfg.trainer.max_steps == \
             arms["code_more"].cfg.trainer.batch_tokens * arms["code_more"].cfg.trainer.max_steps
-    assert arms["fim"].cfg.init_from is None and arms["ar"].cfg.init_from is None
+    for twin in ("fim", "fim_psm_only", "ar"):       # every twin continues the one general base
+        assert arms[twin].cfg.init_from == "/tmp/x/general/hf" and arms[twin].curve
+        assert arms[twin].cfg.data.sources.code.paths[0].endswith("code/train_pieces-*.jsonl")
+    assert arms["general"].cfg.init_from is None and arms["general"].cfg.data.fim.rate == 0.0
+
+
+def test_gpu_preset_composes_with_the_arms_of_the_cpu_presets():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.arms import compose_arms
+    from codellama_recipe.stages.ablate.measure import check_measurements, curve_steps
+
+    acfg = compose_checked("ablate", ["ablate=gpu", "run_dir=/tmp/x"])
+    arms = {a.name: a for a in compose_arms(acfg)}
+    check_measurements(list(arms.values()), acfg)
+    smoke = {a.name for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x"]))}
+    assert set(arms) == smoke
+    fim = arms["fim"].cfg
+    assert (fim.model.dim, fim.model.n_layers, fim.trainer.precision) == (512, 8, "bf16")
+    assert fim.trainer.batch_tokens * fim.trainer.max_steps == 960 * 65536 and fim.trainer.keep_last >= 8
+    assert curve_steps(acfg) == [120, 240, 480, 960] and acfg.eval.device == "cuda"
+    assert arms["lcft_theta1e6"].cfg.data.seq_len == 2048 and arms["lcft_theta1e6"].cfg.trainer.precision == "bf16"
 
 
 # ------------------------------------------------------------------------------------------ smoke run
@@ -205,18 +228,25 @@ def test_smoke_ablation_resumes_and_writes_the_report_and_the_summary_lines(tmp_
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"setup", "arms", "fim", "lcft", "python", "claims", "lines"} <= set(results)
     assert results["lines"] == last
-    assert set(results["arms"]) == {"fim", "ar", "code_more", "lcft_theta1e4", "lcft_theta1e6", "python"}
+    assert set(results["arms"]) == {"general", "fim", "fim_psm_only", "ar", "code_more", "lcft_theta1e4",
+                                    "lcft_theta1e6", "python"}
     assert {"fim_psm", "fim_spm", "ar"} == set(results["fim"]["infill_loss"])
     for interval in results["fim"]["infill_loss"].values():
         assert interval["low"] <= interval["value"] <= interval["high"]
     assert "ppl@16T theta1e6/theta1e4" in results["lcft"]["ratios"]
-    for png in ("training_curves", "fim_infilling", "val_loss_by_source", "lcft_perplexity", "lcft_key_retrieval"):
+    for arm in ("fim", "fim_psm_only"):              # the learning curve: steps 8 and 24 of 24
+        assert [p["step"] for p in results["fim_curve"][arm]] == [8, 24]
+        assert {"psm"} <= set(results["fim_curve"][arm][0]["suffix_gain"])
+    assert results["fim_curve"]["fim"][-1]["suffix_gain"]["psm"] == results["fim"]["suffix_gain"]["psm"]
+    assert results["setup"]["corpus_fingerprint"]
+    for png in ("training_curves", "fim_infilling", "fim_curve", "val_loss_by_source", "lcft_perplexity",
+                "lcft_key_retrieval"):
         assert (tmp_path / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "report.md").read_text()
     assert "## Claims" in report and "theta1e6" in report
 
     again = run_ablate(tmp_path)       # finished arms and measurements are skipped
-    assert again.count("skipped") == 6 and "[train] training steps" not in again and "measuring" not in again
+    assert again.count("skipped") == 8 and "[train] training steps" not in again and "measuring" not in again
     assert again.strip().splitlines()[-len(SUMMARY_PATTERNS):] == last
 
 
@@ -225,10 +255,10 @@ def test_an_arm_added_on_the_command_line_is_composed_and_its_keys_checked():
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.stages.ablate.arms import compose_arms
 
-    extra = '+arms.fim_psm_only={parent: null, settings: base, set: {data.fim.spm_rate: 0.0}, measure: ["infill:psm"]}'
+    extra = '+arms.fim_spm_only={parent: general, settings: base, set: {data.fim.spm_rate: 1.0}, measure: ["infill:spm"]}'
     arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x", extra]))}
-    assert arms["fim_psm_only"].cfg.data.fim.spm_rate == 0.0 and arms["fim_psm_only"].measure == ["infill:psm"]
-    assert _differences(arms["fim"].cfg, arms["fim_psm_only"].cfg) == {"data.fim.spm_rate"}
+    assert arms["fim_spm_only"].cfg.data.fim.spm_rate == 1.0 and arms["fim_spm_only"].measure == ["infill:spm"]
+    assert _differences(arms["fim"].cfg, arms["fim_spm_only"].cfg) == {"data.fim.spm_rate"}
     with pytest.raises(ConfigError, match=r"arms\.bad\.parentt.*unknown key"):
         compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x",
                                                 "+arms.bad={parentt: null, settings: base}"]))

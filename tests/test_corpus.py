@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from codellama_recipe.data.corpus import SOURCES, CorpusConfig, _read_text, Skip, build_corpus, shard_files
-from codellama_recipe.data.embedded import corpus_train_files, ensure_embedded
+from codellama_recipe.data.embedded import TOKENIZER_VERSION, corpus_train_files, ensure_embedded
 from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
 from codellama_recipe.data.tokenizer import Tokenizer
 
@@ -223,7 +223,7 @@ def test_two_processes_racing_build_once(tmp_path):
     results = {line for o in outs for line in o.splitlines() if line.startswith("RESULT")}
     assert len(results) == 1
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
-    tok = Tokenizer(tmp_path / "tokenizer-v1.model")
+    tok = Tokenizer(tmp_path / f"tokenizer-v{TOKENIZER_VERSION}.model")
     assert tok.has_infilling
 
 
@@ -255,3 +255,38 @@ def test_cli_builds_with_caps(tmp_path):
     assert all(len(m["shards"]["train"]) == 2 for m in manifest["sources"].values())
     assert manifest["config"]["include_system_dirs"] is False
     assert main([str(tmp_path / "d"), "--source-mb", "web=1"]) == 2
+
+
+def test_code_is_pinned_deduplicated_and_cut_into_pieces_with_a_held_out_infilling_set(small_corpus):
+    from codellama_recipe.data.near_dedup import NearDuplicateIndex, looks_generated
+    from codellama_recipe.data.pieces import split_into_pieces
+
+    out, manifest = small_corpus
+    assert set(manifest["distributions"]) == {"torch"}
+    code = [r for split in ("train", "val") for r in _rows(out, "code", split)]
+    assert all(r["path"].startswith(("site-packages/torch/", "include/")) for r in code)   # only what is pinned
+    assert not any(looks_generated(r["text"]) for r in code)
+    assert manifest["sources"]["code"]["skipped"]["generated"] > 0      # torchgen's operator headers
+    index = NearDuplicateIndex()
+    assert all(index.add(r["text"]) for r in code)                       # no two near-duplicates kept
+    for split in ("train", "val"):                                       # pieces: the same files, cut
+        pieces = list(_rows(out, "code", f"{split}_pieces"))
+        files = {r["path"]: r["text"] for r in _rows(out, "code", split)}
+        by_file = {}
+        for p in pieces:
+            path, _, number = p["path"].rpartition("#")
+            by_file.setdefault(path, []).append((int(number), p["text"]))
+        assert set(by_file) == set(files)
+        for path, numbered in by_file.items():
+            assert [t for _, t in sorted(numbered)] == split_into_pieces(files[path], 1500)
+    heldout = list(_rows(out, "infilling", "heldout"))
+    assert heldout and manifest["infilling"]["docs"] == len(heldout)
+    train_index = NearDuplicateIndex()
+    for source in ("code", "python"):
+        for p in _rows(out, source, "train_pieces"):
+            train_index.add(p["text"])
+    val_pieces = {f"{s}/{p['path']}": p["text"] for s in ("code", "python") for p in _rows(out, s, "val_pieces")}
+    for row in heldout:
+        assert val_pieces[row["path"]] == row["text"]                      # a piece of a held-out file ...
+        assert train_index.match(row["text"])[0] is None                   # ... unlike any training piece
+        assert sum(1 for line in row["text"].splitlines() if line.strip()) >= 3

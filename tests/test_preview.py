@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def fake_embedded_corpus(cache: pathlib.Path):
     for source in ("code", "nl_code", "nl"):
-        write_jsonl(cache / "corpus-v1" / source / "train-00000.jsonl",
+        write_jsonl(cache / "corpus-v2" / source / "train-00000.jsonl",
                     [text_of(k, source, min_len=4, spread=20) for k in range(30)])
 
 

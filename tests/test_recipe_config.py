@@ -135,4 +135,4 @@ def test_corpus_override_reaches_every_stage_that_reads_the_source():
         cfg = compose_stage(pcfg, stage, None)
         assert list(cfg.data.sources.code.paths) == ["/data/stack/*.parquet"], stage
         assert cfg.data.sources.code.text_field == "content"
-        assert str(cfg.data.sources.nl.paths[0]).endswith("corpus-v1/nl/train-*.jsonl")
+        assert str(cfg.data.sources.nl.paths[0]).endswith("corpus-v2/nl/train-*.jsonl")

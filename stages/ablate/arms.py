@@ -35,6 +35,7 @@ class Arm:
     parent: str | None
     cfg: DictConfig           # the arm's full codellama-train config
     measure: list[str]
+    curve: bool = False       # measured along its checkpoints too (measure.measure_curve)
 
 
 def arm_order(arms: dict) -> list[str]:
@@ -97,7 +98,7 @@ def compose_arms(acfg: DictConfig) -> list[Arm]:
         parent = resolved_arms[name]["parent"]
         cfg = compose_stage(view, name, None if parent is None else str(run_dir / parent / "hf"))
         check_stage(cfg, name, first=parent is None)
-        arms.append(Arm(name, parent, cfg, list(resolved_arms[name]["measure"])))
+        arms.append(Arm(name, parent, cfg, list(resolved_arms[name]["measure"]), bool(resolved_arms[name]["curve"])))
     return arms
 
 

@@ -22,14 +22,21 @@ from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
 from codellama_recipe.stages.ablate.report import write_outputs
-from codellama_recipe.stages.ablate.statistics import fim_figures, lcft_figures, python_figures
+from codellama_recipe.stages.ablate.statistics import curve_figures, fim_figures, lcft_figures, python_figures
 from codellama_recipe.stages.pipeline import PipelineError
 
 PROG = "codellama-ablate"
 
 
 def check(acfg: DictConfig) -> None:
-    check_measurements(compose_arms(acfg))
+    check_measurements(compose_arms(acfg), acfg)
+
+
+def corpus_fingerprint(acfg: DictConfig) -> str | None:
+    from codellama_recipe.evaluation.long_files import corpus_dir_for
+
+    manifest = Path(corpus_dir_for(acfg.cache_dir)) / "manifest.json"
+    return json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
 
 
 def arm_summary(arm, run_dir: Path, declared: dict) -> dict:
@@ -51,7 +58,7 @@ def _run_ablations(acfg: DictConfig) -> int:
 
     started = time.time()
     arms = compose_arms(acfg)
-    check_measurements(arms)
+    check_measurements(arms, acfg)
     run_dir = Path(str(acfg.run_dir))
     try:
         fingerprints = train_arms(arms, run_dir)
@@ -68,9 +75,11 @@ def _run_ablations(acfg: DictConfig) -> int:
     results = {
         "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
                   "model": OmegaConf.to_container(by_name["ar"].cfg.model, resolve=True),
-                  "eval": OmegaConf.to_container(acfg.eval, resolve=True)},
+                  "eval": OmegaConf.to_container(acfg.eval, resolve=True),
+                  "corpus_fingerprint": corpus_fingerprint(acfg)},
         "arms": {arm.name: arm_summary(arm, run_dir, declared[arm.name]) for arm in arms},
-        "fim": fim_figures(measured["fim"], measured["ar"], n, seed),
+        "fim": fim_figures(measured["fim"], measured["ar"], n, seed, measured.get("fim_psm_only")),
+        "fim_curve": curve_figures(measured, acfg.scale.batch_tokens, n, seed),
         "lcft": lcft_figures(measured, n, seed, acfg.scale.seq_len),
         "python": python_figures(measured["python"], measured["code_more"], n, seed),
     }

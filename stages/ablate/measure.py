@@ -24,12 +24,15 @@ from codellama_recipe.evaluation.key_retrieval import build_examples, parse_answ
 from codellama_recipe.evaluation.long_files import corpus_dir_for, corpus_texts
 from codellama_recipe.evaluation.perplexity import loss_sums_by_context_length
 from codellama_recipe.evaluation.run import load_model_and_tokenizer
-from codellama_recipe.train.checkpoints import fingerprint
+from codellama_recipe.train.checkpoints import fingerprint, tag_for
 
 MEASUREMENTS_FILE = "ablate_measurements.json"
 VAL_SOURCES = ("code", "python", "nl_code", "nl")
-KNOWN = ("infill:psm", "infill:spm", "infill:ar", "exact:psm", "exact:spm", "exact:ar", "val_loss", "perplexity",
-         "key_retrieval")
+KNOWN = ("infill:psm", "infill:spm", "infill:ar", "infill:psm_nosuffix", "infill:spm_nosuffix",
+         "infill:psm_othersuffix", "infill:spm_othersuffix", "exact:psm", "exact:spm", "exact:ar", "val_loss",
+         "perplexity", "key_retrieval")
+CURVE_KINDS = ("infill", "exact")       # what an arm with `curve: true` also measures along its checkpoints
+INFILLING_SOURCE, INFILLING_SPLIT = "infilling", "heldout"   # data.corpus: the held-out infilling set
 
 
 @dataclasses.dataclass
@@ -41,11 +44,31 @@ class HeldOut:
     haystacks: list[str]
 
 
-def check_measurements(arms) -> None:
+def check_measurements(arms, acfg: DictConfig | None = None) -> None:
     for arm in arms:
         for name in arm.measure:
             if name not in KNOWN:
                 raise ConfigError(f"arms.{arm.name}.measure", name, f"one of {list(KNOWN)}")
+    if acfg is not None:
+        if acfg.eval.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError("eval.device", acfg.eval.device, "one of cpu, cuda, auto")
+        if any(arm.curve for arm in arms):
+            curve_steps(acfg)
+
+
+def curve_steps(acfg: DictConfig) -> list[int]:
+    """The twins' steps at eval.curve_fractions; each must be a checkpoint (a multiple of scale.checkpoint_every,
+    or the last step)."""
+    steps, every = acfg.scale.base_steps, acfg.scale.checkpoint_every
+    out = []
+    for f in acfg.eval.curve_fractions:
+        step = int(round(float(f) * steps))
+        if not 0 < float(f) <= 1 or step < 1 or (step != steps and step % every):
+            raise ConfigError("eval.curve_fractions", list(acfg.eval.curve_fractions),
+                              f"fractions in (0, 1] whose steps (of scale.base_steps={steps}) are multiples of "
+                              f"scale.checkpoint_every={every}")
+        out.append(step)
+    return sorted(set(out))
 
 
 def context_lengths(acfg: DictConfig, factors) -> list[int]:
@@ -55,8 +78,8 @@ def context_lengths(acfg: DictConfig, factors) -> list[int]:
 def held_out(acfg: DictConfig, tokenizer) -> HeldOut:
     ev, seq_len = acfg.eval, acfg.scale.seq_len
     corpus_dir = corpus_dir_for(acfg.cache_dir)
-    infill_docs = fitting_files((text for _, text in corpus_texts(corpus_dir, "code", ["val"])), tokenizer,
-                                acfg.scale.base_max_doc_chars, seq_len, ev.infill_docs)
+    infill_docs = fitting_files((text for _, text in corpus_texts(corpus_dir, INFILLING_SOURCE, [INFILLING_SPLIT])),
+                                tokenizer, acfg.scale.base_max_doc_chars, seq_len, ev.infill_docs)
     val_docs = {s: [t for _, t in itertools.islice(corpus_texts(corpus_dir, s, ["val"]), ev.val_docs_per_source)]
                 for s in VAL_SOURCES}
     longest = max(context_lengths(acfg, ev.ppl_length_factors))
@@ -107,31 +130,72 @@ def measure_key_retrieval(model, tokenizer, acfg, held: HeldOut) -> dict:
     return {"lengths": lengths, "positions": positions, "hits": hits}
 
 
+def _load(model_path: Path, acfg: DictConfig, tokenizer_path: Path | None = None):
+    return load_model_and_tokenizer(OmegaConf.create({
+        "model_path": str(model_path), "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
+        "cache_dir": acfg.cache_dir, "device": acfg.eval.device, "dtype": "float32"}))
+
+
+def _measure_one(name, model, tokenizer, acfg, held):
+    kind, _, mode = name.partition(":")
+    if kind == "infill":
+        return measure_infill(model, tokenizer, acfg, held.infill_docs, mode)
+    if kind == "exact":
+        return measure_exact(model, tokenizer, acfg, held.infill_docs, mode)
+    if kind == "val_loss":
+        return measure_val_loss(model, tokenizer, acfg, held)
+    if kind == "perplexity":
+        return measure_perplexity(model, tokenizer, acfg, held)
+    return measure_key_retrieval(model, tokenizer, acfg, held)
+
+
+def measure_curve(arm, acfg: DictConfig, held: HeldOut, results: dict, save, log=print) -> dict:
+    """{step: {measure: per-document values}} for the arm's infill:/exact: measures at its curve steps: the
+    retained checkpoints along training (the last step is the arm's export, measured already)."""
+    run_dir = Path(str(arm.cfg.run_dir))
+    names = [m for m in arm.measure if m.partition(":")[0] in CURVE_KINDS]
+    curve = results.setdefault("curve", {})
+    final = acfg.scale.base_steps
+    for step in curve_steps(acfg):
+        done = curve.setdefault(str(step), {})
+        missing = [m for m in names if m not in done]
+        if not missing:
+            continue
+        if step == final:
+            done.update({m: results[m] for m in missing})
+            save()
+            continue
+        tag_dir = run_dir / "checkpoints" / tag_for(step)
+        if not tag_dir.is_dir():
+            raise ConfigError("eval.curve_fractions", list(acfg.eval.curve_fractions),
+                              f"arm '{arm.name}' has no checkpoint {tag_dir} (keep more: trainer.keep_last)")
+        model, tokenizer = _load(tag_dir, acfg, run_dir / "hf" / "tokenizer.model")
+        for name in missing:
+            log(f"[ablate] measuring {name} on arm '{arm.name}' at step {step}")
+            done[name] = _measure_one(name, model, tokenizer, acfg, held)
+            save()
+    return curve
+
+
 def measure_arm(arm, arm_fingerprint: str, acfg: DictConfig, held: HeldOut, log=print) -> dict:
-    """The arm's measurements, computing only those not saved under the same key."""
+    """The arm's measurements (and, for an arm with `curve`, those along its checkpoints), computing only those
+    not saved under the same key."""
     path = Path(str(arm.cfg.run_dir)) / MEASUREMENTS_FILE
     key = fingerprint({"arm": arm_fingerprint, "eval": OmegaConf.to_container(acfg.eval, resolve=True),
                        "seq_len": acfg.scale.seq_len, "seed": acfg.seed})
     saved = json.loads(path.read_text()) if path.exists() else {}
     results = saved.get("results", {}) if saved.get("key") == key else {}
     missing = [m for m in arm.measure if m not in results]
-    if not missing:
-        return results
-    model, tokenizer = load_model_and_tokenizer(OmegaConf.create({
-        "model_path": str(Path(str(arm.cfg.run_dir)) / "hf"), "tokenizer_path": None, "cache_dir": acfg.cache_dir,
-        "device": "cpu", "dtype": "float32"}))
-    for name in missing:
-        log(f"[ablate] measuring {name} on arm '{arm.name}'")
-        kind, _, mode = name.partition(":")
-        if kind == "infill":
-            results[name] = measure_infill(model, tokenizer, acfg, held.infill_docs, mode)
-        elif kind == "exact":
-            results[name] = measure_exact(model, tokenizer, acfg, held.infill_docs, mode)
-        elif kind == "val_loss":
-            results[name] = measure_val_loss(model, tokenizer, acfg, held)
-        elif kind == "perplexity":
-            results[name] = measure_perplexity(model, tokenizer, acfg, held)
-        else:
-            results[name] = measure_key_retrieval(model, tokenizer, acfg, held)
+
+    def save():
         write_json_atomic(path, {"key": key, "results": results}, indent=None)
+
+    if missing:
+        model, tokenizer = _load(Path(str(arm.cfg.run_dir)) / "hf", acfg)
+        for name in missing:
+            log(f"[ablate] measuring {name} on arm '{arm.name}'")
+            results[name] = _measure_one(name, model, tokenizer, acfg, held)
+            save()
+    if arm.curve:
+        measure_curve(arm, acfg, held, results, save, log)
     return results

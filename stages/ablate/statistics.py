@@ -1,7 +1,8 @@
 """From the arms' per-document measurements to the ablations' figures, each with a bootstrap 95% interval
 over evaluation documents (paired: the arms of one ablation are scored on the same documents).
 
-The arms play fixed roles, named as in conf/ablate.yaml: the FIM twins `fim` / `ar`; the long-context arms
+The arms play fixed roles, named as in conf/ablate.yaml: the FIM twins `fim` / `ar` (and, when declared, the
+PSM-only twin `fim_psm_only`); the long-context arms
 `code_more` (no LCFT), `lcft_theta1e4`, `lcft_theta1e6`; the Python arms `python` / `code_more`.
 """
 from __future__ import annotations
@@ -21,10 +22,53 @@ def _ratio(a: dict, b: dict, n, seed, sums="sums", counts="counts") -> dict:
     return bootstrap_interval(pooled_ratio, [a[sums], a[counts], b[sums], b[counts]], n, seed)
 
 
-def fim_figures(fim: dict, ar: dict, n: int, seed: int) -> dict:
+PSM_ONLY = "fim_psm_only"
+
+
+def suffix_gains(measured: dict, n: int, seed: int) -> dict:
+    """Middle loss without the true suffix / with it, per FIM mode measured both ways: above 1 when the model takes
+    something from the suffix. `psm`, `spm`: the suffix emptied (the issue's definition); `psm_other`,
+    `spm_other`: another file's suffix in its place (the prompt keeps its shape; evaluation/infill_loss.py)."""
+    out = {}
+    for mode in ("psm", "spm"):
+        for control, name in (("nosuffix", mode), ("othersuffix", f"{mode}_other")):
+            if f"infill:{mode}_{control}" in measured and f"infill:{mode}" in measured:
+                out[name] = _ratio(measured[f"infill:{mode}_{control}"], measured[f"infill:{mode}"], n, seed)
+    return out
+
+
+def infill_point(fim: dict, ar: dict, n: int, seed: int) -> dict:
+    """One point of the learning curve (or the final figures) of a FIM arm against the AR twin."""
+    out = {"suffix_gain": suffix_gains(fim, n, seed), "infill_loss_ratio": {}, "exact_match": {}}
+    for mode in ("psm", "spm"):
+        if f"infill:{mode}" in fim and "infill:ar" in ar:
+            out["infill_loss_ratio"][f"{mode}/ar"] = _ratio(fim[f"infill:{mode}"], ar["infill:ar"], n, seed)
+        if f"exact:{mode}" in fim:
+            out["exact_match"][mode] = _pooled(fim[f"exact:{mode}"]["hits"], fim[f"exact:{mode}"]["n"], n, seed)
+    if "exact:ar" in ar:
+        out["exact_match"]["ar"] = _pooled(ar["exact:ar"]["hits"], ar["exact:ar"]["n"], n, seed)
+    return out
+
+
+def curve_figures(measured: dict, batch_tokens: int, n: int, seed: int) -> dict:
+    """{FIM arm: [{step, tokens, suffix_gain, infill_loss_ratio, exact_match}, ...]} at the steps where both the
+    arm and the AR twin were measured."""
+    ar_curve = measured["ar"].get("curve", {})
+    out = {}
+    for arm in ("fim", PSM_ONLY):
+        curve = measured.get(arm, {}).get("curve", {})
+        out[arm] = [{"step": int(step), "tokens": int(step) * batch_tokens,
+                     **infill_point(curve[step], ar_curve.get(step, {}), n, seed)}
+                    for step in sorted(curve, key=int)]
+    return out
+
+
+def fim_figures(fim: dict, ar: dict, n: int, seed: int, psm_only: dict | None = None) -> dict:
     infill = {"fim_psm": fim["infill:psm"], "fim_spm": fim["infill:spm"], "ar": ar["infill:ar"]}
     exact = {"fim_psm": fim["exact:psm"], "fim_spm": fim["exact:spm"], "ar": ar["exact:ar"]}
     return {
+        "suffix_gain": suffix_gains(fim, n, seed),
+        "psm_only": None if psm_only is None else infill_point(psm_only, ar, n, seed),
         "infill_loss": {k: _pooled(v["sums"], v["counts"], n, seed) for k, v in infill.items()},
         "infill_loss_ratio": {"fim_psm/ar": _ratio(infill["fim_psm"], infill["ar"], n, seed),
                               "fim_spm/ar": _ratio(infill["fim_spm"], infill["ar"], n, seed)},
