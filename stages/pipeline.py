@@ -26,6 +26,7 @@ from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
 from codellama_recipe.train.checkpoints import config_differences, fingerprint
+from codellama_recipe.train.stop_flag import held_stop_signals
 
 CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
@@ -47,7 +48,7 @@ def compose_pipeline(argv: list[str]) -> DictConfig:
     per_stage = [a for a in argv if top(a) == "stages"]
     every_stage = [a for a in argv if top(a) not in own]
     cfg = compose_checked("run_pipeline", [a for a in argv if top(a) in own and top(a) != "stages"])
-    cfg.common = [*cfg.common, *every_stage]
+    cfg.common = [*cfg.common, *every_stage, *per_stage]   # per-stage ones are kept to rank them above the rest
     for override in per_stage:
         key, _, value = override.lstrip("+~").partition("=")
         name = key.split(".")[1] if key.count(".") >= 1 else ""
@@ -83,16 +84,24 @@ def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictCon
     """The full codellama-train config of one stage: groups, then the pipeline's values, then run wiring."""
     entry = OmegaConf.to_container(pcfg.stages[name], resolve=False)
     groups = entry.pop("groups", {})
+    every = [o for o in pcfg.common if not str(o).lstrip("+").startswith("stages.")]
     overrides = [f"model={pcfg.pipeline.model}", *[f"{g}={v}" for g, v in groups.items()],
-                 f"seed={pcfg.seed}", *pcfg.common]
-    cfg = compose_checked("train", overrides)
+                 f"seed={pcfg.seed}", *every]
+    base = compose_checked("train", overrides)
     try:
-        cfg = OmegaConf.merge(cfg, entry)
+        cfg = OmegaConf.merge(base, entry)
     except (ConfigKeyError, ValidationError) as e:
         key = e.full_key or ""
         reason = allowed_keys(TrainConfig, key) if isinstance(e, ConfigKeyError) else str(e).splitlines()[0]
         value = OmegaConf.select(OmegaConf.create(entry), key, default="?")
         raise ConfigError.from_message(f"stages.{name}.{key}={value}: {reason}") from None
+    # A key set for every stage (`common`, which the command line extends) wins over the value a preset gives
+    # one stage: `trainer.max_steps=10` shortens every stage, `corpus.code.paths=[…]` reaches the stage that
+    # reads pieces of the embedded corpus. A `stages.<name>.<key>=…` override wins over both.
+    mine = {k.removeprefix(f"stages.{name}.") for k in _plain_keys(pcfg.common) if k.startswith(f"stages.{name}.")}
+    for key in _plain_keys(every):
+        if key not in mine and OmegaConf.select(base, key, default=_MISSING) is not _MISSING:
+            OmegaConf.update(cfg, key, OmegaConf.select(base, key), merge=False)
     group = _wandb_group(pcfg)
     cfg.run_dir = str(Path(str(pcfg.run_dir)) / name)
     cfg.cache_dir = pcfg.cache_dir
@@ -104,6 +113,20 @@ def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictCon
     cfg.wandb.job_type = name
     cfg.wandb.name = f"{group}/{name}"
     return cfg
+
+
+_MISSING = object()
+
+
+def _plain_keys(overrides) -> list[str]:
+    """The dotted keys that overrides set (`a.b=…`, `+a.b=…`); config-group choices (`deepspeed=zero3`) and
+    deletions (`~a.b`) are Hydra's, applied when the stage's config is composed."""
+    keys = []
+    for override in overrides:
+        key, sep, _ = str(override).partition("=")
+        if sep and not key.startswith("~") and ("." in key or not (CONF_DIR / key.lstrip("+")).is_dir()):
+            keys.append(key.lstrip("+"))
+    return keys
 
 
 def _wandb_group(pcfg: DictConfig) -> str:
@@ -190,7 +213,9 @@ def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
     run_dir = Path(str(pcfg.run_dir))
-    with run_dir_lock(run_dir, enabled=_rank() == 0):
+    # A signal between two stages is held and handed to the next stage's trainer, whose ranks agree to stop at
+    # its first step boundary (with a checkpoint); without this the default action would kill the command.
+    with run_dir_lock(run_dir, enabled=_rank() == 0), held_stop_signals():
         return _run_stages(pcfg, run_dir)
 
 

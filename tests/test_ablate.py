@@ -199,13 +199,13 @@ def run_ablate_stopped_in_second_twin(run_dir, timeout=600) -> str:
     """SIGTERM while the `ar` twin trains: the engine checkpoints and the command exits 0."""
     proc = subprocess.Popen(ablate_cmd(run_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "WANDB_MODE": "offline"})
-    lines, in_ar, deadline = [], False, time.time() + timeout
+    lines, in_ar, sent, deadline = [], False, False, time.time() + timeout
     for line in proc.stdout:
         lines.append(line)
         in_ar = in_ar or line.startswith("[ablate] arm 'ar'")
-        if in_ar and line.startswith("[train] training steps"):
-            time.sleep(1.5)
+        if in_ar and not sent and line.startswith("[train] training steps"):   # the flag is installed by then
             proc.send_signal(signal.SIGTERM)
+            sent = True
         assert time.time() < deadline, "".join(lines[-30:])
     assert proc.wait(timeout=60) == 0, "".join(lines[-30:])
     return "".join(lines)

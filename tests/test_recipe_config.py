@@ -136,3 +136,11 @@ def test_corpus_override_reaches_every_stage_that_reads_the_source():
         assert list(cfg.data.sources.code.paths) == ["/data/stack/*.parquet"], stage
         assert cfg.data.sources.code.text_field == "content"
         assert str(cfg.data.sources.nl.paths[0]).endswith("corpus-v2/nl/train-*.jsonl")
+
+
+def test_a_key_for_every_stage_wins_over_the_preset_and_a_per_stage_key_wins_over_both():
+    pcfg = compose_pipeline(["pipeline=tiny", "trainer.max_steps=7", "stages.python.trainer.max_steps=3",
+                             "deepspeed=zero2"])
+    steps = {s: compose_stage(pcfg, s, None).trainer.max_steps for s in pcfg.pipeline.order}
+    assert steps == {"code": 7, "python": 3, "long_context": 7, "instruct": 7}
+    assert compose_stage(pcfg, "code", None).deepspeed.zero_optimization.stage == 2

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, Prog
                                             peak_flops_per_device)
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
+from codellama_recipe.train.stop_flag import StopFlag
 from codellama_recipe.train.weight_formats import DTYPES, save_hf
 
 # DeepSpeed calls torch.distributed's deprecated collective names on every step; one warning per rank and call
@@ -76,43 +76,6 @@ class TrainState:
     def from_client(cls, client: dict) -> "TrainState":
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in client.get("train_state", {}).items() if k in names})
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (SLURM preemption), or when the launcher that started this worker is gone; read at
-    step boundaries."""
-    LAUNCHER_GONE = int(signal.SIGHUP)
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-        # Under torchrun or the deepspeed launcher the parent is the launcher. torchrun starts each worker in a
-        # session of its own, so a killed launcher (kill -9, a lost ssh session) would leave the workers training.
-        self._launcher = os.getppid() if "LOCAL_RANK" in os.environ else None
-
-    def check_launcher(self) -> None:
-        if self._launcher is not None and not self.signum and os.getppid() != self._launcher:
-            self.signum = self.LAUNCHER_GONE
-            self.reason = f"because its launcher (pid {self._launcher}) is gone"
-
-    @property
-    def reason(self) -> str:
-        return self.__dict__.get("_reason") or f"by signal {self.signum}"
-
-    @reason.setter
-    def reason(self, text: str) -> None:
-        self._reason = text
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from codellama_recipe.core.config import typed
 from codellama_recipe.core.schema import AblateArm, PipelineRunConfig
 from codellama_recipe.stages.pipeline import PipelineError, check_stage, compose_stage, stage_fingerprint
 from codellama_recipe.train.checkpoints import config_differences
+from codellama_recipe.train.stop_flag import StopFlag
 
 STATE_FILE = "ablate_state.json"
 PIPELINE_NAME = "ablate"
@@ -127,8 +128,9 @@ def plan(arms: list[Arm], run_dir: Path) -> list[dict]:
     return steps
 
 
-def train_arms(arms: list[Arm], run_dir: Path) -> dict[str, str] | None:
-    """Train every arm that is not finished; the arms' fingerprints, or None when a stop signal ended a run."""
+def train_arms(arms: list[Arm], run_dir: Path, stop: StopFlag) -> dict[str, str] | None:
+    """Train every arm that is not finished; the arms' fingerprints, or None when a stop signal ended the run
+    (`stop` is the command's flag: a signal between two arms ends the run before the next one)."""
     from codellama_recipe.train.trainer import run as train_stage
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,10 @@ def train_arms(arms: list[Arm], run_dir: Path) -> dict[str, str] | None:
         if step["action"] == "skip":
             print(f"[ablate] arm '{arm.name}': finished earlier with the same config, skipped", flush=True)
             continue
+        if stop.signum:
+            print(f"[ablate] stopped {stop.reason} before arm '{arm.name}'; rerun the same command to resume",
+                  flush=True)
+            return None
         print(f"[ablate] arm '{arm.name}': {step['action']} → {arm.cfg.run_dir}"
               + (f" (from {arm.cfg.init_from})" if arm.cfg.init_from else " (random init)"), flush=True)
         result = train_stage(arm.cfg) or {}

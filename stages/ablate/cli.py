@@ -20,6 +20,7 @@ from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import refuse, run_hydra_command
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
+from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
 from codellama_recipe.stages.ablate.report import write_outputs
 from codellama_recipe.stages.ablate.statistics import curve_figures, fim_figures, lcft_figures, python_figures
@@ -60,16 +61,23 @@ def _run_ablations(acfg: DictConfig) -> int:
     arms = compose_arms(acfg)
     check_measurements(arms, acfg)
     run_dir = Path(str(acfg.run_dir))
-    try:
-        fingerprints = train_arms(arms, run_dir)
-    finally:
-        shutdown_distributed()
-    if fingerprints is None:
-        return 0
-    by_name = {arm.name: arm for arm in arms}
-    tokenizer = Tokenizer(Path(str(by_name["ar"].cfg.run_dir)) / "hf" / "tokenizer.model")
-    held = held_out(acfg, tokenizer)
-    measured = {arm.name: measure_arm(arm, fingerprints[arm.name], acfg, held) for arm in arms if arm.measure}
+    with held_stop_signals() as stop:
+        try:
+            fingerprints = train_arms(arms, run_dir, stop)
+        finally:
+            shutdown_distributed()
+        if fingerprints is None:
+            return 0
+        by_name = {arm.name: arm for arm in arms}
+        tokenizer = Tokenizer(Path(str(by_name["ar"].cfg.run_dir)) / "hf" / "tokenizer.model")
+        held = held_out(acfg, tokenizer)
+        measured = {}
+        for arm in (a for a in arms if a.measure):
+            if stop.signum:   # what is measured is saved; the same command measures the rest
+                print(f"[ablate] stopped {stop.reason} before measuring arm '{arm.name}'; rerun the same "
+                      "command to resume", flush=True)
+                return 0
+            measured[arm.name] = measure_arm(arm, fingerprints[arm.name], acfg, held)
     n, seed = acfg.eval.bootstrap_samples, acfg.seed
     declared = OmegaConf.to_container(acfg.arms, resolve=True)
     results = {
