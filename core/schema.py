@@ -504,6 +504,7 @@ class AblateConfig:
     """codellama-ablate (conf/ablate.yaml)."""
     run_dir: str = "runs/ablate"
     seed: int = 0
+    more_seeds: List[int] = field(default_factory=list)   # training seeds for every arm below the general base
     cache_dir: str = "~/.cache/codellama-recipe"
     common: List[str] = field(default_factory=list)   # codellama-train overrides for every arm
     wandb: PipelineWandb = field(default_factory=PipelineWandb)

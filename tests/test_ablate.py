@@ -262,3 +262,32 @@ def test_an_arm_added_on_the_command_line_is_composed_and_its_keys_checked():
     with pytest.raises(ConfigError, match=r"arms\.bad\.parentt.*unknown key"):
         compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x",
                                                 "+arms.bad={parentt: null, settings: base}"]))
+
+
+def test_more_seeds_repeat_every_arm_below_the_general_base_from_the_same_base():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.stages.ablate.arms import compose_arms
+
+    acfg = compose_checked("ablate", ["ablate=smoke", "run_dir=/r", "more_seeds=[5]"])
+    arms = {a.name: a for a in compose_arms(acfg)}
+    assert "general@seed5" not in arms and {"fim@seed5", "ar@seed5", "lcft_theta1e6@seed5"} <= set(arms)
+    fim, lcft = arms["fim@seed5"], arms["lcft_theta1e6@seed5"]
+    assert (fim.parent, fim.cfg.init_from, fim.cfg.run_dir, fim.cfg.seed) == ("general", "/r/general/hf",
+                                                                              "/r/seed5/fim", 5)
+    assert (lcft.parent, lcft.cfg.init_from) == ("ar@seed5", "/r/seed5/ar/hf")
+    assert arms["fim"].curve and not fim.curve and arms["fim"].cfg.seed == 0
+    with pytest.raises(ConfigError, match="more_seeds"):
+        compose_arms(compose_checked("ablate", ["ablate=smoke", "more_seeds=[0]"]))
+
+
+def test_a_claim_holds_across_seeds_only_when_it_holds_in_every_seed():
+    from codellama_recipe.stages.ablate.report import across_seeds
+
+    def claim(value, direction, met):
+        return {"ablation": "fim", "figure": "f", "target": "t", "direction": direction, "met": met,
+                "interval": {"value": value, "low": value, "high": value}}
+    rows = across_seeds({0: [claim(0.7, True, True), claim(0.9, True, False)],
+                         1: [claim(0.8, True, True), claim(1.1, False, False)]})
+    assert [(r["direction_every_seed"], r["met_every_seed"]) for r in rows] == [(True, True), (False, False)]
+    assert (rows[1]["min"], rows[1]["max"], rows[1]["values"]) == (0.9, 1.1, {"0": 0.9, "1": 1.1})

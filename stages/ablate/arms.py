@@ -78,29 +78,53 @@ def arm_entries(acfg: DictConfig) -> dict[str, dict]:
     return entries
 
 
-def pipeline_view(acfg: DictConfig, entries: dict, order: list[str]) -> DictConfig:
+def pipeline_view(acfg: DictConfig, entries: dict, order: list[str], run_dir: Path | None = None,
+                  seed: int | None = None) -> DictConfig:
     """The arms seen as the stages of a pipeline config, for the pipeline's compose_stage."""
     view = OmegaConf.structured(PipelineRunConfig)
     return OmegaConf.merge(view, {
-        "run_dir": acfg.run_dir, "seed": acfg.seed, "cache_dir": acfg.cache_dir, "common": list(acfg.common),
+        "run_dir": str(run_dir or acfg.run_dir), "seed": acfg.seed if seed is None else seed,
+        "cache_dir": acfg.cache_dir, "common": list(acfg.common),
         "wandb": OmegaConf.to_container(acfg.wandb, resolve=True),
         "pipeline": {"name": PIPELINE_NAME, "model": MODEL_PRESET, "order": order}, "stages": entries})
 
 
 def compose_arms(acfg: DictConfig) -> list[Arm]:
-    """Every arm's training config, checked by codellama-train's checks (nothing runs)."""
+    """Every arm's training config, checked by codellama-train's checks (nothing runs). With `more_seeds`, every
+    arm below a root arm is repeated per seed as `<arm>@seed<k>` in run_dir/seed<k>/<arm>, trained with that seed
+    from the same root arms (the general base is one model, as Llama 2 is for the real recipe)."""
     resolved_arms = {name: dataclasses.asdict(typed(AblateArm, arm, f"arms.{name}"))
                      for name, arm in OmegaConf.to_container(acfg.arms, resolve=True).items()}
     order = arm_order(resolved_arms)
-    view = pipeline_view(acfg, arm_entries(acfg), order)
+    entries = arm_entries(acfg)
     run_dir = Path(str(acfg.run_dir))
+    roots = {name for name in order if resolved_arms[name]["parent"] is None}
+    if acfg.seed in acfg.more_seeds or len(set(acfg.more_seeds)) != len(acfg.more_seeds):
+        raise ConfigError("more_seeds", list(acfg.more_seeds), f"distinct seeds other than seed={acfg.seed}")
     arms = []
-    for name in order:
-        parent = resolved_arms[name]["parent"]
-        cfg = compose_stage(view, name, None if parent is None else str(run_dir / parent / "hf"))
-        check_stage(cfg, name, first=parent is None)
-        arms.append(Arm(name, parent, cfg, list(resolved_arms[name]["measure"]), bool(resolved_arms[name]["curve"])))
+    for seed in [None, *acfg.more_seeds]:
+        seed_dir = run_dir if seed is None else run_dir / f"seed{seed}"
+        view = pipeline_view(acfg, entries, order, run_dir=seed_dir, seed=seed)
+        for name in order:
+            if seed is not None and name in roots:
+                continue
+            declared = resolved_arms[name]
+            parent = declared["parent"]
+            if parent is None:
+                init_from = None
+            else:
+                init_from = str((run_dir if parent in roots else seed_dir) / parent / "hf")
+                parent = parent if seed is None or parent in roots else seed_arm(parent, seed)
+            cfg = compose_stage(view, name, init_from)
+            label = name if seed is None else seed_arm(name, seed)
+            check_stage(cfg, label, first=parent is None)
+            # the learning curve is read along the first seed's checkpoints only
+            arms.append(Arm(label, parent, cfg, list(declared["measure"]), bool(declared["curve"]) and seed is None))
     return arms
+
+
+def seed_arm(name: str, seed: int) -> str:
+    return f"{name}@seed{seed}"
 
 
 def read_state(run_dir: Path) -> dict:
@@ -115,15 +139,16 @@ def plan(arms: list[Arm], run_dir: Path) -> list[dict]:
         fp, resolved = stage_fingerprint(arm.cfg, fingerprints.get(arm.parent, ""))
         fingerprints[arm.name] = fp
         record = state.get(arm.name)
-        if record and record["fingerprint"] == fp and (run_dir / arm.name / "DONE.json").exists():
+        arm_dir = Path(str(arm.cfg.run_dir))
+        if record and record["fingerprint"] == fp and (arm_dir / "DONE.json").exists():
             action = "skip"
         elif record:
             diffs = config_differences(record["config"], resolved)[:8] or ["(a parent arm changed)"]
-            raise PipelineError(f"arm '{arm.name}' already finished in {run_dir / arm.name} with a different "
+            raise PipelineError(f"arm '{arm.name}' already finished in {arm_dir} with a different "
                                 f"configuration:\n  " + "\n  ".join(diffs) + "\nUse another run_dir, or remove "
-                                f"{run_dir / arm.name} and every arm that starts from it.")
+                                f"{arm_dir} and every arm that starts from it.")
         else:
-            action = "resume" if (run_dir / arm.name / "checkpoints").exists() else "run"
+            action = "resume" if (arm_dir / "checkpoints").exists() else "run"
         steps.append({"arm": arm, "fingerprint": fp, "resolved": resolved, "action": action})
     return steps
 

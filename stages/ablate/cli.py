@@ -22,7 +22,7 @@ from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
-from codellama_recipe.stages.ablate.report import write_outputs
+from codellama_recipe.stages.ablate.report import across_seeds, claims, write_outputs
 from codellama_recipe.stages.ablate.statistics import curve_figures, fim_figures, lcft_figures, python_figures
 from codellama_recipe.stages.pipeline import PipelineError
 
@@ -40,8 +40,16 @@ def corpus_fingerprint(acfg: DictConfig) -> str | None:
     return json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
 
 
-def arm_summary(arm, run_dir: Path, declared: dict) -> dict:
-    done_file = run_dir / arm.name / "DONE.json"
+def ablation_figures(measured: dict, acfg: DictConfig) -> dict:
+    """The three ablations' figures from one seed's measurements (keyed by arm name)."""
+    n, seed = acfg.eval.bootstrap_samples, acfg.seed
+    return {"fim": fim_figures(measured["fim"], measured["ar"], n, seed, measured.get("fim_psm_only")),
+            "lcft": lcft_figures(measured, n, seed, acfg.scale.seq_len),
+            "python": python_figures(measured["python"], measured["code_more"], n, seed)}
+
+
+def arm_summary(arm, declared: dict) -> dict:
+    done_file = Path(str(arm.cfg.run_dir)) / "DONE.json"
     done = json.loads(done_file.read_text()) if done_file.exists() else {}
     return {"parent": arm.parent, "settings": declared["settings"], "set": declared["set"],
             "steps": done.get("steps"), "tokens": done.get("tokens", 0), "time_s": done.get("time_s", 0.0),
@@ -84,13 +92,18 @@ def _run_ablations(acfg: DictConfig) -> int:
         "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
                   "model": OmegaConf.to_container(by_name["ar"].cfg.model, resolve=True),
                   "eval": OmegaConf.to_container(acfg.eval, resolve=True),
-                  "corpus_fingerprint": corpus_fingerprint(acfg)},
-        "arms": {arm.name: arm_summary(arm, run_dir, declared[arm.name]) for arm in arms},
-        "fim": fim_figures(measured["fim"], measured["ar"], n, seed, measured.get("fim_psm_only")),
+                  "corpus_fingerprint": corpus_fingerprint(acfg), "seeds": [acfg.seed, *acfg.more_seeds]},
+        "arms": {arm.name: arm_summary(arm, declared[arm.name.split("@")[0]]) for arm in arms},
+        **ablation_figures(measured, acfg),
         "fim_curve": curve_figures(measured, acfg.scale.batch_tokens, n, seed),
-        "lcft": lcft_figures(measured, n, seed, acfg.scale.seq_len),
-        "python": python_figures(measured["python"], measured["code_more"], n, seed),
     }
+    if acfg.more_seeds:
+        by_seed = {acfg.seed: claims(results)}
+        for s in acfg.more_seeds:
+            of_seed = {name.split("@")[0]: m for name, m in measured.items() if "@" not in name}
+            of_seed.update({name.split("@")[0]: m for name, m in measured.items() if name.endswith(f"@seed{s}")})
+            by_seed[s] = claims(ablation_figures(of_seed, acfg))
+        results["seeds"] = across_seeds(by_seed)
     lines = write_outputs(results, run_dir)
     print(f"[ablate] report: {run_dir / 'report.md'} (this session: {time.time() - started:.0f}s)", flush=True)
     print("\n".join(lines), flush=True)

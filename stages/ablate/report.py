@@ -36,6 +36,11 @@ def summary_lines(results: dict) -> list[str]:
             f"lcft: ppl@16T theta1e6/none = {lcft['ratios']['ppl@16T theta1e6/none']['value']:.4f}",
             f"lcft: ppl@4T theta1e6/none = {lcft['ratios']['ppl@4T theta1e6/none']['value']:.4f}",
             f"python: python_val_loss python/code = {py['val_loss']['python']['python/code']['value']:.4f}"]
+    if results.get("seeds"):
+        rows, seeds = results["seeds"], list(results["seeds"][0]["values"])
+        lines.append(f"seeds: {len(seeds)} ({', '.join(seeds)}); direction holds in every seed for "
+                     f"{sum(r['direction_every_seed'] for r in rows)} of {len(rows)} claims, target met in every "
+                     f"seed for {sum(r['met_every_seed'] for r in rows)}")
     only = fim.get("psm_only")
     if only:
         lines.insert(3, f"fim: psm_only infill_loss psm/ar = {only['infill_loss_ratio']['psm/ar']['value']:.4f} "
@@ -96,6 +101,21 @@ def claims(results: dict) -> list[dict]:
          "direction": py["val_loss"]["python"]["python/code"]["value"] < 1,
          "target": "≤ 0.97", "met": py["val_loss"]["python"]["python/code"]["value"] <= 0.97},
     ]
+
+
+def across_seeds(claims_by_seed: dict[int, list[dict]]) -> list[dict]:
+    """Each claim's figure over training seeds: a claim holds (or meets its target) only if it does in every seed."""
+    seeds = list(claims_by_seed)
+    out = []
+    for i, first in enumerate(claims_by_seed[seeds[0]]):
+        rows = [claims_by_seed[s][i] for s in seeds]
+        values = [r["interval"]["value"] for r in rows]
+        out.append({"ablation": first["ablation"], "figure": first["figure"],
+                    "values": {str(s): v for s, v in zip(seeds, values)},
+                    "mean": float(np.mean(values)), "min": min(values), "max": max(values),
+                    "direction_every_seed": all(r["direction"] for r in rows),
+                    "met_every_seed": all(r["met"] for r in rows), "target": first["target"]})
+    return out
 
 
 def _ci(d: dict, digits: int = 4) -> str:
@@ -261,6 +281,18 @@ def markdown(results: dict) -> str:
         measured = _ci(c["interval"]) + (f"; {c['note']}" if "note" in c else "")
         lines.append(f"| {c['ablation']} | {c['claim']} | {c['figure']} | {measured} | "
                      f"{'yes' if c['direction'] else 'no'} | {c['target']} | {'yes' if c['met'] else 'no'} |")
+    if results.get("seeds"):
+        seeds = list(results["seeds"][0]["values"])
+        lines += ["", f"## Across training seeds ({', '.join(seeds)})", "",
+                  "Every arm below the general base trained once per seed (run_dir/seed<k>/); the same evaluation "
+                  "data. A claim holds only when it holds in every seed.", "",
+                  "| ablation | figure | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | min – max | direction in every seed | target met in every seed |",
+                  "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
+        for r in results["seeds"]:
+            lines.append(f"| {r['ablation']} | {r['figure']} | " + " | ".join(f"{v:.4f}" for v in r["values"].values())
+                         + f" | {r['min']:.4f} – {r['max']:.4f} | {'yes' if r['direction_every_seed'] else 'no'} | "
+                         f"{'yes' if r['met_every_seed'] else 'no'} |")
     lines += ["", f"## 1. FIM ({fim['documents']} pieces of the held-out infilling set that fit in T)", "",
               "| | infilling loss (middle tokens) | single-line exact match |", "|---|---|---|"]
     for k in ("fim_psm", "fim_spm", "ar"):
