@@ -20,7 +20,8 @@ FORBIDDEN = [
 ALLOWED = {".ci/run"}
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")                               # [text](target)
-DOC_PATH = re.compile(r"(?<![\w/.-])(docs/[\w./-]+?\.md)(#[\w-]+)?")   # docs/x.md or docs/x.md#anchor in any file
+# a path of a docs page, with an optional #anchor, in any file
+DOC_PATH = re.compile(r"(?<![\w/.-])(docs/[\w./-]+?\.md)(#[\w-]+)?")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
