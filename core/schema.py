@@ -108,7 +108,7 @@ class ModelNode(ModelConfig):
 
 @dataclass
 class FimConfig:
-    """`data.fim`: infilling, RECIPE.md §4."""
+    """`data.fim`: infilling, paper §2.3 (docs/recipe.md#infilling)."""
     enabled: bool = False
     rate: float = 0.9          # share of eligible documents transformed (paper: 0.9)
     spm_rate: float = 0.5      # share of transformed documents in SPM (paper: half)

@@ -1,5 +1,5 @@
-"""The Llama 2 chat format used by Code Llama - Instruct (RECIPE.md §6), token for token as Meta's reference
-`chat_completion` (codellama/llama/generation.py) builds it:
+"""The Llama 2 chat format used by Code Llama - Instruct (paper §2.5; docs/recipe.md#instruction-fine-tuning),
+token for token as Meta's reference `chat_completion` (codellama/llama/generation.py) builds it:
 
     finished turn:  Enc("[INST] {user.strip()} [/INST] {answer.strip()} ", bos=True, eos=True)
     last user turn: Enc("[INST] {user.strip()} [/INST]", bos=True)

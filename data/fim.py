@@ -1,4 +1,4 @@
-"""Code Llama infilling (fill-in-the-middle) as in RECIPE.md §4.
+"""Code Llama infilling (fill-in-the-middle) as in the paper's §2.3 (docs/recipe.md#infilling).
 
 Training layouts (B = BOS, E = EOS; whether they surround a FIM document is OPEN in the paper, our
 default is yes and both are config values `fim.bos` / `fim.eos`):

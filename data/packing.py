@@ -11,7 +11,7 @@ token that predicts it (the first token of a document, BOS, is never predicted f
 Segments given to the packer are documents or pieces of one (same `uid`): adjacent pieces of one
 document count as one document (one doc id, labels across the joint trained).
 
-FIM documents must not straddle two rows (RECIPE §4: "only documents not cut across contexts").
+FIM documents must not straddle two rows (paper §2.3: only documents not cut across contexts are transformed).
 When one does not fit in what is left of the current row it waits in a deferral queue while the row
 is filled with splittable documents; after every document, queued FIM documents that now fit are
 placed first-fit in arrival order. Bounded-queue fallback: when more than `max_deferred` documents

@@ -16,13 +16,20 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_exten
 os.environ.setdefault("CODELLAMA_CACHE", str(REPO / ".cache" / "embedded"))
 
 
-def shared_dir() -> pathlib.Path | None:
-    """../shared next to the checkout (CI and developer machines), or $CODELLAMA_SHARED_DIR."""
-    env = os.environ.get("CODELLAMA_SHARED_DIR")
-    candidates = [pathlib.Path(env)] if env else []
-    candidates.append(REPO.parent / "shared")
+def infilling_dir() -> pathlib.Path | None:
+    """The folder holding the HumanEval-infilling data files, or None: the tests that need them skip.
+
+    The repository does not ship those files. In order: $CODELLAMA_INFILLING_DIR (the folder the per-stage
+    evaluation reads), $CODELLAMA_SHARED_DIR/benchmarks, then, as a convenience for developer machines only,
+    shared/benchmarks beside the checkout. CI sets the variables itself (`.ci/run`)."""
+    candidates = []
+    if os.environ.get("CODELLAMA_INFILLING_DIR"):
+        candidates.append(pathlib.Path(os.environ["CODELLAMA_INFILLING_DIR"]))
+    if os.environ.get("CODELLAMA_SHARED_DIR"):
+        candidates.append(pathlib.Path(os.environ["CODELLAMA_SHARED_DIR"]) / "benchmarks")
+    candidates.append(REPO.parent / "shared" / "benchmarks")
     for c in candidates:
-        if (c / "benchmarks").is_dir():
+        if (c / "HumanEval-SingleLineInfilling.jsonl.gz").is_file():
             return c
     return None
 

@@ -186,8 +186,9 @@ def engine_env() -> dict:
 
 def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_path=None,
            **faults) -> subprocess.Popen:
-    """torchrun (not the deepspeed launcher: see ENVIRONMENT.md, /dev/shm) in its own process group; stdout and
-    stderr go to a log file (a pipe could fill up and block the ranks); `output(proc)` reads it.
+    """torchrun (not the deepspeed launcher, which sets LOCAL_SIZE so that every rank leaves a 66 MB
+    /dev/shm/deepspeed_allreduce_buffer_* file behind) in its own process group; stdout and stderr go to a log
+    file (a pipe could fill up and block the ranks); `output(proc)` reads it.
 
     synthetic: the synthetic data loader instead of the data pipeline; faults: see `install_faults`. Either runs
     this file as the entry point, otherwise it is codellama-train itself."""

@@ -1,6 +1,6 @@
 """Benchmarks end to end through the sandbox: the benchmarks' own solutions score 100%, empty ones 0%."""
 import pytest
-from conftest import shared_dir
+from conftest import infilling_dir
 
 from codellama_recipe.evaluation.humaneval import default_humaneval_path, load_humaneval
 from codellama_recipe.evaluation.infilling import INFILLING_FILES, load_infilling
@@ -21,10 +21,10 @@ def sandbox():
 
 @pytest.fixture(scope="module")
 def benchmarks_dir():
-    d = shared_dir()
+    d = infilling_dir()
     if d is None:
-        pytest.skip("../shared/benchmarks (HumanEval-infilling files) not found; set CODELLAMA_SHARED_DIR")
-    return d / "benchmarks"
+        pytest.skip("HumanEval-infilling files not found: set CODELLAMA_INFILLING_DIR to their folder")
+    return d
 
 
 def test_humaneval_found_in_installed_package():

@@ -1,4 +1,4 @@
-"""Key retrieval prompts (RECIPE §5) and perplexity by context length."""
+"""Key retrieval prompts (docs/recipe.md#long-context-fine-tuning) and perplexity by context length."""
 import math
 import random
 import re

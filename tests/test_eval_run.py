@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, shared_dir
+from conftest import REPO, infilling_dir
 from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 from helpers_model import random_model, tiny_config
 from helpers_tokenizer import small_tokenizer, small_tokenizer_path, stdlib_python_files
@@ -106,14 +106,14 @@ def tiny_export(tmp_path_factory):
 
 
 def test_evaluate_checkpoint_end_to_end(tiny_export, tmp_path):
-    shared = shared_dir()
-    benchmarks = ["humaneval", "mbpp", "key_retrieval", "perplexity"] + (["infilling_single"] if shared else [])
+    infilling = infilling_dir()
+    benchmarks = ["humaneval", "mbpp", "key_retrieval", "perplexity"] + (["infilling_single"] if infilling else [])
     stdlib = str(Path(stdlib_python_files()[0]).parent / "[a-d]*.py")
     out = tmp_path / "eval"
     cfg = {"out_dir": str(out), "label": "stage-code", "benchmarks": benchmarks, "limit": 2,
            "generation": {"max_new_tokens": 12},
            "mbpp": {"path": str(REPO / "tests/fixtures/mbpp_sample.jsonl")},
-           "infilling": {"dir": str(shared / "benchmarks") if shared else None, "max_new_tokens": 8},
+           "infilling": {"dir": str(infilling) if infilling else None, "max_new_tokens": 8},
            "key_retrieval": {"lengths": [256], "positions": [0.0, 1.0], "files": stdlib},
            "perplexity": {"context_lengths": [64, 256], "min_bytes": 20000, "files": stdlib},
            "sandbox": {"workers": 2},
@@ -123,7 +123,7 @@ def test_evaluate_checkpoint_end_to_end(tiny_export, tmp_path):
     for key in ("humaneval/pass@1", "mbpp/pass@1", "key_retrieval/accuracy", "key_retrieval/accuracy@256",
                 "perplexity/ppl@64", "perplexity/ppl@256"):
         assert key in m, key
-    if shared:
+    if infilling:
         assert {"infilling_single/psm/pass@1", "infilling_single/spm/pass@1"} <= set(m)
         assert results["details"]["infilling_single/spm"]["n_tasks"] == 2
     assert results["details"]["humaneval"]["n_tasks"] == 2

@@ -1,4 +1,5 @@
-"""Infilling exactly as RECIPE.md §4: layouts, cut points, rates, eligibility, no straddling."""
+"""Infilling exactly as the paper's §2.3 (docs/recipe.md#infilling): layouts, cut points, rates, eligibility, no
+straddling."""
 import pathlib
 import sys
 

@@ -60,7 +60,8 @@ def _count(dim, layers, heads, kv_heads, hidden, vocab):
     return layers * per_layer + 2 * vocab * dim + dim
 
 
-# size: (dim, layers, heads, kv heads, FFN hidden, vocab) from RECIPE.md section 7, exact count, published
+# size: (dim, layers, heads, kv heads, FFN hidden, vocab) from the released params.json files
+# (docs/recipe.md#architecture), exact count, published
 PRESETS = {
     "7b": ((4096, 32, 32, 32, 11008, 32016), 6_738_546_688, 6.74e9),
     "13b": ((5120, 40, 40, 40, 13824, 32016), 13_016_028_160, 13.02e9),

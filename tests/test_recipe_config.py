@@ -1,7 +1,8 @@
-"""The composed configs carry the paper's numbers (RECIPE.md §1-§3, §7) for every (model size, stage).
+"""The composed configs carry the paper's numbers (§2, §2.2-§2.6, Table 1; docs/recipe.md) for every (model
+size, stage).
 
-The expected values below are written from RECIPE.md, independently of conf/: the test composes the real
-Hydra configs exactly as codellama-train and codellama-pipeline do and compares.
+The expected values below are written from the paper (docs/recipe.md), independently of conf/: the test composes
+the real Hydra configs exactly as codellama-train and codellama-pipeline do and compares.
 """
 import pytest
 from omegaconf import OmegaConf
@@ -10,13 +11,14 @@ from codellama_recipe.core.config import compose as _compose
 from codellama_recipe.stages.pipeline import compose_pipeline, compose_stage
 
 M = 1 << 20
-# RECIPE.md §3: peak LR of the code stage, LCFT batch (tokens), LCFT steps (Code Llama), infilling (§1).
+# Paper §2.6 (docs/recipe.md#optimisation): peak LR of the code stage, LCFT batch (tokens), LCFT steps (Code
+# Llama); infilling by size: §2.3 (docs/recipe.md#infilling).
 SIZE = {
     "7b": dict(code_lr=3e-4, lcft_batch=2 * M, lcft_steps=3000, lcft_steps_python=10000, fim=True),
     "13b": dict(code_lr=3e-4, lcft_batch=2 * M, lcft_steps=10000, lcft_steps_python=10000, fim=True),
     "34b": dict(code_lr=1.5e-4, lcft_batch=1 * M, lcft_steps=11000, lcft_steps_python=11000, fim=False),
 }
-# RECIPE.md §7
+# The released params.json files (docs/recipe.md#architecture)
 ARCH = {
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32016),
     "13b": dict(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32016),
@@ -92,7 +94,8 @@ def test_python_pipeline_uses_default_lcft_length(model):
     assert lc.trainer.max_steps == SIZE[model]["lcft_steps_python"]
     assert not compose_stage(pcfg, "code", None).data.fim.enabled
     assert set(weights(lc)) == {"python", "code", "nl_code", "nl"}
-    for stage in pcfg.pipeline.order:  # RECIPE §1: the Python variant keeps Llama 2's 32,000-piece vocabulary
+    # paper §2, Fig. 2: the Python variant keeps Llama 2's 32,000-piece vocabulary
+    for stage in pcfg.pipeline.order:
         assert compose_stage(pcfg, stage, None).model.vocab_size == 32000
 
 

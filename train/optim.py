@@ -1,4 +1,4 @@
-"""AdamW with Llama's parameter groups, and the learning-rate schedules (RECIPE.md §3).
+"""AdamW with Llama's parameter groups, and the learning-rate schedules (paper §2.6; docs/recipe.md#optimisation).
 
 The learning rate is a pure function of the step (`lr_at`), set on the optimizer's parameter groups before
 every update: nothing about the schedule has to be checkpointed, and a resumed run gets the same values.
