@@ -223,6 +223,7 @@ class StageInfo:
 class RecipeConfig:
     """`recipe`: the paper's size-dependent numbers (conf/recipe/<model>.yaml), read by the stage files."""
     infilling: bool = False
+    code_tokens: int = 500_000_000_000          # token budget of the code stage (70B: 1T)
     code_lr: float = 3.0e-4
     lcft_batch_tokens: int = 2097152
     lcft_steps: int = 10000

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 from collections import Counter
 from typing import Iterator, Mapping
 
@@ -258,6 +259,16 @@ def _identity(x):
     return x
 
 
+def _leave_stop_signals_to_the_rank(worker_id: int) -> None:
+    """worker_init_fn of every DataLoader worker: SIGTERM / SIGUSR1 are ignored here. The rank (the main process)
+    decides what a stop signal means: it checkpoints at the next step boundary (train/stop_flag.py). torchrun
+    forwards a SIGTERM to the whole process group of each rank (os.killpg), so without this the worker died first
+    and the rank failed with 'DataLoader worker … killed by signal: Terminated' instead of checkpointing. The
+    workers still end with their rank (the DataLoader shuts them down, or they see their parent gone)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _WorkerStreams(torch.utils.data.IterableDataset):
     """What each DataLoader worker runs: its logical stream, from its saved state, batch by batch."""
 
@@ -326,7 +337,7 @@ class TrainLoader:
         else:
             source = iter(torch.utils.data.DataLoader(
                 dataset, batch_size=None, num_workers=self.plan.num_workers, collate_fn=_identity,
-                prefetch_factor=self.plan.prefetch_factor, persistent_workers=False, pin_memory=self.pin_memory))
+                worker_init_fn=_leave_stop_signals_to_the_rank, prefetch_factor=self.plan.prefetch_factor, persistent_workers=False, pin_memory=self.pin_memory))
         for batch, logical, state in source:
             if self.pin_memory and self.plan.num_workers == 0:
                 batch = {k: v.pin_memory() for k, v in batch.items()}

@@ -185,20 +185,25 @@ def engine_env() -> dict:
 
 
 def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_path=None,
-           **faults) -> subprocess.Popen:
+           exit_codes_dir=None, **faults) -> subprocess.Popen:
     """torchrun (not the deepspeed launcher, which sets LOCAL_SIZE so that every rank leaves a 66 MB
     /dev/shm/deepspeed_allreduce_buffer_* file behind) in its own process group; stdout and stderr go to a log
     file (a pipe could fill up and block the ranks); `output(proc)` reads it.
 
-    synthetic: the synthetic data loader instead of the data pipeline; faults: see `install_faults`. Either runs
-    this file as the entry point, otherwise it is codellama-train itself."""
+    synthetic: the synthetic data loader instead of the data pipeline; faults: see `install_faults`;
+    exit_codes_dir: every rank writes its exit status to exit_codes_dir/rank<N> (`exit_codes`), which torchrun does
+    not report when it was itself stopped by a signal. Any of them runs this file as the entry point, otherwise it
+    is codellama-train itself."""
     import tempfile
 
     env = engine_env()
     env.update(fault_env(faults))
     if synthetic:
         env["TEST_SYNTHETIC_DATA"] = "1"
-    helper = synthetic or faults
+    if exit_codes_dir is not None:
+        pathlib.Path(exit_codes_dir).mkdir(parents=True, exist_ok=True)
+        env["TEST_EXIT_CODES_DIR"] = str(exit_codes_dir)
+    helper = synthetic or faults or exit_codes_dir is not None
     target = [str(REPO / "tests" / "helpers_engine.py")] if helper else ["-m", "codellama_recipe.train.cli"]
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *overrides]
     if nproc == 0:  # one plain process, no torchrun
@@ -215,6 +220,11 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
                                 start_new_session=True, text=True)
     proc.log_path = log_path
     return proc
+
+
+def exit_codes(exit_codes_dir) -> dict[int, int]:
+    """{rank: exit status} written by the ranks of a launch(..., exit_codes_dir=...)."""
+    return {int(p.name[4:]): int(p.read_text()) for p in pathlib.Path(exit_codes_dir).glob("rank*")}
 
 
 def output(proc: subprocess.Popen) -> str:
@@ -288,4 +298,16 @@ if __name__ == "__main__":
     install_faults(os.environ)
     from codellama_recipe.train.cli import main
 
-    main()
+    if not os.environ.get("TEST_EXIT_CODES_DIR"):
+        main()
+    else:
+        status = 1   # an exception that escapes main() ends the process with 1
+        try:
+            main()
+            status = 0
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            raise
+        finally:
+            path = pathlib.Path(os.environ["TEST_EXIT_CODES_DIR"]) / f"rank{os.environ.get('RANK', '0')}"
+            path.write_text(str(status))

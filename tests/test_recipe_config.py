@@ -17,12 +17,16 @@ SIZE = {
     "7b": dict(code_lr=3e-4, lcft_batch=2 * M, lcft_steps=3000, lcft_steps_python=10000, fim=True),
     "13b": dict(code_lr=3e-4, lcft_batch=2 * M, lcft_steps=10000, lcft_steps_python=10000, fim=True),
     "34b": dict(code_lr=1.5e-4, lcft_batch=1 * M, lcft_steps=11000, lcft_steps_python=11000, fim=False),
+    # arXiv 2308.12950v3 §1: 1T code tokens and FIM; LCFT numbers OPEN (follow the 34B)
+    "70b": dict(code_lr=1.5e-4, lcft_batch=1 * M, lcft_steps=10000, lcft_steps_python=10000, fim=True,
+                code_tokens=1e12),
 }
 # The released params.json files (docs/recipe.md#architecture)
 ARCH = {
     "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32016),
     "13b": dict(dim=5120, n_layers=40, n_heads=40, n_kv_heads=40, vocab_size=32016),
     "34b": dict(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, vocab_size=32000),
+    "70b": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=32000),
 }
 
 
@@ -44,7 +48,7 @@ def test_code_stage(model):
     assert cfg.optim.schedule == "cosine" and cfg.optim.warmup_steps == 1000
     assert cfg.optim.final_lr_ratio == pytest.approx(1 / 30)
     assert cfg.trainer.batch_tokens == 4 * M and cfg.data.seq_len == 4096
-    assert cfg.trainer.max_steps * cfg.trainer.batch_tokens == pytest.approx(500e9, rel=1e-4)
+    assert cfg.trainer.max_steps * cfg.trainer.batch_tokens == pytest.approx(want.get("code_tokens", 500e9), rel=1e-4)
     assert bool(cfg.data.fim.enabled) is want["fim"]
     assert cfg.data.fim.rate == pytest.approx(0.9) and cfg.data.fim.spm_rate == pytest.approx(0.5)
     w = weights(cfg)
