@@ -111,7 +111,7 @@ def build_steps(cfg, files):
         return JsonlReader(folder, glob_pattern="*.jsonl.gz", text_key="text", id_key="id")
 
     if d.exact:
-        ecfg = ExactDedupConfig(content_getter=_content, hash_config=HashConfig(precision=64))
+        ecfg = ExactDedupConfig(content_getter=_content, hash_config=HashConfig(hash_fc="sha1", precision=64))
         plan += [("exact_sig", [read(current), ExactDedupSignature(os.path.join(work, "exact_sigs"), ecfg)], tasks),
                  ("exact_find", [ExactFindDedups(os.path.join(work, "exact_sigs"), os.path.join(work, "exact_dups"),
                                                  ecfg)], 1),
@@ -123,8 +123,9 @@ def build_steps(cfg, files):
     final = _writer(out, "${source}/${split}/${rank}.jsonl.gz")
     if d.near:
         mcfg = MinhashConfig(n_grams=d.ngram, num_buckets=d.num_buckets, hashes_per_bucket=d.hashes_per_bucket,
-                             hash_config=HashConfig(precision=64))
-        plan += [("mh_sig", [read(current), MinhashDedupSignature(os.path.join(work, "mh_sigs"), config=mcfg)], tasks),
+                             hash_config=HashConfig(hash_fc="sha1", precision=64))
+        plan += [("mh_sig", [read(current), MinhashDedupSignature(os.path.join(work, "mh_sigs"), config=mcfg,
+                                                                   language=s.CodeWordTokenizer())], tasks),
                  ("mh_buckets", [MinhashDedupBuckets(os.path.join(work, "mh_sigs"), os.path.join(work, "mh_buckets"),
                                                      config=mcfg)], d.num_buckets),
                  ("mh_cluster", [MinhashDedupCluster(os.path.join(work, "mh_buckets"), os.path.join(work, "mh_remove"),

@@ -170,3 +170,25 @@ class DecontaminationFilter(BaseFilter):
             return True
         doc.metadata["benchmark"] = hit
         return False, "contaminated"
+
+
+from datatrove.utils.word_tokenizers import WordTokenizer  # noqa: E402
+
+
+class CodeWordTokenizer(WordTokenizer):
+    """Words for MinHash shingles: identifier-like runs and single punctuation characters (no NLTK / spaCy
+    model: code is not English)."""
+
+    def __init__(self):
+        super().__init__("code")
+
+    def word_tokenize(self, text: str) -> list[str]:
+        import re
+        return re.findall(r"\w+|[^\w\s]", text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return text.splitlines()
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        import re
+        return [m.span() for m in re.finditer(r".+", text)]
