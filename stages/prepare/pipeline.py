@@ -84,6 +84,7 @@ def build_steps(cfg, files):
                                           MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.text import TextNormConfig
 
     from codellama_recipe.stages.prepare import steps as s
 
@@ -123,7 +124,9 @@ def build_steps(cfg, files):
     final = _writer(out, "${source}/${split}/${rank}.jsonl.gz")
     if d.near:
         mcfg = MinhashConfig(n_grams=d.ngram, num_buckets=d.num_buckets, hashes_per_bucket=d.hashes_per_bucket,
-                             hash_config=HashConfig(hash_fc="sha1", precision=64))
+                             hash_config=HashConfig(hash_fc="sha1", precision=64),
+                             # code: identifiers keep their case and numbers their digits
+                             norm_config=TextNormConfig(lowercase=False, norm_numbers=False))
         plan += [("mh_sig", [read(current), MinhashDedupSignature(os.path.join(work, "mh_sigs"), config=mcfg,
                                                                    language=s.CodeWordTokenizer())], tasks),
                  ("mh_buckets", [MinhashDedupBuckets(os.path.join(work, "mh_sigs"), os.path.join(work, "mh_buckets"),
