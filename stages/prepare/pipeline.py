@@ -109,7 +109,7 @@ def build_steps(cfg, files):
     current = os.path.join(work, "filtered")
 
     def read(folder):
-        return JsonlReader(folder, glob_pattern="*.jsonl.gz", text_key="text", id_key="id")
+        return JsonlReader(folder, glob_pattern="*.jsonl.gz", text_key="text", id_key="id", add_file_path=False)
 
     if d.exact:
         ecfg = ExactDedupConfig(content_getter=_content, hash_config=HashConfig(hash_fc="sha1", precision=64))
