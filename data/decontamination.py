@@ -41,11 +41,12 @@ class NgramIndex:
 def benchmark_items(paths: Iterable[str]) -> list[tuple[str, str]]:
     """(item id, prompt + solution) from HumanEval-style (prompt, canonical_solution, task_id) or MBPP-style
     (text, code, task_id) jsonl files."""
+    import gzip
     import json
 
     items = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if not line.strip():
                     continue
