@@ -58,9 +58,9 @@ def load_tokenizer(path):
     if path:
         return Tokenizer(path)
     try:
-        from codellama_recipe.data.tokenizer_resolution import _embedded_tokenizer
+        from codellama_recipe.data.embedded import ensure_embedded
 
-        return Tokenizer(_embedded_tokenizer(None))
+        return Tokenizer(ensure_embedded(None).tokenizer_path)
     except Exception:
         return None
 
