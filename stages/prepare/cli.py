@@ -84,7 +84,7 @@ def task(cfg: DictConfig) -> int:
         run(cfg)
     except ConfigError as e:
         return refuse(PROG, str(e))
-    except (ImportError, OSError, ValueError) as e:   # a missing extra, an unwritable out_dir, a bad hub id
+    except (ImportError, OSError, ValueError, RuntimeError) as e:   # a missing extra, an unwritable out_dir, a bad hub id
         text = str(e).strip().splitlines()
         return refuse(PROG, f"error: {type(e).__name__}: {text[0] if text else ''}")
     return 0

@@ -52,6 +52,25 @@ def input_files(cfg) -> list[str]:
     return sorted(set(files))
 
 
+def readable(path: str) -> str | None:
+    """None when the file can be read whole, else why not (the file is then skipped and counted)."""
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.ParquetFile(path).metadata
+        elif path.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        else:
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except Exception as e:   # noqa: BLE001 - any failure to read means: skip this file
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
 def readers(cfg, files):
     """One datatrove reader per input kind; file paths go through a paths_file so any mix of folders works."""
     from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
@@ -239,16 +258,30 @@ def datatrove_stats(cfg) -> dict:
 
 
 def prepare(cfg, tokenizer=None, log=print) -> dict:
-    files = input_files(cfg)
+    files, skipped = [], {}
+    for f in input_files(cfg):
+        why = readable(f)
+        if why is None:
+            files.append(f)
+        else:
+            skipped[f] = why
+            log(f"[prepare] skipping unreadable file {f}: {why}")
     if not files and not cfg.input.hub:
-        raise ConfigError("input.paths", list(cfg.input.paths), "no input file")
+        raise ConfigError("input.paths", list(cfg.input.paths), "no readable input file")
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
     for name, pipeline, tasks in build_steps(cfg, files):
         log(f"[prepare] step {name} ({tasks} tasks)")
         make_executor(cfg, name, pipeline, tasks).run()
+        if name == "filter" and not glob.glob(os.path.join(cfg.out_dir, "work", "filtered", "*.jsonl.gz")):
+            log("[prepare] no document passed the filters: the dedup steps have nothing to read")
+            break
     seconds = time.time() - t0
     result = manifest(cfg, seconds, sum(os.path.getsize(f) for f in files), tokenizer)
+    result["skipped_files"] = skipped
+    if not any(v["read"]["documents"] for v in result["sources"].values()):
+        raise ConfigError("input.text_key", cfg.input.text_key,
+                          "no document was read: a wrong field name, or empty inputs")
     result["datatrove_stats"] = datatrove_stats(cfg)
     from codellama_recipe.core.atomic import write_json_atomic
 
