@@ -70,6 +70,8 @@ def run(cfg: DictConfig) -> dict:
 
     c = typed(PrepareConfig, cfg, "prepare")
     result = prepare(c, tokenizer=load_tokenizer(c.tokenizer))
+    if result.get("submitted"):
+        return result
     for source, row in result["sources"].items():
         steps = ", ".join(f"{k} {v['documents']}" for k, v in row.items() if k != "splits")
         print(f"[prepare] {source}: {steps}", flush=True)

@@ -165,7 +165,7 @@ def _content(doc):
     return doc.text
 
 
-def make_executor(cfg, name, pipeline, tasks):
+def make_executor(cfg, name, pipeline, tasks, depends=None):
     x = cfg.executor
     logs = os.path.join(cfg.out_dir, "logs", name)
     if x.kind == "slurm":
@@ -173,7 +173,7 @@ def make_executor(cfg, name, pipeline, tasks):
 
         return SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=x.time, partition=x.partition,
                                      cpus_per_task=x.cpus_per_task, mem_per_cpu_gb=x.mem_per_cpu_gb,
-                                     logging_dir=logs, job_name=f"prepare_{name}")
+                                     logging_dir=logs, job_name=f"prepare_{name}", depends=depends)
     from datatrove.executor import LocalPipelineExecutor
 
     return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(x.workers, tasks), logging_dir=logs,
@@ -270,6 +270,15 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
         raise ConfigError("input.paths", list(cfg.input.paths), "no readable input file")
     os.makedirs(cfg.out_dir, exist_ok=True)
     t0 = time.time()
+    if cfg.executor.kind == "slurm":
+        # one SLURM job array per step, each depending on the previous; launching the last submits them all
+        previous = None
+        for name, pipeline, tasks in build_steps(cfg, files):
+            previous = make_executor(cfg, name, pipeline, tasks, depends=previous)
+        previous.run()
+        log(f"[prepare] submitted; when the jobs are done, rerun with executor.kind=local: every step is then "
+            f"found completed and only {cfg.out_dir}/manifest.json is computed")
+        return {"submitted": True}
     for name, pipeline, tasks in build_steps(cfg, files):
         log(f"[prepare] step {name} ({tasks} tasks)")
         make_executor(cfg, name, pipeline, tasks).run()
