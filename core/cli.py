@@ -24,7 +24,8 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "--config-path"
                      "--config-dir", "-cd", "--experimental-rerun"}
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc"}
 SCHEMA_OF = {"train": "train_schema", "run_pipeline": "pipeline_schema", "eval": "eval_schema",
-             "ablate": "ablate_schema", "selfinstruct": "selfinstruct_schema"}
+             "ablate": "ablate_schema", "selfinstruct": "selfinstruct_schema",
+             "prepare": "prepare_schema"}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

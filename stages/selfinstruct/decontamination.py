@@ -2,13 +2,9 @@
 the share of a question's word n-grams found in one benchmark prompt, at or above a threshold."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
-
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9_]+", text.lower())
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+from codellama_recipe.data.decontamination import ngrams  # shared with codellama-prepare
 
 
 class Decontaminator:

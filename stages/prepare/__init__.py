@@ -1,0 +1,1 @@
+"""codellama-prepare: raw code to the training sources on datatrove pipelines (docs/prepare.md)."""

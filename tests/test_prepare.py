@@ -1,0 +1,205 @@
+"""codellama-prepare (docs/prepare.md): datatrove pipelines from raw code to the training sources."""
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import random
+import re
+
+import pytest
+
+pytest.importorskip("datatrove")
+
+from codellama_recipe.core.config import compose, typed  # noqa: E402
+from codellama_recipe.core.schema import PrepareConfig  # noqa: E402
+from codellama_recipe.stages.prepare.cli import main  # noqa: E402
+from codellama_recipe.stages.prepare.pipeline import prepare  # noqa: E402
+
+VOCAB = [f"w{i}" for i in range(5000)]
+
+
+def shingles(text, n=5):
+    words = re.findall(r"\w+|[^\w\s]", text)
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a, b):
+    sa, sb = shingles(a), shingles(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+def make_doc(rng, lines=40):
+    return "\n".join("x = " + " + ".join(rng.choice(VOCAB) for _ in range(6)) for _ in range(lines))
+
+
+def edit(rng, text, share):
+    """Replace a share of the lines: the 5-gram Jaccard falls with the share."""
+    lines = text.split("\n")
+    for i in rng.sample(range(len(lines)), int(len(lines) * share)):
+        lines[i] = "y = " + " + ".join(rng.choice(VOCAB) for _ in range(6))
+    return "\n".join(lines)
+
+
+def write(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def cfg_for(tmp_path, inputs, **over):
+    base = {"out_dir": str(tmp_path / "out"), "input": {"paths": [str(p) for p in inputs]},
+            "routes": {"python": {"langs": ["python"], "extensions": [".py"]},
+                       "nl": {"langs": ["markdown"], "extensions": [".md"]}},
+            "tokenizer": None}
+    for k, v in over.items():
+        node = base
+        *head, last = k.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = v
+    return typed(PrepareConfig, base, "prepare")
+
+
+def kept_texts(out):
+    texts = []
+    for p in sorted(glob.glob(f"{out}/*/*/*.jsonl.gz")):
+        if p.split("/")[-3] not in ("code", "python", "nl_code", "nl"):
+            continue
+        with gzip.open(p, "rt") as f:
+            texts += [json.loads(l)["text"] for l in f]
+    return texts
+
+
+def test_near_dedup_precision_recall(tmp_path):
+    rng = random.Random(0)
+    rows, dup, distinct = [], set(), set()
+    for c in range(40):
+        base = make_doc(rng)
+        rows.append(base)
+        for share in (0.05, 0.08):           # Jaccard ~0.85-0.9: one cluster with the base
+            v = edit(rng, base, share)
+            assert jaccard(base, v) > 0.8
+            rows.append(v)
+            dup.add(v)
+        v = edit(rng, base, 0.7)               # Jaccard well below the threshold: kept
+        assert jaccard(base, v) < 0.3
+        rows.append(v)
+        distinct.add(v)
+    rng.shuffle(rows)
+    half = len(rows) // 2
+    write(tmp_path / "a.jsonl.gz", [{"content": t, "lang": "Python", "max_stars_repo_path": "m.py"} for t in rows[:half]])
+    write(tmp_path / "b.jsonl.gz", [{"content": t, "lang": "Python", "max_stars_repo_path": "m.py"} for t in rows[half:]])
+    c = cfg_for(tmp_path, [tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"], heldout_share=0.0)
+    result = prepare(c, log=lambda *_: None)
+    kept = kept_texts(c.out_dir)
+    assert len(kept) == len(set(kept))
+    removed = set(rows) - set(kept)
+    # a cluster keeps one document: count removals per true cluster instead of exact identities
+    true_removed = len(dup)
+    tp = min(len(removed), true_removed) - len(removed & distinct)
+    precision = tp / max(1, len(removed))
+    recall = tp / true_removed
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+    assert not removed & distinct
+    assert result["removed_by_reason"]["near_duplicate"] == len(removed)
+
+
+def test_filters_decontamination_and_exact_dedup_counted(tmp_path):
+    rng = random.Random(1)
+    good = [make_doc(rng) for _ in range(5)]
+    solution = "def has_close_elements(numbers, threshold):\n    for idx, elem in enumerate(numbers):\n" \
+               "        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n"
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"task_id": "HumanEval/0", "prompt": solution.split("\n")[0],
+                                 "canonical_solution": solution}) + "\n")
+    rows = [{"content": t, "lang": "Python", "max_stars_repo_path": "a.py"} for t in good]
+    rows += [{"content": good[0], "lang": "Python", "max_stars_repo_path": "copy.py"},          # exact dup
+             {"content": "x" * 1200, "lang": "C", "max_stars_repo_path": "a.c"},              # max line
+             {"content": "\n".join(["a" * 150] * 5), "lang": "C", "max_stars_repo_path": "b.c"},  # avg line
+             {"content": "#### ;;;; {{{{ }}}} ====\n" * 20, "lang": "C", "max_stars_repo_path": "c.c"},  # alnum
+             {"content": "// Code generated by protoc. DO NOT EDIT.\nint x = 1;", "lang": "C", "max_stars_repo_path": "d.c"},
+             {"content": "{\"a\": 1}", "lang": "JSON", "max_stars_repo_path": "e.json"},          # data file size
+             {"content": "hi there", "lang": "Markdown", "max_stars_repo_path": "f.md"},           # nl quality
+             {"content": "# my module\n" + solution + "                return True\n", "lang": "Python",
+              "max_stars_repo_path": "leak.py"},                                                  # contaminated
+             {"content": "", "lang": "C"}, {"text": "wrong field"}]
+    write(tmp_path / "raw.jsonl.gz", rows)
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    c = cfg_for(tmp_path, [tmp_path / "raw.jsonl.gz", tmp_path / "bad.jsonl.gz"],
+                **{"decontamination.paths": [str(bench)]})
+    r = prepare(c, log=lambda *_: None)
+    assert list(r["skipped_files"]) == [str(tmp_path / "bad.jsonl.gz")]
+    assert r["removed_by_reason"] == {"alnum_fraction": 1, "autogenerated": 1, "avg_line_length": 1,
+                                      "contaminated": 1, "data_file_size": 1, "exact_duplicate": 1,
+                                      "max_line_length": 1, "nl_quality": 1}
+    assert r["examples"]["contaminated"][0]["benchmark"].endswith("HumanEval/0")
+    assert sorted(kept_texts(c.out_dir)) == sorted(good)
+    assert r["sources"]["python"]["after_near_dedup"]["documents"] == 5
+
+
+def test_same_output_for_one_and_two_workers(tmp_path):
+    rng = random.Random(2)
+    rows = []
+    for _ in range(30):
+        t = make_doc(rng, 10)
+        rows += [t, edit(rng, t, 0.1)]
+    for i in range(2):
+        write(tmp_path / f"in{i}.jsonl.gz",
+              [{"content": t, "lang": "Python" if j % 3 else "Go", "max_stars_repo_path": "x"} for j, t in
+               enumerate(rows[i::2])])
+    outs = []
+    for workers in (1, 2):
+        c = cfg_for(tmp_path, sorted(tmp_path.glob("in*.jsonl.gz")), out_dir=str(tmp_path / f"o{workers}"),
+                    **{"executor.tasks": 2, "executor.workers": workers})
+        r = prepare(c, log=lambda *_: None)
+        files = {p.split(f"o{workers}/")[1]: hashlib.sha1(gzip.open(p).read()).hexdigest()
+                 for p in sorted(glob.glob(f"{c.out_dir}/*/*/*.jsonl.gz"))
+                 if p.split("/")[-3] in ("code", "python", "nl_code", "nl")}
+        outs.append((files, r["sources"], r["removed_by_reason"]))
+    assert outs[0] == outs[1]
+    # resumable: a rerun finds every datatrove task completed and changes nothing
+    r2 = prepare(c, log=lambda *_: None)
+    assert r2["sources"] == outs[1][1]
+
+
+def test_end_to_end_training_config_reads_the_output(tmp_path):
+    rng = random.Random(3)
+    write(tmp_path / "raw.jsonl.gz", [{"content": make_doc(rng, 8), "lang": "Go", "max_stars_repo_path": "m.go"}
+                                      for _ in range(20)])
+    out = tmp_path / "out"
+    assert main([f"input.paths=[{tmp_path}/raw.jsonl.gz]", f"out_dir={out}", "heldout_share=0.2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    code = manifest["sources"]["code"]
+    assert code["read"]["documents"] == 20 and code["read"]["tokens"] > 0
+    cfg = compose("train", [f"corpus.code.paths=[{out}/code/train/*.jsonl.gz]",
+                            f"corpus.code.val_paths=[{out}/code/heldout/*.jsonl.gz]"])
+    from codellama_recipe.data.sources import _iter_jsonl_gz, resolve_globs
+
+    train = resolve_globs(tuple(cfg.corpus.code.paths), "corpus.code.paths")
+    val = resolve_globs(tuple(cfg.corpus.code.val_paths), "corpus.code.val_paths")
+    n = sum(1 for p in train + val for _ in _iter_jsonl_gz(p, 0, None, 1 << 20))
+    assert n == code["after_near_dedup"]["documents"] == 20
+    assert code["splits"]["heldout"] == len([1 for p in val for _ in _iter_jsonl_gz(p, 0, None, 1 << 20)])
+
+
+def test_wrong_field_name_is_one_line_exit_2(tmp_path, capsys):
+    write(tmp_path / "raw.jsonl.gz", [{"text": "int main() { return 0; }"}] * 3)
+    code = main([f"input.paths=[{tmp_path}/raw.jsonl.gz]", f"out_dir={tmp_path}/o"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "input.text_key" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("args, key", [
+    ([], "input.paths"),
+    (["input.paths=[/nonexistent/*.jsonl]"], "input.paths"),
+    (["input.paths=[x.jsonl]", "executor.kind=ray"], "executor.kind"),
+    (["input.paths=[x.jsonl]", "routes.java={langs:[java]}"], "routes.java"),
+    (["input.paths=[x.jsonl]", "dedup.ngram=0"], "dedup.ngram"),
+    (["input.paths=[x.jsonl]", "nosuchkey=1"], "nosuchkey"),
+])
+def test_config_mistakes_are_one_line_exit_2(tmp_path, capsys, args, key):
+    code = main([*args, f"out_dir={tmp_path}/o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and key in err and "Traceback" not in err
