@@ -293,6 +293,11 @@ def parse_problem(row: dict) -> ParsedProblem:
     ret = type_of_annotation(fn.returns)
     for c in cases:
         ret = unify(ret, FLOAT if c.tolerance is not None else type_of_value(c.expected))
+    for i, c in enumerate(cases):   # e.g. any_int(3, 4, 7) is True but any_int(3.0, 4, 7) is False
+        for d in cases[:i]:
+            if c.args == d.args and repr(c.args) != repr(d.args) and c.expected != d.expected:
+                raise Untranslatable("the tests tell apart values that one type makes equal "
+                                     f"({d.args!r} and {c.args!r})")
     return ParsedProblem(task_id=row["task_id"], name=fn.name, params=params, param_types=param_types,
                          return_type=resolve_unknowns(ret), docstring=ast.get_docstring(fn) or "", cases=cases)
 

@@ -496,6 +496,13 @@ def _has_float(t) -> bool:
 class Php(Language):
     code = "php"
     stop_tokens = ("\nfunction", "\n?>", "\n//", "\n#")
+    # PHP's own functions that HumanEval entry points are named after (checked with function_exists, PHP 8.2):
+    # they cannot be declared again.
+    builtins = frozenset({"strlen"})
+
+    def check_types(self, p):
+        if p.name.lower() in self.builtins:
+            raise Untranslatable(f"{p.name} is a PHP built-in function (cannot be redeclared)")
 
     def type(self, t):
         return "mixed"
