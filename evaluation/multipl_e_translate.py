@@ -583,7 +583,7 @@ class CSharp(Java):
             return f"Dictionary<{self.type(t[1])},{self.type(t[2])}>"
         if kind == "optional":
             inner = self.type(t[1])
-            return inner + "?"
+            return inner + "?" if t[1][0] in ("int", "float", "bool") else inner   # reference types hold null
         raise Untranslatable(f"no C# type for {t}")
 
     def value(self, v, t):
