@@ -17,7 +17,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 # The per-stage evaluation reads the HumanEval-infilling files from $CODELLAMA_INFILLING_DIR when it is set
 # (docs/evaluation.md); without it those benchmarks are skipped.
 
-.PHONY: venv demo ablate test clean
+.PHONY: venv demo ablate test clean toolchains
 
 venv: $(STAMP)
 
@@ -42,3 +42,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache runs
+
+## Compilers and interpreters for the multipl_e benchmark (apt + npm; skips what is already installed).
+toolchains:
+	command -v g++ >/dev/null && command -v javac >/dev/null && command -v node >/dev/null && command -v php >/dev/null \
+	  && command -v mcs >/dev/null && command -v mono >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends g++ default-jdk-headless nodejs npm php-cli mono-mcs mono-runtime)
+	command -v tsc >/dev/null || npm install -g typescript@5

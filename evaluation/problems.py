@@ -23,6 +23,8 @@ class Problem:
     reference: str               # the benchmark's own solution, in the same place as a completion
     suffix: str | None = None    # infilling only
     stop: tuple[str, ...] = ()
+    toolchain: object = None     # another language (evaluation/toolchains.py): candidate + "\n" + tests, compiled
+    language: str = "python"
 
     def candidate(self, completion: str) -> str:
         return self.head + completion + self.tail
@@ -43,7 +45,7 @@ def score_completions(problems: Sequence[Problem], completions: Mapping[str, Seq
     if unknown:
         raise ValueError(f"{len(unknown)} completions name unknown task ids, e.g. {unknown[:3]}")
     jobs = [(task_id, i, c) for task_id, cs in completions.items() for i, c in enumerate(cs)]
-    results = sandbox.judge_many([(by_id[t].candidate(c), by_id[t].tests) for t, _, c in jobs])
+    results = sandbox.judge_many([(by_id[t].candidate(c), by_id[t].tests, by_id[t].toolchain) for t, _, c in jobs])
     passed = collections.defaultdict(int)
     total = collections.defaultdict(int)
     status_counts = dict.fromkeys(STATUSES, 0)

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
+HARNESS_COMPILED = Path(__file__).with_name("sandbox_harness_compiled.py")
+COMPILED_SLACK_S = 10.0   # the launcher's wall clock for another language: compile_s + run_s + this
 STATUSES = ("passed", "failed", "timed_out", "error")
 NETWORK_MODES = ("isolate", "require", "allow")
 SIGXCPU = getattr(signal, "SIGXCPU", 24)
@@ -344,16 +346,20 @@ class Sandbox:
         """Run `python program.py`: passed when it exits 0 (for programs of our own; candidates are judged)."""
         return self._in_a_slot(program, None)
 
-    def judge(self, candidate: str, tests: str) -> ExecutionResult:
+    def judge(self, candidate: str, tests: str, toolchain=None) -> ExecutionResult:
         """Passed only when the tests ran to their end against the candidate (sandbox_harness.py): the candidate
         is compiled and run on its own, not as __main__, then the tests in its namespace; the verdict comes
-        with a key the program is given on stdin, so no way of exiting can forge it."""
-        return self._in_a_slot(candidate, tests)
+        with a key the program is given on stdin, so no way of exiting can forge it.
 
-    def _in_a_slot(self, program: str, tests: str | None) -> ExecutionResult:
+        With a toolchain (evaluation/toolchains.py) the candidate is another language's program text:
+        sandbox_harness_compiled.py compiles `candidate + "\n" + tests` once and passes it only when the tests
+        printed their sentinel and the program then exited 0; the toolchain's time and memory limits apply."""
+        return self._in_a_slot(candidate, tests, toolchain)
+
+    def _in_a_slot(self, program: str, tests: str | None, toolchain=None) -> ExecutionResult:
         slot = self._slots.get()
         try:
-            return self._run_in_slot(program, slot, tests)
+            return self._run_in_slot(program, slot, tests, toolchain)
         except Exception as e:  # noqa: BLE001 - a sample must end as 'error', never crash the evaluator
             log.exception("sandbox failure")
             return ExecutionResult("error", message=f"{type(e).__name__}: {e}")
@@ -363,8 +369,8 @@ class Sandbox:
     def run_many(self, programs: list[str], progress=None) -> list[ExecutionResult]:
         return self._many(self.run, [(p,) for p in programs], progress)
 
-    def judge_many(self, pairs: list[tuple[str, str]], progress=None) -> list[ExecutionResult]:
-        """judge() of every (candidate, tests) pair, in parallel workers."""
+    def judge_many(self, pairs: list[tuple], progress=None) -> list[ExecutionResult]:
+        """judge() of every (candidate, tests) or (candidate, tests, toolchain), in parallel workers."""
         return self._many(self.judge, pairs, progress)
 
     def _many(self, call, argument_tuples, progress) -> list[ExecutionResult]:
@@ -377,8 +383,9 @@ class Sandbox:
                     progress()
         return results  # type: ignore[return-value]
 
-    def _run_in_slot(self, program: str, slot: int, tests: str | None = None) -> ExecutionResult:
+    def _run_in_slot(self, program: str, slot: int, tests: str | None = None, toolchain=None) -> ExecutionResult:
         cfg, caps = self.cfg, self.capabilities
+        timeout_s, cpu_s, memory_mb = cfg.timeout_s, cfg.cpu_s, cfg.memory_mb
         uid = _uid_base(cfg) + slot if caps.drop_uid else None
         work = Path(tempfile.mkdtemp(prefix="codellama-sandbox-", dir=cfg.tmp_root))
         private = Path(tempfile.mkdtemp(prefix="codellama-sandbox-io-", dir=cfg.tmp_root))
@@ -387,6 +394,16 @@ class Sandbox:
             if tests is None:
                 (work / "program.py").write_text(program, encoding="utf-8")
                 entry = "program.py"
+            elif toolchain is not None:
+                key = secrets.token_hex(16)
+                (work / "candidate.txt").write_text(program, encoding="utf-8")
+                (work / "tests.txt").write_text(tests, encoding="utf-8")
+                (work / "job.json").write_text(json.dumps(toolchain.job()), encoding="utf-8")
+                shutil.copyfile(HARNESS_COMPILED, work / "harness.py")
+                entry = "harness.py"
+                timeout_s = toolchain.compile_s + toolchain.run_s + COMPILED_SLACK_S
+                cpu_s = max(toolchain.compile_s, toolchain.run_s) + 1   # RLIMIT_CPU counts per process
+                memory_mb = toolchain.memory_mb
             else:
                 key = secrets.token_hex(16)
                 (work / "candidate.py").write_text(program, encoding="utf-8")
@@ -406,7 +423,7 @@ class Sandbox:
                 for p in (work, *work.iterdir()):
                     os.chown(p, uid, uid)
             nproc = cfg.max_procs if uid is not None else cfg.max_procs + _user_task_count(os.getuid())
-            cpu = int(cfg.cpu_s)
+            cpu = int(cpu_s)
             spec = {
                 "argv": [interpreter, "-B", entry],
                 "uid": uid, "gid": uid,
@@ -414,20 +431,22 @@ class Sandbox:
                 "bind": bind,
                 "private_fs": ({"work": os.path.realpath(work), "scratch_mb": 4 * cfg.max_file_mb}
                                if caps.private_filesystem else None),
-                "timeout_s": float(cfg.timeout_s),
+                "timeout_s": float(timeout_s),
                 "rlimits": {"CPU": [cpu, cpu + 1],
-                            "AS": [cfg.memory_mb << 20] * 2,
+                            "AS": [int(memory_mb) << 20] * 2,
                             "NPROC": [nproc] * 2,
                             "FSIZE": [cfg.max_file_mb << 20] * 2,
                             "CORE": [0, 0]},
             }
-            return self._launch(spec, work, private, uid, key)
+            return self._launch(spec, work, private, uid, key, cpu_s)
         finally:
             _remove_tree(work)
             _remove_tree(private)
 
-    def _launch(self, spec: dict, work: Path, private: Path, uid: int | None, key: str | None) -> ExecutionResult:
+    def _launch(self, spec: dict, work: Path, private: Path, uid: int | None, key: str | None,
+                cpu_s: float | None = None) -> ExecutionResult:
         cfg = self.cfg
+        timeout_s, cpu_s = spec["timeout_s"], cpu_s or cfg.cpu_s
         status_r, status_w = os.pipe()
         spec["status_fd"] = status_w
         out_path, err_path = private / "stdout", private / "stderr"
@@ -450,7 +469,7 @@ class Sandbox:
         finally:
             os.close(status_w)
         status = b""
-        backup_deadline = started + cfg.timeout_s + BACKUP_GRACE_S
+        backup_deadline = started + timeout_s + BACKUP_GRACE_S
         poller = select.poll()       # poll, not select: fd numbers above 1024 are fine
         poller.register(status_r, select.POLLIN | select.POLLHUP)
         backup_kill = False
@@ -490,19 +509,21 @@ class Sandbox:
             return ExecutionResult("error", stdout=stdout, stderr=stderr, wall_s=wall,
                                    message=f"no status from the launcher (exit {proc.returncode})")
         if key is None:
-            return self._classify(outcome, stdout, stderr, wall)
+            return self._classify(outcome, stdout, stderr, wall, timeout_s, cpu_s)
         verdict, stdout = read_verdict(out_path, key, stdout)
-        return self._classify_judged(outcome, verdict, stdout, stderr, wall)
+        return self._classify_judged(outcome, verdict, stdout, stderr, wall, timeout_s, cpu_s)
 
     def _classify_judged(self, outcome: dict, verdict: str | None, stdout: str, stderr: str,
-                         wall: float) -> ExecutionResult:
+                         wall: float, timeout_s: float | None = None, cpu_s: float | None = None) -> ExecutionResult:
         common = dict(stdout=stdout, stderr=stderr, wall_s=wall, exit_code=outcome.get("exit_code"),
                       signal=outcome.get("signal"))
         if verdict == "passed" and not outcome.get("timed_out") and "error" not in outcome:
             return ExecutionResult("passed", **common)
         if verdict is not None and verdict.startswith("failed"):
             return ExecutionResult("failed", message=verdict.removeprefix("failed").strip(), **common)
-        launched = self._classify(outcome, stdout, stderr, wall)
+        if verdict is not None and verdict.startswith("timed_out"):   # a compile or run limit of another language
+            return ExecutionResult("timed_out", message=verdict.removeprefix("timed_out").strip(), **common)
+        launched = self._classify(outcome, stdout, stderr, wall, timeout_s, cpu_s)
         if launched.status in ("timed_out", "error"):
             return launched
         how = (f"killed by signal {outcome['signal']}" if outcome.get("signal") is not None
@@ -510,18 +531,20 @@ class Sandbox:
         return ExecutionResult("failed", message=f"the program ended before the tests finished ({how}); no verdict",
                                **common)
 
-    def _classify(self, outcome: dict, stdout: str, stderr: str, wall: float) -> ExecutionResult:
+    def _classify(self, outcome: dict, stdout: str, stderr: str, wall: float, timeout_s: float | None = None,
+                  cpu_s: float | None = None) -> ExecutionResult:
         common = dict(stdout=stdout, stderr=stderr, wall_s=wall)
+        timeout_s, cpu_s = timeout_s or self.cfg.timeout_s, cpu_s or self.cfg.cpu_s
         if "error" in outcome:
             return ExecutionResult("error", message=outcome["error"], **common)
         if outcome.get("timed_out"):
-            return ExecutionResult("timed_out", message=f"wall clock > {self.cfg.timeout_s}s", **common)
+            return ExecutionResult("timed_out", message=f"wall clock > {timeout_s}s", **common)
         sig = outcome.get("signal")
         if sig is not None:
             cpu_exhausted = sig == SIGXCPU or (sig == signal.SIGKILL
-                                              and outcome.get("cpu_s", 0) >= self.cfg.cpu_s - 0.5)
+                                              and outcome.get("cpu_s", 0) >= cpu_s - 0.5)
             if cpu_exhausted:
-                return ExecutionResult("timed_out", signal=sig, message=f"CPU time > {self.cfg.cpu_s}s",
+                return ExecutionResult("timed_out", signal=sig, message=f"CPU time > {cpu_s}s",
                                        **common)
             return ExecutionResult("failed", signal=sig, message=f"killed by signal {sig}", **common)
         code = outcome.get("exit_code")
