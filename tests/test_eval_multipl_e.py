@@ -5,18 +5,15 @@ import json
 
 import pytest
 
+from codellama_recipe.evaluation.humaneval import default_humaneval_path
 from codellama_recipe.evaluation.multipl_e_parse import parse_problem
 from codellama_recipe.evaluation.multipl_e_translate import LANGUAGES, translate
 from codellama_recipe.evaluation.sandbox import Sandbox
 from codellama_recipe.evaluation.toolchains import TOOLCHAINS, with_sentinel
-from tests.conftest import shared_dir
 
 
 def _rows():
-    path = shared_dir() / "benchmarks" / "HumanEval.jsonl.gz" if shared_dir() else None
-    if path is None or not path.is_file():
-        pytest.skip("HumanEval.jsonl.gz not found under the shared benchmarks folder")
-    with gzip.open(path, "rt") as f:
+    with gzip.open(default_humaneval_path(), "rt") as f:
         return [json.loads(line) for line in f]
 
 
