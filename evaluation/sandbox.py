@@ -41,6 +41,7 @@ from pathlib import Path
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import SandboxConfig
+from codellama_recipe.evaluation.sandbox_folders import SandboxFolders, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -267,37 +268,11 @@ def remove_files_of_uid(uid: int) -> None:
                 if entry.stat(follow_symlinks=False).st_uid != uid:
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    _remove_tree(Path(entry.path))
+                    remove_tree(Path(entry.path))
                 else:
                     os.unlink(entry.path)
             except OSError:
                 continue
-
-
-def _remove_tree(path: Path) -> None:
-    """rmtree that also removes what the program made unwritable (chmod 0), never touching anything
-    outside `path` (and doing nothing when it is already gone)."""
-    root = Path(path)
-    if not os.path.lexists(root):
-        return
-
-    def inside(p: str) -> bool:
-        return Path(p) == root or root in Path(p).parents
-
-    def make_writable_and_retry(func, p, exc_info):
-        parent = os.path.dirname(p)
-        if not inside(parent):
-            return
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-    shutil.rmtree(root, onerror=make_writable_and_retry)
-    if os.path.lexists(root) and os.path.isdir(root) and not os.path.islink(root):
-        shutil.rmtree(root, ignore_errors=True)   # second pass once permissions are fixed
 
 
 def read_verdict(out_path: Path, key: str, shown: str) -> tuple[str | None, str]:
@@ -322,6 +297,7 @@ class Sandbox:
     def __init__(self, cfg: SandboxConfig | dict | None = None):
         self.cfg = check_sandbox_config(typed(SandboxConfig, cfg, "sandbox"))
         self.capabilities = detect_capabilities(self.cfg)
+        self._folders = SandboxFolders(self.cfg.tmp_root)
         self._slots: queue.Queue[int] = queue.Queue()
         for slot in range(self.cfg.n_workers):
             self._slots.put(slot)
@@ -387,8 +363,7 @@ class Sandbox:
         cfg, caps = self.cfg, self.capabilities
         timeout_s, cpu_s, memory_mb = cfg.timeout_s, cfg.cpu_s, cfg.memory_mb
         uid = _uid_base(cfg) + slot if caps.drop_uid else None
-        work = Path(tempfile.mkdtemp(prefix="codellama-sandbox-", dir=cfg.tmp_root))
-        private = Path(tempfile.mkdtemp(prefix="codellama-sandbox-io-", dir=cfg.tmp_root))
+        work, private = self._folders.make("work"), self._folders.make("io")
         key = None
         try:
             if tests is None:
@@ -440,8 +415,8 @@ class Sandbox:
             }
             return self._launch(spec, work, private, uid, key, cpu_s)
         finally:
-            _remove_tree(work)
-            _remove_tree(private)
+            remove_tree(work)
+            remove_tree(private)
 
     def _launch(self, spec: dict, work: Path, private: Path, uid: int | None, key: str | None,
                 cpu_s: float | None = None) -> ExecutionResult:

@@ -291,3 +291,43 @@ def test_launch_failure_is_an_error_not_a_crash(sandbox, monkeypatch):
     result = sandbox.run("print(1)")
     assert result.status == "error"
     assert "could not start" in result.message
+
+
+def _folders_in(root):
+    return sorted(p for p in os.listdir(root) if p.startswith("codellama-sandbox-") and not p.endswith(".owner"))
+
+
+def _wait_for_folder(root, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = _folders_in(root)
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no sandbox folder appeared in {root}")
+
+
+def test_folders_of_a_killed_evaluator_are_removed_by_the_next_one_and_a_live_ones_are_kept(tmp_path):
+    import subprocess
+    import sys
+    evaluator = ("import sys\nfrom codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig\n"
+                 "Sandbox(SandboxConfig(timeout_s=3, cpu_s=3, workers=1, tmp_root=sys.argv[1]))"
+                 ".run('import time\\ntime.sleep(30)')\n")
+    proc = subprocess.Popen([sys.executable, "-c", evaluator, str(tmp_path)])
+    try:
+        _wait_for_folder(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _folders_in(tmp_path)                                    # what SIGKILL leaves behind
+
+    live = Sandbox(SandboxConfig(timeout_s=5, cpu_s=5, workers=1, tmp_root=str(tmp_path)))
+    assert _folders_in(tmp_path) == []
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=live.run("import time\ntime.sleep(2)")))
+    worker.start()
+    running = _wait_for_folder(tmp_path)
+    Sandbox(SandboxConfig(timeout_s=5, workers=1, tmp_root=str(tmp_path)))     # a second evaluator starts
+    assert set(running) <= set(_folders_in(tmp_path))                # the live evaluator's folders stay
+    worker.join()
+    assert result["r"].status == "passed", result["r"].stderr

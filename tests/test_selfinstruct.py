@@ -109,7 +109,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def sandbox():
-    return Sandbox(SandboxConfig(timeout_s=2, cpu_s=2, workers=2))
+    # the CPU limit, not the wall clock, ends the infinite loop whatever the load: verdict messages are compared
+    return Sandbox(SandboxConfig(timeout_s=20, cpu_s=2, workers=2))
 
 
 def config(out_dir, url):
@@ -274,3 +275,16 @@ def test_the_command_killed_with_sigkill_resumes_to_the_same_rows(server, tmp_pa
     for name in ("dataset.jsonl", "triples.jsonl", "stats.json"):
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert "rows kept" in done.stdout
+
+
+def test_a_question_that_mentions_a_placeholder_reaches_the_solver_unaltered(server, sandbox, tmp_path):
+    question = "Write a function that returns the sum of a list; its docstring says {test} and {question} literally."
+    questions = tmp_path / "q.txt"
+    questions.write_text(question + "\n")
+    cfg = config(tmp_path / "si", server.url)
+    cfg.questions.path = str(questions)
+    asked = len(server.requests)
+    SelfInstruct(cfg, Endpoint(server.url, model="fixture"), sandbox.judge_many, None).run()
+    solver = [r["prompt"] for r in server.requests[asked:] if "[PYTHON] and [/PYTHON]" in r["prompt"]]
+    assert solver and all(question in p for p in solver)
+    assert all(TESTS["sum"].split("\n")[2] in p for p in solver)     # the test itself went in too

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,12 @@ REASONS = ("duplicate", "contaminated", "no_tests_parsed", "unparseable_solution
 def item_seed(seed: int, *parts) -> int:
     digest = hashlib.blake2b(json.dumps([seed, *parts]).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def fill(template: str, **fields: str) -> str:
+    """Put each field into its {name} in one pass, so that a value containing another field's placeholder (a
+    question that mentions "{test}") reaches the model unaltered."""
+    return re.sub(r"\{(" + "|".join(map(re.escape, fields)) + r")\}", lambda m: fields[m.group(1)], template)
 
 
 def prompt_version(prompts) -> str:
@@ -109,7 +116,7 @@ class SelfInstruct:
         t = self.cfg.tests
         journal = Journal(self.out / "tests.jsonl", ("id",))
         self._generate(journal, [((q["id"],), q) for q in questions],
-                       lambda i: t.prompt.replace("{question}", i[1]["question"]),
+                       lambda i: fill(t.prompt, question=i[1]["question"]),
                        lambda i: item_seed(self.cfg.seed, "tests", i[1]["id"]),
                        lambda i, text: {"id": i[1]["id"], "tests": parse_tests(text), "raw": text},
                        self._sampling(t), "2/5 tests")
@@ -130,8 +137,7 @@ class SelfInstruct:
         journal = Journal(self.out / "solutions.jsonl", ("id", "k"))
         items = [((q["id"], k), q) for q in questions if q["id"] in tests for k in range(s.n)]
         self._generate(journal, items,
-                       lambda i: s.prompt.replace("{question}", i[1]["question"]).replace(
-                           "{test}", tests[i[1]["id"]][0]),
+                       lambda i: fill(s.prompt, question=i[1]["question"], test=tests[i[1]["id"]][0]),
                        lambda i: item_seed(self.cfg.seed, "solution", *i[0]),
                        lambda i, text: {"id": i[0][0], "k": i[0][1], "code": parse_solution(text), "raw": text},
                        self._sampling(s), "3/5 solutions")
@@ -180,8 +186,7 @@ class SelfInstruct:
             answer = c.output.answer_template.replace("{solution}", solution.rstrip("\n"))
             if c.output.with_tests:
                 answer += c.output.tests_template.replace("{tests}", "\n".join(case_list))
-            rows.append({"messages": [{"role": "user", "content": c.output.user_template.replace(
-                "{question}", q["question"])}, {"role": "assistant", "content": answer}]})
+            rows.append({"messages": [{"role": "user", "content": fill(c.output.user_template, question=q["question"])}, {"role": "assistant", "content": answer}]})
             triples.append({"id": q["id"], "question": q["question"], "tests": case_list, "solution": solution,
                             "solution_index": k, "generator": self.generator.name, "prompt_version": version,
                             "seed": c.seed})
