@@ -25,6 +25,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 from collections import Counter
@@ -264,9 +265,27 @@ def _leave_stop_signals_to_the_rank(worker_id: int) -> None:
     decides what a stop signal means: it checkpoints at the next step boundary (train/stop_flag.py). torchrun
     forwards a SIGTERM to the whole process group of each rank (os.killpg), so without this the worker died first
     and the rank failed with 'DataLoader worker … killed by signal: Terminated' instead of checkpointing. The
-    workers still end with their rank (the DataLoader shuts them down, or they see their parent gone)."""
+    workers still end with their rank: it ends them with SIGKILL (_WorkerProcess), or they see their parent gone."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+
+
+_PLATFORM_CONTEXT = multiprocessing.get_context()
+
+
+class _WorkerProcess(_PLATFORM_CONTEXT.Process):
+    """A DataLoader worker that its rank ends with SIGKILL: it ignores SIGTERM (above), and both the DataLoader's
+    shutdown and multiprocessing's exit handler end a daemonic child with SIGTERM, then wait for it forever."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        popen = _PLATFORM_CONTEXT.Process._Popen(process_obj)
+        popen.terminate = popen.kill   # the workers only read data: nothing to flush
+        return popen
+
+
+class _WorkerContext(type(_PLATFORM_CONTEXT)):
+    Process = _WorkerProcess
 
 
 class _WorkerStreams(torch.utils.data.IterableDataset):
@@ -337,7 +356,8 @@ class TrainLoader:
         else:
             source = iter(torch.utils.data.DataLoader(
                 dataset, batch_size=None, num_workers=self.plan.num_workers, collate_fn=_identity,
-                worker_init_fn=_leave_stop_signals_to_the_rank, prefetch_factor=self.plan.prefetch_factor, persistent_workers=False, pin_memory=self.pin_memory))
+                worker_init_fn=_leave_stop_signals_to_the_rank, multiprocessing_context=_WorkerContext(),
+                prefetch_factor=self.plan.prefetch_factor, persistent_workers=False, pin_memory=self.pin_memory))
         for batch, logical, state in source:
             if self.pin_memory and self.plan.num_workers == 0:
                 batch = {k: v.pin_memory() for k, v in batch.items()}

@@ -25,7 +25,7 @@ from codellama_recipe.core.cli import compose_checked, refuse, split_argv
 from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
-from codellama_recipe.train.checkpoints import config_differences, fingerprint
+from codellama_recipe.train.checkpoint_identity import config_differences, fingerprint
 from codellama_recipe.train.stop_flag import held_stop_signals
 
 CONF_DIR = conf_dir()

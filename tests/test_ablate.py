@@ -136,7 +136,7 @@ def test_infill_loss_scores_the_same_middle_tokens_in_every_mode():
 
 # ------------------------------------------------------------------------------------------ arms
 def _differences(a, b):
-    from codellama_recipe.train.checkpoints import config_differences
+    from codellama_recipe.train.checkpoint_identity import config_differences
     from codellama_recipe.train.trainer import fingerprinted_config
 
     skip = ("init_from", "wandb", "run_dir", "stage.name", "stage.token_budget")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import helpers_engine as H
-from codellama_recipe.train.checkpoints import MANIFEST, newest_intact_tag, tag_for
+from codellama_recipe.train.checkpoint_integrity import MANIFEST, newest_intact_tag, tag_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

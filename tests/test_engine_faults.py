@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import helpers_engine as H
-from codellama_recipe.train.checkpoints import load_consolidated, tag_for
+from codellama_recipe.train.checkpoint_integrity import tag_for
+from codellama_recipe.train.checkpoint_reading import load_consolidated
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 
 from helpers_engine import TINY, compose
+from codellama_recipe.train import checkpoint_identity as ckpt_identity
+from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import check_config
 from codellama_recipe.core.errors import ConfigError
@@ -152,29 +154,31 @@ def test_run_fails_before_any_process_group(tmp_path):
 
 # ---------------------------------------------------------------------------- resume checks
 def test_changed_model_or_data_config_is_refused_with_the_keys():
-    old = ckpt.resume_identity(compose(TINY), 2)
-    new = ckpt.resume_identity(compose(TINY + ["data.seq_len=64", "model.rope_theta=1e6"]), 2)
-    with pytest.raises(ckpt.ResumeRefused) as e:
-        ckpt.check_resumable({"identity": old, "step": 3}, new, allow_change=False)
+    old = ckpt_identity.resume_identity(compose(TINY), 2)
+    new = ckpt_identity.resume_identity(compose(TINY + ["data.seq_len=64", "model.rope_theta=1e6"]), 2)
+    with pytest.raises(ckpt_identity.ResumeRefused) as e:
+        ckpt_identity.check_resumable({"identity": old, "step": 3}, new, allow_change=False)
     msg = str(e.value)
     assert "data.seq_len: 32 -> 64" in msg and "model.rope_theta" in msg and "allow_config_change" in msg
-    assert len(ckpt.check_resumable({"identity": old}, new, allow_change=True)) == 2
-    optim_only = ckpt.resume_identity(compose(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
-    assert ckpt.check_resumable({"identity": old}, optim_only, allow_change=False) == []
-    moved = ckpt.resume_identity(compose(TINY + ["cache_dir=/elsewhere"]), 2)   # data moved, same content
-    assert ckpt.check_resumable({"identity": old}, moved, allow_change=False) == []
-    with pytest.raises(ckpt.ResumeRefused, match="world_size: 2 -> 4"):
-        ckpt.check_resumable({"identity": old}, ckpt.resume_identity(compose(TINY), 4), allow_change=False)
+    assert len(ckpt_identity.check_resumable({"identity": old}, new, allow_change=True)) == 2
+    optim_only = ckpt_identity.resume_identity(compose(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
+    assert ckpt_identity.check_resumable({"identity": old}, optim_only, allow_change=False) == []
+    moved = ckpt_identity.resume_identity(compose(TINY + ["cache_dir=/elsewhere"]), 2)   # data moved, same content
+    assert ckpt_identity.check_resumable({"identity": old}, moved, allow_change=False) == []
+    with pytest.raises(ckpt_identity.ResumeRefused, match="world_size: 2 -> 4"):
+        ckpt_identity.check_resumable({"identity": old}, ckpt_identity.resume_identity(compose(TINY), 4),
+                                      allow_change=False)
 
 
 def test_checkpoint_of_an_earlier_format_is_refused_saying_so():
-    current = ckpt.resume_identity(compose(TINY), 2)
+    current = ckpt_identity.resume_identity(compose(TINY), 2)
     earlier = {k: v for k, v in current.items() if k != "checkpoint_format"}   # what version 0.1 wrote
-    with pytest.raises(ckpt.ResumeRefused, match=r"checkpoint format 1 .*writes format 2.*allow_config_change"):
-        ckpt.check_resumable({"identity": earlier, "step": 7}, current, allow_change=False)
-    diffs = ckpt.check_resumable({"identity": earlier}, current, allow_change=True)
+    with pytest.raises(ckpt_identity.ResumeRefused,
+                       match=r"checkpoint format 1 .*writes format 2.*allow_config_change"):
+        ckpt_identity.check_resumable({"identity": earlier, "step": 7}, current, allow_change=False)
+    diffs = ckpt_identity.check_resumable({"identity": earlier}, current, allow_change=True)
     assert len(diffs) == 1 and diffs[0].startswith("checkpoint_format") and diffs[0].endswith("2")
-    assert ckpt.check_resumable({"identity": current}, current, allow_change=False) == []
+    assert ckpt_identity.check_resumable({"identity": current}, current, allow_change=False) == []
 
 
 def test_rng_states_round_trip_through_json():
@@ -188,14 +192,14 @@ def test_rng_states_round_trip_through_json():
 
 def test_latest_ignores_incomplete_folders(tmp_path):
     for step in (3, 6):
-        (tmp_path / ckpt.tag_for(step)).mkdir()
-        (tmp_path / ckpt.tag_for(step) / ckpt.CLIENT_STATE).write_text("{}")
-    (tmp_path / (ckpt.TMP_PREFIX + ckpt.tag_for(9))).mkdir()
-    (tmp_path / ckpt.LATEST).write_text(ckpt.tag_for(6))
-    assert ckpt.latest_tag(tmp_path) == "step_00000006"
-    (tmp_path / ckpt.LATEST).write_text(ckpt.tag_for(9))   # pointer to a folder that is gone
-    assert ckpt.latest_tag(tmp_path) == "step_00000006"
-    assert ckpt.remove_incomplete(tmp_path) == [".tmp-step_00000009"]
+        (tmp_path / ckpt_integrity.tag_for(step)).mkdir()
+        (tmp_path / ckpt_integrity.tag_for(step) / ckpt_integrity.CLIENT_STATE).write_text("{}")
+    (tmp_path / (ckpt_integrity.TMP_PREFIX + ckpt_integrity.tag_for(9))).mkdir()
+    (tmp_path / ckpt_integrity.LATEST).write_text(ckpt_integrity.tag_for(6))
+    assert ckpt_integrity.latest_tag(tmp_path) == "step_00000006"
+    (tmp_path / ckpt_integrity.LATEST).write_text(ckpt_integrity.tag_for(9))   # pointer to a folder that is gone
+    assert ckpt_integrity.latest_tag(tmp_path) == "step_00000006"
+    assert ckpt_integrity.remove_incomplete(tmp_path) == [".tmp-step_00000009"]
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 from helpers_tokenizer import small_tokenizer_path
 
-from codellama_recipe.train.checkpoints import load_consolidated
+from codellama_recipe.train.checkpoint_reading import load_consolidated
 from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError
 
 pytestmark = pytest.mark.timeout(300)

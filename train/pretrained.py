@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from codellama_recipe.train.checkpoints import load_consolidated
+from codellama_recipe.train.checkpoint_reading import load_consolidated
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError, load_hf, load_meta, meta_shard_paths
 

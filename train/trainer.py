@@ -31,6 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic
 from codellama_recipe.core.run_dir_lock import run_dir_lock
+from codellama_recipe.train import checkpoint_identity as ckpt_identity
+from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
+from codellama_recipe.train import checkpoint_reading as ckpt_reading
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.config_checks import RunPlan, check_config
 from codellama_recipe.train.distributed import all_reduce
@@ -129,7 +132,7 @@ def _log(rank: int, msg: str) -> None:
 
 def fingerprinted_config(cfg: DictConfig) -> dict:
     """The resolved config without the keys that only change how a run is observed (OBSERVATION_KEYS)."""
-    full = ckpt.resolved(cfg)
+    full = ckpt_identity.resolved(cfg)
     for dotted in OBSERVATION_KEYS:
         *parents, leaf = dotted.split(".")
         node = full
@@ -142,7 +145,7 @@ def fingerprinted_config(cfg: DictConfig) -> dict:
 
 def run_fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that determines the result of the stage."""
-    return ckpt.fingerprint(fingerprinted_config(cfg))
+    return ckpt_identity.fingerprint(fingerprinted_config(cfg))
 
 
 def resolve_tokenizer_path(cfg: DictConfig) -> str:
@@ -243,14 +246,15 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     rank_env = int(os.environ.get("RANK", "0"))
 
-    identity = ckpt.resume_identity(cfg, plan.world_size)
-    tag, damaged = ckpt.newest_intact_tag(ckpt_dir)
+    identity = ckpt_identity.resume_identity(cfg, plan.world_size)
+    tag, damaged = ckpt_integrity.newest_intact_tag(ckpt_dir)
     if damaged and tag is None:
-        raise ckpt.no_intact_checkpoint(ckpt_dir, damaged)
+        raise ckpt_integrity.no_intact_checkpoint(ckpt_dir, damaged)
     for bad, problem in damaged:
         _log(rank_env, f"checkpoint {bad} is damaged ({problem}); skipped, resuming from {tag}")
-    resume_client = ckpt.read_client_state(ckpt_dir, tag) if tag else None
-    diffs = ckpt.check_resumable(resume_client, identity, cfg.trainer.allow_config_change) if resume_client else []
+    resume_client = ckpt_integrity.read_client_state(ckpt_dir, tag) if tag else None
+    diffs = (ckpt_identity.check_resumable(resume_client, identity, cfg.trainer.allow_config_change)
+             if resume_client else [])
 
     fingerprint = run_fingerprint(cfg)
     done_file = run_dir / DONE_FILE
@@ -288,7 +292,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     train_loader, val_loaders = build_loaders(cfg, tokenizer, rank, world_size, plan)
 
     if rank == 0:
-        removed = ckpt.remove_incomplete(ckpt_dir)
+        removed = ckpt_integrity.remove_incomplete(ckpt_dir)
         if removed:
             _log(rank, f"removed incomplete checkpoint folder(s) {removed} (a save was interrupted)")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
         np.random.seed(int(cfg.seed) + rank)
 
     logger = MetricsLogger(run_dir, rank=rank, resume_step=state.step, wandb_cfg=cfg.wandb,
-                           config=ckpt.resolved(cfg), run_id=state.wandb_run_id)
+                           config=ckpt_identity.resolved(cfg), run_id=state.wandb_run_id)
     state.wandb_run_id = logger.run_id
     peak, peak_source = (peak_flops_per_device(cfg.trainer.peak_flops_per_device, device, Path(str(cfg.cache_dir)))
                          if rank == 0 else (float("nan"), ""))
@@ -350,7 +354,8 @@ def fit(ctx: TrainContext) -> dict:
     """Optimizer updates from ctx.state.step to trainer.max_steps; returns DONE.json's content, or
     {'stopped': signal, ...} when a stop signal ended the session early (a checkpoint is written either way)."""
     t, state = ctx.cfg.trainer, ctx.state
-    ctx.last_saved_step = state.step if ckpt.latest_tag(ctx.ckpt_dir) == ckpt.tag_for(state.step) else None
+    saved = ckpt_integrity.latest_tag(ctx.ckpt_dir) == ckpt_integrity.tag_for(state.step)
+    ctx.last_saved_step = state.step if saved else None
     interval = IntervalMetrics(list(ctx.train_loader.source_names), ctx.device)
     nonfinite_in_row, grad_norm = 0, float("nan")
     bar = ProgressBar(t.progress_bar if ctx.rank == 0 else False, total=t.max_steps, initial=state.step)
@@ -391,8 +396,8 @@ def fit(ctx: TrainContext) -> dict:
             bar.close()
             raise TooManyNonFinite(
                 f"{nonfinite_in_row} consecutive updates had a non-finite loss or gradient norm (last at step "
-                f"{state.step}); stopping. The latest checkpoint ({ckpt.latest_tag(ctx.ckpt_dir)}) holds finite "
-                f"weights. Lower optim.lr, check the data, or raise trainer.max_nonfinite_in_row.")
+                f"{state.step}); stopping. The latest checkpoint ({ckpt_integrity.latest_tag(ctx.ckpt_dir)}) holds "
+                f"finite weights. Lower optim.lr, check the data, or raise trainer.max_nonfinite_in_row.")
         maybe_save_checkpoint(ctx)
     bar.close()
 
@@ -520,8 +525,9 @@ def maybe_save_checkpoint(ctx: TrainContext) -> None:
 def save_checkpoint(ctx: TrainContext) -> None:
     state = ctx.state
     state.elapsed_s = ctx.elapsed_s()
-    client = {"train_state": asdict(state), "identity": ctx.identity, "fingerprint": ckpt.fingerprint(ctx.identity),
-              "config": ckpt.resolved(ctx.cfg), "model_config": ctx.model_config,
+    client = {"train_state": asdict(state), "identity": ctx.identity,
+              "fingerprint": ckpt_identity.fingerprint(ctx.identity),
+              "config": ckpt_identity.resolved(ctx.cfg), "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
     rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
     tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
@@ -534,7 +540,7 @@ def finish(ctx: TrainContext) -> dict:
     """After the last step (its checkpoint written): the Hugging Face export, DONE.json and the wandb summary."""
     state = ctx.state
     state.elapsed_s = ctx.elapsed_s()
-    last_checkpoint = ctx.ckpt_dir / ckpt.tag_for(state.step)
+    last_checkpoint = ctx.ckpt_dir / ckpt_integrity.tag_for(state.step)
     done = {"fingerprint": ctx.fingerprint, "steps": state.step, "tokens": state.tokens_seen,
             "time_s": state.elapsed_s, "train_loss": state.last_train_loss, "val_loss": state.last_val,
             "nonfinite_skipped": state.nonfinite_skipped, "wandb_run_id": state.wandb_run_id,
@@ -553,7 +559,7 @@ def finish(ctx: TrainContext) -> dict:
 
 def export_hf(tag_dir: Path, out_dir: Path, tokenizer_path: str, dtype: str) -> None:
     """Consolidate a checkpoint (ZeRO shards included) and write it in Hugging Face format, atomically."""
-    model_cfg, state_dict = ckpt.load_consolidated(tag_dir)
+    model_cfg, state_dict = ckpt_reading.load_consolidated(tag_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_hf(state_dict, model_cfg, tmp, tokenizer_path=tokenizer_path, dtype=DTYPES[dtype])

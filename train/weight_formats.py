@@ -3,7 +3,7 @@
 Every loader returns `(ModelConfig, state_dict)` with Meta's parameter names (those of train.model.Llama).
 Meta shards are read with `torch.load(weights_only=True)` (tensors and plain containers only) and Hugging Face
 folders from safetensors: neither can run code. (The engine's own DeepSpeed checkpoints are a different matter:
-see train/checkpoints.py.)
+see train/checkpoint_reading.py.)
 
 Meta format: `params.json` + `consolidated.NN.pth`, one file per model-parallel rank. Column-parallel weights
 (wq, wk, wv, w1, w3, output) are split along dim 0, row-parallel ones (wo, w2) and the embedding

@@ -22,7 +22,7 @@ from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.schema import AblateArm, PipelineRunConfig
 from codellama_recipe.stages.pipeline import PipelineError, check_stage, compose_stage, stage_fingerprint
-from codellama_recipe.train.checkpoints import config_differences
+from codellama_recipe.train.checkpoint_identity import config_differences
 from codellama_recipe.train.stop_flag import StopFlag
 
 STATE_FILE = "ablate_state.json"

@@ -24,7 +24,8 @@ from codellama_recipe.evaluation.key_retrieval import build_examples, parse_answ
 from codellama_recipe.evaluation.long_files import corpus_dir_for, corpus_texts
 from codellama_recipe.evaluation.perplexity import loss_sums_by_context_length
 from codellama_recipe.evaluation.run import load_model_and_tokenizer
-from codellama_recipe.train.checkpoints import fingerprint, tag_for
+from codellama_recipe.train.checkpoint_identity import fingerprint
+from codellama_recipe.train.checkpoint_integrity import tag_for
 
 MEASUREMENTS_FILE = "ablate_measurements.json"
 VAL_SOURCES = ("code", "python", "nl_code", "nl")
