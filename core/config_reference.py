@@ -12,11 +12,13 @@ A comment that starts with `a | b | c` lists the allowed values; the type column
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import io
 import re
 import sys
+import textwrap
 import tokenize
 import typing
 from pathlib import Path
@@ -54,37 +56,35 @@ MAX_INLINE = 72
 # ------------------------------------------------------------------ meanings from the source
 def _comments_of(cls) -> dict[str, str]:
     """{field: meaning} for the fields that `cls` itself declares."""
-    source = inspect.getsource(cls)
+    source = textwrap.dedent(inspect.getsource(cls))
     lines = source.splitlines()
-    comments = {}   # line number (1-based, in source) -> comment text
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("#").strip())
-    own = cls.__dict__.get("__annotations__", {})
+    comments = {tok.start[0]: (tok.start[1], tok.string.lstrip("#").strip())
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+
+    def alone(n: int):
+        """The column of line n's comment when the line holds nothing else, else None."""
+        if n in comments and not lines[n - 1][:comments[n][0]].strip():
+            return comments[n][0]
+        return None
+
     meanings = {}
-    body_indent = None
-    for n, line in enumerate(lines, 1):
-        m = re.match(r"^(\s+)(\w+)\s*:", line)
-        if not m or m.group(2) not in own or m.group(2) in meanings:
+    for node in ast.parse(source).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        indent = len(m.group(1))
-        body_indent = body_indent if body_indent is not None else indent
-        if indent != body_indent:
-            continue
-        code_only = lambda k: k in comments and not lines[k - 1][:comments[k][0]].strip()
-        if n in comments and not code_only(n):
-            parts, col, k = [comments[n][1]], comments[n][0], n + 1
-            while code_only(k) and comments[k][0] > indent:   # continuation lines, indented deeper
-                parts.append(comments[k][1])
-                k += 1
-            meanings[m.group(2)] = " ".join(parts)
-            continue
-        above, k = [], n - 1
-        while code_only(k) and comments[k][0] == indent:
-            above.insert(0, comments[k][1])
-            k -= 1
-        if above:
-            meanings[m.group(2)] = " ".join(above)
+        first, last, indent = node.lineno, node.end_lineno, node.col_offset
+        said = [comments[n][1] for n in range(first, last + 1) if n in comments and alone(n) is None]
+        if said:
+            n = last + 1
+            while (alone(n) or 0) > indent:       # continued on comment lines indented deeper than the field
+                said.append(comments[n][1])
+                n += 1
+        else:
+            n = first - 1
+            while alone(n) == indent:             # or said on comment lines directly above it
+                said.insert(0, comments[n][1])
+                n -= 1
+        if said:
+            meanings[node.target.id] = " ".join(said)
     return meanings
 
 
@@ -223,11 +223,13 @@ def composed_files(config_name: str, choices: dict) -> list[tuple[str, set]]:
     def walk(rel: str, package: str):
         text = (root / rel).read_text(encoding="utf-8")
         body = yaml.safe_load(text) or {}
-        if "@package _global_" in text.split("\n", 3)[0] + text.split("\n", 3)[1]:
+        if "# @package _global_" in text.splitlines()[:2]:
             package = ""
         keys: set = set()
         _flat_keys({k: v for k, v in body.items() if k not in ("defaults", "hydra")}, package and package + ".",
                    keys)
+        if package and keys:
+            keys.add(package)
         own = (f"conf/{rel}", keys)
         entries, self_placed = body.get("defaults", []), False
         for entry in entries:
@@ -253,6 +255,7 @@ def compose_shipped(config_name: str):
     that returns None where the value depends on the environment; the conf/ files in composition order)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from codellama_recipe.core.config import CONF_PACKAGE, register_resolvers, register_schemas
 
@@ -282,7 +285,7 @@ def compose_shipped(config_name: str):
     def resolved(key: str):
         try:
             value = OmegaConf.select(neutral, key, throw_on_missing=False)
-        except Exception:
+        except OmegaConfBaseException:    # an interpolation that cannot be resolved here: shown as written
             return None
         if value is None or OmegaConf.is_config(value) or sentinel in str(value):
             return None
@@ -301,8 +304,8 @@ def _lookup(raw, key: str):
 
 
 def _count(value) -> str:
-    n, noun = len(value), ("entr", "y", "ies") if isinstance(value, dict) else ("item", "", "s")
-    return f"{n} {noun[0]}{noun[1] if n == 1 else noun[2]}"
+    noun = ("entry", "entries") if isinstance(value, dict) else ("item", "items")
+    return f"{len(value)} {noun[len(value) != 1]}"
 
 
 def _set_by(files, key: str) -> str:
@@ -344,7 +347,10 @@ def add_shipped(table: list[Row], config_name: str) -> list[str]:
             continue
         text = _inline(value)
         if len(text) > MAX_INLINE:
-            cell = _count(value) if isinstance(value, (dict, list)) else f"`{text[:MAX_INLINE - 5]} …`"
+            if isinstance(value, dict):
+                cell = "entries " + ", ".join(f"`{k}`" for k in value)
+            else:
+                cell = _count(value) if isinstance(value, list) else f"`{text[:MAX_INLINE - 5]} …`"
         else:
             cell = f"`{text}`"
             result = resolved(row.key) if isinstance(value, str) and "${" in value else None
@@ -363,7 +369,7 @@ def _cell(text: str) -> str:
     return "`".join(pieces).replace("|", r"\|")
 
 
-def render(compose: bool = True) -> str:
+def render() -> str:
     out = [
         "# Configuration reference",
         "",
@@ -382,7 +388,7 @@ def render(compose: bool = True) -> str:
     out.append("")
     for command, config_name, root in COMMANDS:
         table = rows(root)
-        files = add_shipped(table, config_name) if compose else []
+        files = add_shipped(table, config_name)
         out += [f"## {command}", ""]
         intro = f"Schema `{root.__name__}`"
         if files:
