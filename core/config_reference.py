@@ -191,7 +191,8 @@ def rows(cls, prefix: str = "", in_entry: bool = False) -> list[Row]:
         if allowed:
             type_cell += ": " + ", ".join(f"`{v}`" for v in allowed.group(1).split(" | "))
         if node is not None and not mapping:
-            out.append(Row(key, type_cell, "", text, "node"))
+            required = isinstance(f.default, str) and f.default == schema.MISSING
+            out.append(Row(key, type_cell, "required" if required else "", text, "node"))
             out.extend(rows(node, key + ".", in_entry))
         elif node is not None or entry is not None:
             value = _default(f)

@@ -377,7 +377,7 @@ class KeyRetrievalConfig:
     positions: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     n_examples: int = 64                        # examples per (length, position) cell (paper: 64)
     max_new_tokens: int = 4                     # generated tokens per answer
-    source: str = "python"                      # python | code: embedded corpus source of the context files ...
+    source: str = "python"                      # embedded corpus source (python, code, ...) of the context files ...
     splits: List[str] = field(default_factory=lambda: ["val", "train"])  # ... its splits, held-out first
     files: Any = None                           # or the user's files: a glob or list of globs (replaces source)
     max_files: int = 500                        # context files read at most
@@ -391,7 +391,7 @@ class PerplexityConfig:
     min_bytes: int = 50000                      # only files at least this long (the paper's long source files)
     max_files: int = 8                          # files measured at most
     chunk_size: int = 2048                      # positions per output-layer + loss chunk (bounds the logits memory)
-    source: str = "python"                      # python | code: embedded corpus source of the files ...
+    source: str = "python"                      # embedded corpus source (python, code, ...) of the files ...
     splits: List[str] = field(default_factory=lambda: ["val", "train"])  # ... its splits, held-out first
     files: Any = None                           # or the user's files: a glob or list of globs (replaces source)
     limit: Optional[int] = None                 # files at most; null = the top-level limit
@@ -446,7 +446,7 @@ class EvalConfig:
     skip_missing: bool = True  # a benchmark whose data file is missing is listed under skipped instead of failing
     seed: int = 0                               # sampling and example selection derive from it
     device: str = "auto"                        # auto (cuda when available, else cpu) or a torch device
-    dtype: str = "float32"                      # float32 | bfloat16 | float16
+    dtype: str = "float32"                      # float32 | bfloat16 | float16 (or fp32, bf16, fp16)
     batch_size: int = 8                         # prompts per generation batch
     samples: Optional[str] = None  # score this jsonl of {task_id, completion} rows instead of generating ...
     benchmark: Optional[str] = None             # ... for this benchmark: humaneval, mbpp or infilling_<kind>
