@@ -679,7 +679,6 @@ class PrepareConfig:
     routes: dict = field(default_factory=dict)      # source -> {langs: [...], extensions: [...]}; first match wins
     default_source: Optional[str] = "code"          # code | python | nl_code | nl: unrouted documents; null drops them
     heldout_share: float = 0.01  # share of documents (by content hash) in the heldout split, the rest train
-    shard_docs: int = 10000                         # not read yet: the output shards are datatrove's, one per task
     filters: PrepareFilters = field(default_factory=PrepareFilters)  # the StarCoder / The Stack filters
     dedup: PrepareDedup = field(default_factory=PrepareDedup)  # exact and near (MinHash) deduplication
     decontamination: PrepareDecontamination = field(default_factory=PrepareDecontamination)  # benchmark decontamination
