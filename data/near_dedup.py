@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
 
 import numpy as np
 

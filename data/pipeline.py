@@ -37,7 +37,10 @@ import torch
 from codellama_recipe.data.fim import FimBuilder, check_fim_config, check_tokenizer, fim_plan
 from codellama_recipe.data.mixture import TokenMixture
 from codellama_recipe.data.packing import PAD_SOURCE, Packer, Segment
-from codellama_recipe.data.sources import SKIP_REASONS, Document, Location, SourceReader, SourceSpec, parse_sources
+from codellama_recipe.data.record_readers import SKIP_REASONS, Document
+from codellama_recipe.data.source_config import SourceSpec, parse_sources
+from codellama_recipe.data.source_files import Location
+from codellama_recipe.data.sources import SourceReader
 from codellama_recipe.data.chat import encode_dialog
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError

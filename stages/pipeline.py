@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
     if unknown:
         return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
-    from codellama_recipe.data.sources import BadInputError
+    from codellama_recipe.data.record_readers import BadInputError
     from codellama_recipe.train.engine_setup import shutdown_distributed
     from codellama_recipe.train.weight_formats import CheckpointError
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, write_jsonl  # noqa: E402
 
 from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders  # noqa: E402
-from codellama_recipe.data.sources import BadInputError  # noqa: E402
+from codellama_recipe.data.record_readers import BadInputError  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

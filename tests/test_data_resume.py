@@ -11,7 +11,9 @@ from helpers_data import ByteTokenizer, make_mixed_corpus  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.data.source_files import Location  # noqa: E402
+from codellama_recipe.data.sources import SourceReader  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -154,9 +156,9 @@ def test_reiterating_continues_the_stream(tmp_path):
 def test_hub_source_resumes_exactly(tmp_path, monkeypatch, num_workers):
     """A `hub` source goes through datasets streaming (here its local json builder, offline); small
     datasets batches make the saved position land on datasets' own state_dict."""
-    from codellama_recipe.data import sources
+    from codellama_recipe.data import record_readers
 
-    monkeypatch.setattr(sources, "HUB_BATCH", 4)
+    monkeypatch.setattr(record_readers, "HUB_BATCH", 4)
     from helpers_data import data_cfg, make_corpus
 
     make_corpus(tmp_path, {"code": (3, 20)}, spread=40)

@@ -15,7 +15,9 @@ from codellama_recipe.core.config import typed  # noqa: E402
 from codellama_recipe.core.schema import FimConfig  # noqa: E402
 from codellama_recipe.data.fim import FimBuilder, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.data.source_files import Location  # noqa: E402
+from codellama_recipe.data.sources import SourceReader  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

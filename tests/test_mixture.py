@@ -12,7 +12,9 @@ from helpers_tokenizer import small_tokenizer  # noqa: E402
 
 from codellama_recipe.data.mixture import TokenMixture  # noqa: E402
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.data.source_files import Location  # noqa: E402
+from codellama_recipe.data.sources import SourceReader  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 CODE_MIX = {"code": 0.85, "nl_code": 0.08, "nl": 0.07}

@@ -175,13 +175,14 @@ def test_end_to_end_training_config_reads_the_output(tmp_path):
     assert code["read"]["documents"] == 20 and code["read"]["tokens"] > 0
     cfg = compose("train", [f"corpus.code.paths=[{out}/code/train/*.jsonl.gz]",
                             f"corpus.code.val_paths=[{out}/code/heldout/*.jsonl.gz]"])
-    from codellama_recipe.data.sources import _iter_jsonl_gz, resolve_globs
+    from codellama_recipe.data.record_readers import iter_jsonl_gz
+    from codellama_recipe.data.source_files import resolve_globs
 
     train = resolve_globs(tuple(cfg.corpus.code.paths), "corpus.code.paths")
     val = resolve_globs(tuple(cfg.corpus.code.val_paths), "corpus.code.val_paths")
-    n = sum(1 for p in train + val for _ in _iter_jsonl_gz(p, 0, None, 1 << 20))
+    n = sum(1 for p in train + val for _ in iter_jsonl_gz(p, 0, None, 1 << 20))
     assert n == code["after_near_dedup"]["documents"] == 20
-    assert code["splits"]["heldout"] == len([1 for p in val for _ in _iter_jsonl_gz(p, 0, None, 1 << 20)])
+    assert code["splits"]["heldout"] == len([1 for p in val for _ in iter_jsonl_gz(p, 0, None, 1 << 20)])
 
 
 def test_wrong_field_name_is_one_line_exit_2(tmp_path, capsys):

@@ -10,7 +10,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, data_cfg, digest, make_corpus, split_documents  # noqa: E402
 
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.sources import Location, SourceReader, parse_sources  # noqa: E402
+from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.data.source_files import Location  # noqa: E402
+from codellama_recipe.data.sources import SourceReader  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -39,7 +39,7 @@ def sweep_run_dir(cfg) -> None:
 
 
 def _run(cfg) -> int:
-    from codellama_recipe.data.sources import BadInputError
+    from codellama_recipe.data.record_readers import BadInputError
     from codellama_recipe.train.trainer import TooManyNonFinite, run
     from codellama_recipe.train.weight_formats import CheckpointError
 

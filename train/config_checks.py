@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.data.embedded import ensure_corpus_for
 from codellama_recipe.data.pipeline import DataPlan
-from codellama_recipe.data.sources import Location
+from codellama_recipe.data.source_files import Location
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("fp32", "bf16")
