@@ -121,7 +121,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from codellama_recipe.data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded.cache import ensure_embedded
 
     paths = ensure_embedded(args.cache_dir, log=lambda m: print(m, file=sys.stderr))
     files = _files(pathlib.Path(paths.corpus_dir), args.shards)

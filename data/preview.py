@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     from codellama_recipe.core.cli import refuse, split_argv
-    from codellama_recipe.data.embedded import ensure_corpus_for
+    from codellama_recipe.data.embedded.cache import ensure_corpus_for
     from codellama_recipe.data.pipeline import DataPlan, TrainLoader
 
     flags, rest = split_argv(argv)

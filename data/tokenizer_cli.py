@@ -25,7 +25,7 @@ def _model_prefix(out: str) -> str:
 def _cmd_train(args) -> int:
     files = args.files
     if not files:
-        from codellama_recipe.data.embedded import corpus_train_files, ensure_corpus
+        from codellama_recipe.data.embedded.cache import corpus_train_files, ensure_corpus
         files = corpus_train_files(ensure_corpus(args.cache_dir))
     start = time.perf_counter()
     path = train_tokenizer(files, _model_prefix(args.out), vocab_size=args.vocab_size,

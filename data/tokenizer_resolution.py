@@ -84,6 +84,6 @@ def _tokenizer_of_run(run_dir: Path, weights_key: str, runs_followed: tuple[Path
 
 
 def _embedded_tokenizer(cache_dir) -> str:
-    from codellama_recipe.data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded.cache import ensure_embedded
 
     return str(ensure_embedded(str(cache_dir) if cache_dir else None).tokenizer_path)

@@ -12,8 +12,8 @@ from codellama_recipe.core.errors import ConfigError
 
 
 def corpus_dir_for(cache_dir) -> Path:
-    """The embedded corpus, built on first use by data.embedded (tokenizer/corpus helper's module)."""
-    from codellama_recipe.data.embedded import ensure_embedded
+    """The embedded corpus, built on first use by data/embedded/cache.py."""
+    from codellama_recipe.data.embedded.cache import ensure_embedded
     return Path(ensure_embedded(cache_dir).corpus_dir)
 
 

@@ -73,7 +73,7 @@ def reference_training_tokens(tok, dialog):
 
 @pytest.fixture(scope="module", params=["small", "llama_style", "embedded"])
 def any_tokenizer(request):
-    from codellama_recipe.data.embedded import ensure_embedded
+    from codellama_recipe.data.embedded.cache import ensure_embedded
     from codellama_recipe.data.tokenizer import Tokenizer
 
     if request.param == "small":

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from codellama_recipe.data.corpus import SOURCES, CorpusConfig, _read_text, Skip, build_corpus, shard_files
-from codellama_recipe.data.embedded import TOKENIZER_VERSION, corpus_train_files, ensure_embedded
-from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
+from codellama_recipe.data.embedded.corpus import SOURCES, CorpusConfig, _read_text, Skip, build_corpus, shard_files
+from codellama_recipe.data.embedded.cache import TOKENIZER_VERSION, corpus_train_files, ensure_embedded
+from codellama_recipe.data.embedded.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
 from codellama_recipe.data.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.timeout(300)
@@ -208,8 +208,8 @@ def test_bad_config_is_rejected():
 def test_two_processes_racing_build_once(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        from codellama_recipe.data.corpus import CorpusConfig, SOURCES
-        from codellama_recipe.data.embedded import ensure_embedded
+        from codellama_recipe.data.embedded.corpus import CorpusConfig, SOURCES
+        from codellama_recipe.data.embedded.cache import ensure_embedded
         cfg = CorpusConfig(source_bytes={{s: 60_000 for s in SOURCES}}, train_shards=2, val_shards=1)
         p = ensure_embedded({str(tmp_path)!r}, corpus_cfg=cfg)
         print("RESULT", p.corpus_dir, p.tokenizer_path)
@@ -248,7 +248,7 @@ def test_default_embedded_corpus_and_tokenizer():
 
 
 def test_cli_builds_with_caps(tmp_path):
-    from codellama_recipe.data.corpus import main
+    from codellama_recipe.data.embedded.corpus import main
     caps = [f"{s}=0.05" for s in SOURCES]
     assert main([str(tmp_path / "c"), "--source-mb", *caps, "--train-shards", "2", "--no-system-dirs"]) == 0
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())

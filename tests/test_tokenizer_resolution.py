@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.data import embedded
+from codellama_recipe.data.embedded import cache as embedded
 from codellama_recipe.data.tokenizer import Tokenizer
 from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
 from codellama_recipe.evaluation.run import load_config, load_model_and_tokenizer

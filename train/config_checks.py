@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.data.embedded import ensure_corpus_for
+from codellama_recipe.data.embedded.cache import ensure_corpus_for
 from codellama_recipe.data.pipeline import DataPlan
 from codellama_recipe.data.source_files import Location
 

@@ -33,7 +33,7 @@ KNOWN = ("infill:psm", "infill:spm", "infill:ar", "infill:psm_nosuffix", "infill
          "infill:psm_othersuffix", "infill:spm_othersuffix", "exact:psm", "exact:spm", "exact:ar", "val_loss",
          "perplexity", "key_retrieval")
 CURVE_KINDS = ("infill", "exact")       # what an arm with `curve: true` also measures along its checkpoints
-INFILLING_SOURCE, INFILLING_SPLIT = "infilling", "heldout"   # data.corpus: the held-out infilling set
+INFILLING_SOURCE, INFILLING_SPLIT = "infilling", "heldout"   # data/embedded/corpus.py: the held-out infilling set
 
 
 @dataclasses.dataclass

@@ -58,7 +58,7 @@ def load_tokenizer(path):
     if path:
         return Tokenizer(path)
     try:
-        from codellama_recipe.data.embedded import ensure_embedded
+        from codellama_recipe.data.embedded.cache import ensure_embedded
 
         return Tokenizer(ensure_embedded(None).tokenizer_path)
     except Exception:

@@ -17,7 +17,7 @@ import shutil
 import time
 from typing import NamedTuple
 
-from codellama_recipe.data.corpus import CORPUS_FORMAT_VERSION, SOURCES, CorpusConfig, build_corpus, shard_files
+from codellama_recipe.data.embedded.corpus import CORPUS_FORMAT_VERSION, SOURCES, CorpusConfig, build_corpus, shard_files
 from codellama_recipe.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
 TOKENIZER_VERSION = 2

@@ -45,7 +45,7 @@ import time
 from typing import Callable, Iterable, Iterator
 
 from codellama_recipe.core.atomic import replace_dir_atomic, write_bytes_atomic, write_text_atomic
-from codellama_recipe.data.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
+from codellama_recipe.data.embedded.instruct_mining import USER_TEMPLATE, mine_pairs, module_docstrings
 from codellama_recipe.data.near_dedup import NearDuplicateIndex, looks_generated
 from codellama_recipe.data.pieces import split_into_pieces
 
