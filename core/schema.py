@@ -623,9 +623,10 @@ class SelfInstructConfig:
 @dataclass
 class PrepareInput:
     paths: list = field(default_factory=list)       # local .jsonl / .jsonl.gz / .parquet files or globs
-    hub: Optional[str] = None                       # a hub dataset id read streamed (bigcode/the-stack-dedup)
+    hub: Any = None  # a hub dataset read streamed: an id (bigcode/the-stack-dedup) or {path, name, split, data_files, data_dir, revision}
     hub_split: str = "train"                        # split of the hub dataset
-    hub_limit: Optional[int] = None                 # documents read from the hub at most; null = all
+    hub_limit: Optional[int] = None  # documents read from the hub at most (split evenly over executor.tasks); null = all
+    strict: bool = False  # true: the first unusable line / row stops the run, naming file and line (exit 2); false: skip and count it
     text_key: str = "content"                       # field with the text (The Stack: content; plain corpora: text)
     lang_key: str = "lang"                          # field with the language (routes compare it lower-case)
     path_key: str = "max_stars_repo_path"           # field with the file path (routes and filters read its extension)
@@ -669,6 +670,7 @@ class PrepareExecutor:
     time: str = "12:00:00"                          # slurm: time limit per job, HH:MM:SS
     cpus_per_task: int = 1                          # slurm: CPUs per task
     mem_per_cpu_gb: int = 2                         # slurm: memory per CPU, GB
+    env_command: Optional[str] = None  # slurm: shell line run before each job; null = activate the virtualenv running the command
 
 
 @dataclass

@@ -9,6 +9,7 @@ Rerunning the same command skips every datatrove task already completed.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 from omegaconf import DictConfig
@@ -21,12 +22,19 @@ from codellama_recipe.core.schema import PrepareConfig
 PROG = "codellama-prepare"
 SOURCES = ("code", "python", "nl_code", "nl")
 EXECUTORS = ("local", "slurm")
+HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
 
 
 def check(cfg: DictConfig) -> None:
     c = typed(PrepareConfig, cfg, "prepare")
     if not c.input.paths and not c.input.hub:
         raise ConfigError("input.paths", [], "give input files (jsonl / jsonl.gz / parquet) or input.hub")
+    if c.input.hub is not None and not isinstance(c.input.hub, str):
+        if not isinstance(c.input.hub, dict) or "path" not in c.input.hub or set(c.input.hub) - HUB_KEYS:
+            raise ConfigError("input.hub", c.input.hub, f"a dataset id, or a mapping with path and any of "
+                                                        f"{sorted(HUB_KEYS - {'path'})}")
+    if c.input.hub_limit is not None and c.input.hub_limit < 1:
+        raise ConfigError("input.hub_limit", c.input.hub_limit, "must be >= 1, or null for all")
     if c.executor.kind not in EXECUTORS:
         raise ConfigError("executor.kind", c.executor.kind, f"one of {list(EXECUTORS)}")
     for key, value in (("executor.tasks", c.executor.tasks), ("executor.workers", c.executor.workers),
@@ -35,6 +43,14 @@ def check(cfg: DictConfig) -> None:
                        ("decontamination.ngram", c.decontamination.ngram)):
         if value < 1:
             raise ConfigError(key, value, "must be >= 1")
+    if c.executor.kind == "slurm":
+        if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", str(c.executor.time)):
+            raise ConfigError("executor.time", c.executor.time, "a SLURM time: MM, HH:MM:SS or D-HH:MM:SS")
+        if not str(c.executor.partition or "").strip():
+            raise ConfigError("executor.partition", c.executor.partition, "a SLURM partition name")
+        for key in ("cpus_per_task", "mem_per_cpu_gb"):
+            if getattr(c.executor, key) < 1:
+                raise ConfigError(f"executor.{key}", getattr(c.executor, key), "must be >= 1")
     if not 0 <= c.heldout_share < 1:
         raise ConfigError("heldout_share", c.heldout_share, "a share in [0, 1)")
     if not 0 <= c.filters.min_alnum_fraction <= 1:

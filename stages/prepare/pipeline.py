@@ -42,55 +42,100 @@ def _reason_writer(out, step):
     return _writer(os.path.join(out, "removed", step), "${filter_reason}/${rank}.jsonl.gz")
 
 
+JSONL_EXT = (".jsonl", ".jsonl.gz", ".json", ".ndjson", ".json.gz", ".ndjson.gz")
+INPUT_EXT = (*JSONL_EXT, ".parquet")
+
+
 def input_files(cfg) -> list[str]:
+    """The files input.paths names (globs; a folder means every .jsonl(.gz) / .parquet file under it). A pattern
+    matching nothing and a folder holding no such file are configuration mistakes (exit 2): a run on nothing
+    would write an empty corpus that a training run would then read without complaint."""
     files = []
     for pattern in cfg.input.paths:
         matched = sorted(glob.glob(os.path.expanduser(str(pattern)), recursive=True))
         if not matched:
             raise ConfigError("input.paths", pattern, "matches no file")
-        files += [f for f in matched if os.path.isfile(f)]
+        for m in matched:
+            if os.path.isdir(m):
+                inside = sorted(os.path.join(root, n) for root, _, names in os.walk(m) for n in names
+                                if n.endswith(INPUT_EXT))
+                if not inside and len(matched) == 1:
+                    raise ConfigError("input.paths", pattern, f"an empty folder: no {'/'.join(INPUT_EXT)} file in it")
+                files += inside
+            elif os.path.isfile(m):
+                files.append(m)
     return sorted(set(files))
 
 
-def readable(path: str) -> str | None:
-    """None when the file can be read whole, else why not (the file is then skipped and counted)."""
+def readable(path: str) -> tuple[str, str] | None:
+    """None when the file can be opened as what its name says, else (reason, detail): the file is then skipped
+    and counted under skipped_files in the manifest. A .gz is checked on its first block only: a stream that
+    breaks later is counted by the reader as truncated_file, after the lines before the break."""
+    if not path.endswith(INPUT_EXT):
+        return "unsupported_format", f"not one of {'/'.join(INPUT_EXT)}"
     try:
+        if os.path.getsize(path) == 0:
+            return "empty_file", "0 bytes"
         if path.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            pq.ParquetFile(path).metadata
+            try:
+                pq.ParquetFile(path).metadata
+            except Exception as e:   # noqa: BLE001 - pyarrow raises several types for a damaged footer
+                return "corrupt_parquet", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         elif path.endswith(".gz"):
             with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+                try:
+                    fh.read(1 << 16)
+                except (OSError, EOFError) as e:
+                    return "corrupt_gzip", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
             with open(path, "rb") as fh:
                 fh.read(1)
-    except Exception as e:   # noqa: BLE001 - any failure to read means: skip this file
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    except OSError as e:
+        return "unreadable", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
 
 
+def hub_source(hub, default_split: str) -> tuple[str, dict]:
+    """input.hub -> (dataset path, load_dataset options): a dataset id, or a mapping {path, name, split,
+    data_files, data_dir, revision} (a local `json` / `parquet` builder with data_files reads local files the same
+    streamed way)."""
+    if isinstance(hub, str):
+        return hub, {"split": default_split}
+    opts = {k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
+            for k, v in dict(hub).items() if v is not None}
+    path = opts.pop("path")
+    opts.setdefault("split", default_split)
+    return path, opts
+
+
 def readers(cfg, files):
-    """One datatrove reader per input kind; file paths go through a paths_file so any mix of folders works."""
-    from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
+    """One datatrove reader per input kind (counting wrappers: steps.BadInputCounter); file paths go through a
+    paths_file so any mix of folders works."""
+    from codellama_recipe.stages.prepare.steps import CountingHubReader, CountingJsonlReader, CountingParquetReader
 
     i = cfg.input
     out = []
-    jsonl = [f for f in files if f.endswith((".jsonl", ".jsonl.gz", ".json", ".ndjson"))]
+    jsonl = [f for f in files if f.endswith(JSONL_EXT)]
     parquet = [f for f in files if f.endswith(".parquet")]
     lst = os.path.join(cfg.out_dir, "work")
+    bad = os.path.join(lst, "bad_input")
     os.makedirs(lst, exist_ok=True)
-    for kind, group, cls in (("jsonl", jsonl, JsonlReader), ("parquet", parquet, ParquetReader)):
+    for kind, group, cls in (("jsonl", jsonl, CountingJsonlReader), ("parquet", parquet, CountingParquetReader)):
         if group:
             paths_file = os.path.join(lst, f"inputs_{kind}.txt")
             with open(paths_file, "w") as f:
-                f.write("\n".join(os.path.relpath(g, "/") for g in group) + "\n")
-            out.append(cls("/", paths_file=paths_file, text_key=i.text_key, id_key="__no_id__"))
+                f.write("\n".join(os.path.relpath(os.path.abspath(g), "/") for g in group) + "\n")
+            out.append(cls("/", paths_file=paths_file, text_key=i.text_key, id_key="__no_id__",
+                           bad_dir=bad, strict=i.strict))
     if i.hub:
-        out.append(HuggingFaceDatasetReader(i.hub, dataset_options={"split": i.hub_split}, streaming=True,
-                                            text_key=i.text_key, id_key="__no_id__",
-                                            limit=i.hub_limit if i.hub_limit else -1))
+        path, opts = hub_source(i.hub, i.hub_split)
+        tasks = cfg.executor.tasks
+        out.append(CountingHubReader(path, dataset_options=opts, streaming=True, text_key=i.text_key,
+                                     id_key="__no_id__", bad_dir=bad, strict=i.strict,
+                                     # datatrove's limit is per task
+                                     limit=-(-i.hub_limit // tasks) if i.hub_limit else -1))
     if not out:
         raise ConfigError("input.paths", list(i.paths), "no .jsonl(.gz) / .parquet file and no input.hub")
     return out
@@ -165,6 +210,18 @@ def _content(doc):
     return doc.text
 
 
+def slurm_env_command(x) -> str | None:
+    """The line each SLURM job runs first: executor.env_command, else activating the virtualenv that runs
+    codellama-prepare (the jobs import this project and datatrove from it)."""
+    import sys
+
+    if x.env_command:
+        return x.env_command
+    if sys.prefix != sys.base_prefix and os.path.isfile(os.path.join(sys.prefix, "bin", "activate")):
+        return f"source {os.path.join(sys.prefix, 'bin', 'activate')}"
+    return None
+
+
 def make_executor(cfg, name, pipeline, tasks, depends=None):
     x = cfg.executor
     logs = os.path.join(cfg.out_dir, "logs", name)
@@ -173,7 +230,8 @@ def make_executor(cfg, name, pipeline, tasks, depends=None):
 
         return SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, time=x.time, partition=x.partition,
                                      cpus_per_task=x.cpus_per_task, mem_per_cpu_gb=x.mem_per_cpu_gb,
-                                     logging_dir=logs, job_name=f"prepare_{name}", depends=depends)
+                                     logging_dir=os.path.abspath(logs), job_name=f"prepare_{name}",
+                                     depends=depends, env_command=slurm_env_command(x))
     from datatrove.executor import LocalPipelineExecutor
 
     return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(x.workers, tasks), logging_dir=logs,
@@ -247,14 +305,77 @@ def manifest(cfg, seconds: float, input_bytes: int, tokenizer=None) -> dict:
 
 
 def datatrove_stats(cfg) -> dict:
+    """datatrove's counters per step and pipeline block, summed over the per-task files logs/<step>/stats/<rank>.json
+    (not the merged stats.json, which holds only the tasks of the last invocation: after a resume it would miss
+    the tasks done before the kill). Timings are left out: the manifest is the same for any run that produced the
+    same data."""
     stats = {}
-    for path in sorted(glob.glob(os.path.join(cfg.out_dir, "logs", "*", "stats.json"))):
-        try:
-            with open(path) as fh:
-                stats[path.split(os.sep)[-2]] = json.load(fh)
-        except (OSError, ValueError):
-            pass
+    for step_dir in sorted(glob.glob(os.path.join(cfg.out_dir, "logs", "*"))):
+        merged = {}
+        for path in sorted(glob.glob(os.path.join(step_dir, "stats", "*.json"))):
+            try:
+                with open(path) as fh:
+                    blocks = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            for block in blocks:
+                into = merged.setdefault(block.get("name", "?"), {})
+                for key, value in (block.get("stats") or {}).items():
+                    if isinstance(value, dict):
+                        value = value.get("total", 0)
+                    if isinstance(value, (int, float)):
+                        into[key] = into.get(key, 0) + value
+        if merged:
+            stats[os.path.basename(step_dir)] = merged
     return stats
+
+
+def bad_input(cfg, skipped: dict, stats: dict) -> dict:
+    """What could not be used, per reason: files skipped before reading, lines / rows the readers could not turn
+    into documents (steps.BadInputCounter's per-task files), documents dropped at routing (empty, encoding)."""
+    files, lines, examples = Counter(), defaultdict(Counter), []
+    for why in skipped.values():
+        files[why.split(":", 1)[0]] += 1
+    for path in sorted(glob.glob(os.path.join(cfg.out_dir, "work", "bad_input", "*.json"))):
+        if os.path.basename(path).startswith("strict_"):
+            continue
+        with open(path) as fh:
+            part = json.load(fh)
+        for f, reasons in part["files"].items():
+            lines[f].update(reasons)
+        examples += part["examples"]
+    by_reason = Counter()
+    for reasons in lines.values():
+        by_reason.update(reasons)
+    routing = Counter()
+    for block, counters in stats.get("filter", {}).items():
+        if "ROUTE" in block:
+            routing.update({k[len("dropped_"):]: v for k, v in counters.items() if k.startswith("dropped_")})
+    return {"skipped_files_by_reason": dict(sorted(files.items())),
+            "records_by_reason": dict(sorted(by_reason.items())),
+            "records_by_file": {f: dict(sorted(c.items())) for f, c in sorted(lines.items())},
+            "dropped_at_routing": dict(sorted(routing.items())),
+            "examples": sorted(examples)[:cfg.examples_per_reason * 3]}
+
+
+def strict_stop(cfg) -> None:
+    """input.strict: a reader stopped at the first bad line (steps.BadInputCounter). Its task's completion marker
+    is removed, so the rerun after the file is fixed redoes that task; the run is refused naming file and line."""
+    from codellama_recipe.core.errors import InputFileError
+
+    stops = sorted(glob.glob(os.path.join(cfg.out_dir, "work", "bad_input", "strict_*.json")))
+    if not stops:
+        return
+    with open(stops[0]) as fh:
+        first = json.load(fh)
+    for path in stops:
+        rank = os.path.basename(path).rsplit("_", 1)[1].split(".")[0]
+        marker = os.path.join(cfg.out_dir, "logs", "filter", "completions", rank)
+        if os.path.exists(marker):
+            os.remove(marker)
+        os.remove(path)
+    detail = f" ({first['detail']})" if first.get("detail") else ""
+    raise InputFileError(first["path"], first["line"], f"{first['reason']}{detail}; input.strict=true stops here")
 
 
 def prepare(cfg, tokenizer=None, log=print) -> dict:
@@ -264,11 +385,15 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
         if why is None:
             files.append(f)
         else:
-            skipped[f] = why
-            log(f"[prepare] skipping unreadable file {f}: {why}")
+            skipped[f] = f"{why[0]}: {why[1]}"
+            log(f"[prepare] skipping {f}: {why[0]} ({why[1]})")
     if not files and not cfg.input.hub:
-        raise ConfigError("input.paths", list(cfg.input.paths), "no readable input file")
+        raise ConfigError("input.paths", list(cfg.input.paths),
+                          f"no readable input file ({len(skipped)} skipped: "
+                          f"{', '.join(sorted({v.split(':')[0] for v in skipped.values()}))})")
     os.makedirs(cfg.out_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(cfg.out_dir, "work", "bad_input", "strict_*.json")):
+        os.remove(stale)
     t0 = time.time()
     if cfg.executor.kind == "slurm":
         # one SLURM job array per step, each depending on the previous; launching the last submits them all
@@ -279,19 +404,28 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
         log(f"[prepare] submitted; when the jobs are done, rerun with executor.kind=local: every step is then "
             f"found completed and only {cfg.out_dir}/manifest.json is computed")
         return {"submitted": True}
+    step_seconds = {}
     for name, pipeline, tasks in build_steps(cfg, files):
         log(f"[prepare] step {name} ({tasks} tasks)")
+        start = time.time()
         make_executor(cfg, name, pipeline, tasks).run()
-        if name == "filter" and not glob.glob(os.path.join(cfg.out_dir, "work", "filtered", "*.jsonl.gz")):
-            log("[prepare] no document passed the filters: the dedup steps have nothing to read")
-            break
+        step_seconds[name] = round(time.time() - start, 3)
+        if name == "filter":
+            strict_stop(cfg)
+            if not glob.glob(os.path.join(cfg.out_dir, "work", "filtered", "*.jsonl.gz")):
+                log("[prepare] no document passed the filters: the dedup steps have nothing to read")
+                break
     seconds = time.time() - t0
     result = manifest(cfg, seconds, sum(os.path.getsize(f) for f in files), tokenizer)
+    result["throughput"]["steps_seconds"] = step_seconds
     result["skipped_files"] = skipped
+    stats = datatrove_stats(cfg)
+    result["bad_input"] = bad_input(cfg, skipped, stats)
     if not any(v["read"]["documents"] for v in result["sources"].values()):
         raise ConfigError("input.text_key", cfg.input.text_key,
-                          "no document was read: a wrong field name, or empty inputs")
-    result["datatrove_stats"] = datatrove_stats(cfg)
+                          "no document was read: a wrong field name, or empty inputs "
+                          f"(unusable records: {result['bad_input']['records_by_reason']})")
+    result["datatrove_stats"] = stats
     from codellama_recipe.core.atomic import write_json_atomic
 
     write_json_atomic(os.path.join(cfg.out_dir, "manifest.json"), result)

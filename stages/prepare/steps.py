@@ -192,3 +192,130 @@ class CodeWordTokenizer(WordTokenizer):
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         import re
         return [m.span() for m in re.finditer(r".+", text)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# readers that count what they cannot use
+# --------------------------------------------------------------------------------------------------------
+
+BAD_REASONS = ("malformed_json", "not_an_object", "non_utf8_line", "no_text", "truncated_file")
+
+
+class BadInputCounter:
+    """Mixed into a datatrove reader: every line / row it cannot turn into a document is counted per reason and
+    per file (datatrove's stats get `bad_<reason>` too) and, at the end of the task, written to
+    <bad_dir>/<kind>_<rank>.json (rewritten whole when a killed task is redone, so counts never double). With
+    strict=True the first bad line stops the task and <bad_dir>/strict_<kind>_<rank>.json names file and line;
+    the pipeline then refuses the run in one line (pipeline.prepare)."""
+
+    def _bad_init(self, bad_dir: str, kind: str, strict: bool, examples: int = 5):
+        self.bad_dir, self.bad_kind, self.strict, self.bad_examples = bad_dir, kind, strict, examples
+
+    def _bad_reset(self):
+        self._bad_files, self._bad_where, self._stopped = {}, [], False
+
+    def bad(self, reason: str, path: str, line, detail: str = "") -> None:
+        self.stat_update(f"bad_{reason}")
+        per_file = self._bad_files.setdefault(path, {})
+        per_file[reason] = per_file.get(reason, 0) + 1
+        where = f"{path}:{line}" if line is not None else path
+        if len(self._bad_where) < self.bad_examples:
+            self._bad_where.append(f"{where}: {reason}{': ' + detail if detail else ''}")
+        if self.strict and not self._stopped:
+            self._stopped = True
+            _write_json(os.path.join(self.bad_dir, f"strict_{self.bad_kind}_{self._rank:05d}.json"),
+                        {"path": path, "line": line, "reason": reason, "detail": detail})
+
+    def get_document_from_dict(self, data, source_file, id_in_file):
+        doc = super().get_document_from_dict(data, source_file, id_in_file)
+        if doc is None:
+            self.bad("no_text", source_file, _line_no(id_in_file),
+                     f"no text in {self.text_key!r} (keys: {sorted(data)[:8]})")
+        return doc
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        self._rank = rank
+        self._bad_reset()
+        for doc in super().run(data, rank, world_size):
+            if self._stopped:
+                break
+            yield doc
+        _write_json(os.path.join(self.bad_dir, f"{self.bad_kind}_{rank:05d}.json"),
+                    {"files": self._bad_files, "examples": self._bad_where})
+
+
+def _line_no(id_in_file):
+    return id_in_file + 1 if isinstance(id_in_file, int) else id_in_file
+
+
+def _write_json(path: str, obj) -> None:
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader  # noqa: E402
+
+
+class CountingJsonlReader(BadInputCounter, JsonlReader):
+    """datatrove's JsonlReader, reading bytes line by line: a line that is not UTF-8, not JSON or not an object
+    is counted and skipped (datatrove's own reader logs a JSON error and, on a non-UTF-8 byte, drops the rest of
+    the file); a file whose compressed stream ends early is counted as truncated after its readable lines."""
+    name = "🐿 Jsonl (counting)"
+
+    def __init__(self, *args, bad_dir: str, strict: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bad_init(bad_dir, "jsonl", strict)
+
+    def read_file(self, filepath: str):
+        import zlib
+
+        import orjson
+
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
+            li = -1
+            try:
+                for li, raw in enumerate(f):
+                    if self._stopped:
+                        return
+                    if not raw.strip():
+                        continue
+                    with self.track_time():
+                        try:
+                            line = raw.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            self.bad("non_utf8_line", filepath, li + 1, f"byte {e.start}")
+                            continue
+                        try:
+                            row = orjson.loads(line)
+                        except orjson.JSONDecodeError as e:
+                            self.bad("malformed_json", filepath, li + 1, str(e).splitlines()[0][:80])
+                            continue
+                        if not isinstance(row, dict):
+                            self.bad("not_an_object", filepath, li + 1, type(row).__name__)
+                            continue
+                        document = self.get_document_from_dict(row, filepath, li)
+                    if document:
+                        yield document
+            except (EOFError, zlib.error, OSError) as e:     # gzip.BadGzipFile is an OSError
+                self.bad("truncated_file", filepath, li + 2, f"{type(e).__name__}: {str(e)[:80]}")
+
+
+class CountingParquetReader(BadInputCounter, ParquetReader):
+    """datatrove's ParquetReader; rows without text are counted."""
+
+    def __init__(self, *args, bad_dir: str, strict: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bad_init(bad_dir, "parquet", strict)
+
+
+class CountingHubReader(BadInputCounter, HuggingFaceDatasetReader):
+    """datatrove's HuggingFaceDatasetReader (streamed); rows without text are counted."""
+
+    def __init__(self, *args, bad_dir: str, strict: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bad_init(bad_dir, "hub", strict)
