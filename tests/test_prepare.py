@@ -204,3 +204,137 @@ def test_config_mistakes_are_one_line_exit_2(tmp_path, capsys, args, key):
     code = main([*args, f"out_dir={tmp_path}/o"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and key in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# kill -9 and resume
+# --------------------------------------------------------------------------------------------------------
+
+def _content_of(out):
+    """Every output and removed-document file, decompressed (gzip headers hold a time), plus the manifest without
+    its timings."""
+    files = {}
+    for p in sorted(glob.glob(f"{out}/**/*.jsonl.gz", recursive=True)):
+        rel = p[len(str(out)) + 1:]
+        if rel.split("/")[0] in ("code", "python", "nl_code", "nl", "removed"):
+            files[rel] = gzip.open(p).read()
+    manifest = json.loads(open(f"{out}/manifest.json").read())
+    manifest.pop("throughput")
+    return files, manifest
+
+
+def test_kill_9_mid_run_then_rerun_gives_the_same_output(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(5)
+    rows = []
+    for _ in range(120):
+        t = make_doc(rng, 12)
+        rows += [t, edit(rng, t, 0.1), t]
+    for i in range(4):
+        write(tmp_path / f"in{i}.jsonl.gz", [{"content": t, "lang": ("Python", "Go", "Markdown")[j % 3],
+                                              "max_stars_repo_path": "x"} for j, t in enumerate(rows[i::4])])
+
+    def command(out):
+        return [sys.executable, "-m", "codellama_recipe.stages.prepare.cli", f"input.paths=[{tmp_path}/in*.jsonl.gz]",
+                f"out_dir={out}", "executor.tasks=4", "executor.workers=2", "heldout_share=0.2"]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    # killed in the middle of the MinHash signature step: some of its tasks done, the later steps not started
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not glob.glob(f"{out}/logs/mh_sig/completions/*") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)              # the command and its datatrove worker processes
+    proc.wait()
+    done = len(glob.glob(f"{out}/logs/mh_sig/completions/*"))
+    assert proc.returncode == -signal.SIGKILL and 1 <= done < 4, (proc.returncode, done)
+    assert not (out / "manifest.json").exists() and not glob.glob(f"{out}/logs/mh_apply/completions/*")
+    rerun = subprocess.run(command(out), capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Skipping" in rerun.stderr + rerun.stdout             # datatrove skipped the tasks done before the kill
+    assert _content_of(out) == _content_of(tmp_path / "whole")
+
+
+# --------------------------------------------------------------------------------------------------------
+# bad input: counted, or one line
+# --------------------------------------------------------------------------------------------------------
+
+def _bad_corpus(tmp_path):
+    rng = random.Random(6)
+    d = tmp_path / "raw"
+    d.mkdir()
+    good = [make_doc(rng, 6) for _ in range(6)]
+    row = lambda t: json.dumps({"content": t, "lang": "Go", "max_stars_repo_path": "a.go"}).encode()
+    (d / "mixed.jsonl").write_bytes(b"\n".join([
+        row(good[0]), row(good[1]),
+        b'{"content": "unterminated',                                        # line 3: malformed JSON
+        row(good[2]).replace(b"x = ", b"x\xe9 = ", 1),                        # line 4: latin-1, not UTF-8
+        b'["an", "array"]',                                                   # line 5: not an object
+        json.dumps({"text": "wrong field"}).encode(),                         # line 6: no content
+        row(good[3]), row(good[4])]) + b"\n")
+    (d / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not deflate data")
+    (d / "empty.jsonl").write_bytes(b"")
+    (d / "notes.txt").write_text("a file of another kind")
+    # a gzip stream cut short: the lines before the cut are kept, the cut is counted
+    big = [make_doc(rng, 60) for _ in range(60)]
+    write(d / "cut.jsonl.gz", [{"content": t, "lang": "Go", "max_stars_repo_path": "b.go"} for t in big])
+    data = (d / "cut.jsonl.gz").read_bytes()
+    (d / "cut.jsonl.gz").write_bytes(data[:int(len(data) * 0.8)])
+    return d, good, big
+
+
+def test_bad_input_is_skipped_and_counted_per_reason(tmp_path):
+    d, good, big = _bad_corpus(tmp_path)
+    c = cfg_for(tmp_path, [f"{d}/*"], heldout_share=0.0, **{"dedup.near": False})
+    r = prepare(c, log=lambda *_: None)
+    b = r["bad_input"]
+    assert b["skipped_files_by_reason"] == {"corrupt_gzip": 1, "empty_file": 1, "unsupported_format": 1}
+    assert sorted(r["skipped_files"]) == sorted(str(d / n) for n in ("corrupt.jsonl.gz", "empty.jsonl", "notes.txt"))
+    assert b["records_by_reason"] == {"malformed_json": 1, "no_text": 1, "non_utf8_line": 1, "not_an_object": 1,
+                                      "truncated_file": 1}
+    assert b["records_by_file"][str(d / "mixed.jsonl")] == {"malformed_json": 1, "no_text": 1, "non_utf8_line": 1,
+                                                            "not_an_object": 1}
+    assert any(e.startswith(f"{d}/mixed.jsonl:3: malformed_json") for e in b["examples"])
+    kept = set(kept_texts(c.out_dir))
+    # the lines after the non-UTF-8 one are read (datatrove's JsonlReader drops the rest of such a file)
+    assert {good[0], good[1], good[3], good[4]} <= kept and good[2] not in kept
+    cut_kept = kept & set(big)
+    assert 0 < len(cut_kept) < len(big)
+    # everything read is accounted for: kept + removed by a reason
+    assert r["sources"]["code"]["read"]["documents"] == 4 + len(cut_kept)
+
+
+def test_strict_input_stops_at_file_and_line_then_rerun_without_it(tmp_path, capsys):
+    d, good, _ = _bad_corpus(tmp_path)
+    out = tmp_path / "o"
+    args = [f"input.paths=[{d}/mixed.jsonl]", f"out_dir={out}", "dedup.near=false"]
+    assert main([*args, "input.strict=true"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert f"{d}/mixed.jsonl:3" in last and "malformed_json" in last and "Traceback" not in err
+    assert not (out / "manifest.json").exists()
+    assert main(args) == 0               # the stopped task is redone, not skipped as completed
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["bad_input"]["records_by_reason"]["malformed_json"] == 1
+    assert m["sources"]["code"]["read"]["documents"] == 4
+
+
+@pytest.mark.parametrize("make, key", [
+    (lambda p: p.mkdir(), "an empty folder"),
+    (lambda p: (p.mkdir(), (p / "a.jsonl").write_bytes(b""), (p / "b.jsonl.gz").write_bytes(b"xx")),
+     "no readable input file"),
+])
+def test_empty_input_is_a_config_mistake(tmp_path, capsys, make, key):
+    make(tmp_path / "in")
+    code = main([f"input.paths=[{tmp_path}/in]", f"out_dir={tmp_path}/o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "input.paths" in err and key in err, err

@@ -20,6 +20,7 @@ import gzip
 import json
 import os
 import time
+import zlib
 from collections import Counter, defaultdict
 
 from codellama_recipe.core.errors import ConfigError
@@ -87,7 +88,7 @@ def readable(path: str) -> tuple[str, str] | None:
             with gzip.open(path, "rb") as fh:
                 try:
                     fh.read(1 << 16)
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:
                     return "corrupt_gzip", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         else:
             with open(path, "rb") as fh:

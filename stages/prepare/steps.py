@@ -216,6 +216,10 @@ class BadInputCounter:
 
     def bad(self, reason: str, path: str, line, detail: str = "") -> None:
         self.stat_update(f"bad_{reason}")
+        folder = getattr(self, "data_folder", None)
+        path = folder.resolve_paths(path) if folder is not None else f"{self.dataset}"
+        if path.startswith("//"):          # the readers' folder is "/" and paths are relative to it
+            path = path[1:]
         per_file = self._bad_files.setdefault(path, {})
         per_file[reason] = per_file.get(reason, 0) + 1
         where = f"{path}:{line}" if line is not None else path
