@@ -338,3 +338,49 @@ def test_empty_input_is_a_config_mistake(tmp_path, capsys, make, key):
     code = main([f"input.paths=[{tmp_path}/in]", f"out_dir={tmp_path}/o"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "input.paths" in err and key in err, err
+
+
+# --------------------------------------------------------------------------------------------------------
+# a hub dataset, streamed (datasets' local json builder: no network)
+# --------------------------------------------------------------------------------------------------------
+
+def test_hub_input_streamed_gives_the_same_output_as_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    rng = random.Random(7)
+    rows = []
+    for j in range(30):
+        t = make_doc(rng, 20)
+        rows += [t, edit(rng, t, 0.05)]
+    records = [{"content": t, "lang": ("Python", "Go")[j % 2], "max_stars_repo_path": "m"} for j, t in enumerate(rows)]
+    records.insert(7, {"content": None, "lang": "Go", "max_stars_repo_path": "m"})          # no text: counted
+    for i in range(2):
+        with open(tmp_path / f"part{i}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records[i::2])
+    files = [str(tmp_path / f"part{i}.jsonl") for i in range(2)]
+    hub = cfg_for(tmp_path, [], out_dir=str(tmp_path / "hub"), heldout_share=0.0,
+                  **{"input.hub": {"path": "json", "data_files": files}, "executor.tasks": 2})
+    r = prepare(hub, log=lambda *_: None)
+    local = prepare(cfg_for(tmp_path, files, out_dir=str(tmp_path / "local"), heldout_share=0.0,
+                            **{"executor.tasks": 2}), log=lambda *_: None)
+    assert sorted(kept_texts(hub.out_dir)) == sorted(kept_texts(tmp_path / "local"))
+    assert r["sources"] == local["sources"] and r["removed_by_reason"] == local["removed_by_reason"]
+    assert r["removed_by_reason"]["near_duplicate"] >= 25
+    assert r["bad_input"]["records_by_reason"] == {"no_text": 1} == local["bad_input"]["records_by_reason"]
+    # input.hub_limit: at most that many documents read, split over the tasks
+    limited = prepare(cfg_for(tmp_path, [], out_dir=str(tmp_path / "lim"), heldout_share=0.0,
+                              **{"input.hub": {"path": "json", "data_files": files}, "input.hub_limit": 10,
+                                 "executor.tasks": 2, "dedup.near": False}), log=lambda *_: None)
+    assert sum(v["read"]["documents"] for v in limited["sources"].values()) == 10
+
+
+@pytest.mark.parametrize("args, key", [
+    (["input.hub={name:x}"], "input.hub"),
+    (["input.hub=x", "input.hub_limit=0"], "input.hub_limit"),
+    (["input.paths=[x.jsonl]", "executor.kind=slurm", "executor.time=soon"], "executor.time"),
+])
+def test_hub_and_slurm_config_mistakes_are_one_line_exit_2(tmp_path, capsys, args, key):
+    code = main([*args, f"out_dir={tmp_path}/o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and key in err and "Traceback" not in err, err
