@@ -384,3 +384,87 @@ def test_hub_and_slurm_config_mistakes_are_one_line_exit_2(tmp_path, capsys, arg
     code = main([*args, f"out_dir={tmp_path}/o"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and key in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------------
+# SLURM: submissions through a stub sbatch, then the jobs run as SLURM would run them
+# --------------------------------------------------------------------------------------------------------
+
+STUB_SBATCH = """#!/bin/sh
+# records its arguments and the submitted script; answers like sbatch
+d="{log}"
+n=$(( $(cat "$d/count" 2>/dev/null || echo 100) + 1 ))
+echo $n > "$d/count"
+for a in "$@"; do last="$a"; done
+printf '%s\\n' "$@" > "$d/args_$n"
+cp "$last" "$d/script_$n"
+echo "Submitted batch job $n"
+"""
+
+
+def test_slurm_submissions_and_dependencies_with_a_stub_sbatch(tmp_path, monkeypatch, capsys):
+    import os
+    import stat
+    import sys
+
+    import dill
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "sbatch_log"
+    bin_dir.mkdir()
+    log.mkdir()
+    (bin_dir / "sbatch").write_text(STUB_SBATCH.format(log=log))
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho localhost\n")      # `scontrol show hostnames` in a job
+    for name in ("sbatch", "scontrol"):
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    rng = random.Random(8)
+    rows = []
+    for _ in range(20):
+        t = make_doc(rng, 20)
+        rows += [t, edit(rng, t, 0.05), t]
+    for i in range(2):
+        write(tmp_path / f"in{i}.jsonl.gz", [{"content": t, "lang": "Go", "max_stars_repo_path": "m.go"}
+                                             for t in rows[i::2]])
+    out = tmp_path / "out"
+    args = [f"input.paths=[{tmp_path}/in*.jsonl.gz]", f"out_dir={out}", "heldout_share=0.1", "executor.tasks=3"]
+    slurm = ["executor.kind=slurm", "executor.partition=cpu-long", "executor.time=02:00:00",
+             "executor.cpus_per_task=2", "executor.mem_per_cpu_gb=4"]
+    assert main([*args, *slurm]) == 0
+    assert "submitted" in capsys.readouterr().out
+    steps = ["filter", "exact_sig", "exact_find", "exact_apply", "mh_sig", "mh_buckets", "mh_cluster", "mh_apply"]
+    arrays = {"exact_find": 1, "mh_buckets": 14, "mh_cluster": 1}
+    jobs = {}
+    for n in range(101, int((log / "count").read_text()) + 1):
+        script = (log / f"script_{n}").read_text()
+        argv = (log / f"args_{n}").read_text().split("\n")
+        name = re.search(r"#SBATCH --job-name=prepare_(\w+)", script).group(1)
+        if "launch_pickled_pipeline" in script:
+            jobs[name] = (n, script, argv)
+        else:                                             # datatrove's stats merge after each step
+            assert "merge_stats" in script and re.search(r"--dependency=afterok:(\d+)", script)
+    assert list(jobs) == steps                            # submitted in dependency order, one job array each
+    for k, name in enumerate(steps):
+        n, script, argv = jobs[name]
+        for directive in ("--partition=cpu-long", "--time=02:00:00", "--cpus-per-task=2", "--mem-per-cpu=4G",
+                          f"--array=0-{arrays.get(name, 3) - 1}"):
+            assert f"#SBATCH {directive}\n" in script, (name, directive)
+        assert f"source {sys.prefix}/bin/activate" in script
+        assert f"launch_pickled_pipeline {out}/logs/{name}/executor.pik" in script
+        dependency = [a for a in argv if a.startswith("--dependency=")]
+        assert dependency == ([f"--dependency=afterok:{jobs[steps[k - 1]][0]}"] if k else [])
+    # the jobs, run as SLURM runs them (each array index loads the pickled executor), then the local rerun
+    # finds every task completed and writes the manifest: the same as a local run
+    monkeypatch.setenv("SLURM_NODELIST", "localhost")
+    for name in steps:
+        for i in range(arrays.get(name, 3)):
+            with open(out / "logs" / name / "executor.pik", "rb") as f:
+                executor = dill.load(f)
+            monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(i))
+            executor.run()
+        assert len(os.listdir(out / "logs" / name / "completions")) == arrays.get(name, 3)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    assert main(args) == 0
+    assert main([*args, f"out_dir={tmp_path}/local"]) == 0
+    m, local = (json.loads((p / "manifest.json").read_text()) for p in (out, tmp_path / "local"))
+    assert m["sources"] == local["sources"] and m["removed_by_reason"] == local["removed_by_reason"]
+    assert sorted(kept_texts(out)) == sorted(kept_texts(tmp_path / "local"))
