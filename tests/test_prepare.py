@@ -239,13 +239,19 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_output(tmp_path):
         write(tmp_path / f"in{i}.jsonl.gz", [{"content": t, "lang": ("Python", "Go", "Markdown")[j % 3],
                                               "max_stars_repo_path": "x"} for j, t in enumerate(rows[i::4])])
 
+    def args(out):
+        return [f"input.paths=[{tmp_path}/in*.jsonl.gz]", f"out_dir={out}", "executor.tasks=4", "executor.workers=2",
+                "heldout_share=0.2"]
+
     def command(out):
-        return [sys.executable, "-m", "codellama_recipe.stages.prepare.cli", f"input.paths=[{tmp_path}/in*.jsonl.gz]",
-                f"out_dir={out}", "executor.tasks=4", "executor.workers=2", "heldout_share=0.2"]
+        return [sys.executable, "-m", "codellama_recipe.stages.prepare.cli", *args(out)]
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    # the uninterrupted run: what the command does, in this process
+    from codellama_recipe.stages.prepare.cli import load_tokenizer
+
+    prepare(typed(PrepareConfig, compose("prepare", args(tmp_path / "whole")), "prepare"),
+            tokenizer=load_tokenizer(None), log=lambda *_: None)
     out = tmp_path / "killed"
     # killed in the middle of the MinHash signature step: some of its tasks done, the later steps not started
     proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -463,8 +469,10 @@ def test_slurm_submissions_and_dependencies_with_a_stub_sbatch(tmp_path, monkeyp
             executor.run()
         assert len(os.listdir(out / "logs" / name / "completions")) == arrays.get(name, 3)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
-    assert main(args) == 0
-    assert main([*args, f"out_dir={tmp_path}/local"]) == 0
-    m, local = (json.loads((p / "manifest.json").read_text()) for p in (out, tmp_path / "local"))
+    # what `codellama-prepare <args> executor.kind=local` does (its CLI is tested above), without a tokenizer
+    finish = lambda extra: prepare(typed(PrepareConfig, compose("prepare", [*args, *extra]), "prepare"),
+                                   log=lambda *_: None)
+    m, local = finish([]), finish([f"out_dir={tmp_path}/local"])
     assert m["sources"] == local["sources"] and m["removed_by_reason"] == local["removed_by_reason"]
+    assert m["removed_by_reason"]["exact_duplicate"] == 20 and m["removed_by_reason"]["near_duplicate"] >= 15
     assert sorted(kept_texts(out)) == sorted(kept_texts(tmp_path / "local"))
