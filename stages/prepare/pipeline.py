@@ -11,7 +11,9 @@ completion markers under <out_dir>/logs/<step>/completions):
   8 mh_apply    MinhashDedupFilter -> <source>/<split>/<rank>.jsonl.gz (what corpus.<source>.paths reads)
 
 Every removed document goes to removed/<reason>/ (datatrove exclusion writers); the manifest is computed from
-the kept and removed files, so it is the same for any number of workers and after a resume.
+the kept and removed files and from per-task files (reader counts under work/bad_input/, datatrove stats under
+logs/<step>/stats/), so it is the same for any number of workers and after a resume (a killed task is redone
+whole and rewrites its files).
 """
 from __future__ import annotations
 
