@@ -296,6 +296,15 @@ def _bad_corpus(tmp_path):
     write(d / "cut.jsonl.gz", [{"content": t, "lang": "Go", "max_stars_repo_path": "b.go"} for t in big])
     data = (d / "cut.jsonl.gz").read_bytes()
     (d / "cut.jsonl.gz").write_bytes(data[:int(len(data) * 0.8)])
+    # a parquet file with a sound footer and damaged data pages
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"content": [make_doc(rng, 30) for _ in range(40)], "lang": ["Go"] * 40})
+    pq.write_table(table, d / "damaged.parquet", row_group_size=10, compression="none")
+    raw = bytearray((d / "damaged.parquet").read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 2000] = b"\xff" * 2000
+    (d / "damaged.parquet").write_bytes(bytes(raw))
     return d, good, big
 
 
@@ -306,8 +315,8 @@ def test_bad_input_is_skipped_and_counted_per_reason(tmp_path):
     b = r["bad_input"]
     assert b["skipped_files_by_reason"] == {"corrupt_gzip": 1, "empty_file": 1, "unsupported_format": 1}
     assert sorted(r["skipped_files"]) == sorted(str(d / n) for n in ("corrupt.jsonl.gz", "empty.jsonl", "notes.txt"))
-    assert b["records_by_reason"] == {"malformed_json": 1, "no_text": 1, "non_utf8_line": 1, "not_an_object": 1,
-                                      "truncated_file": 1}
+    assert b["records_by_reason"] == {"corrupt_parquet": 1, "malformed_json": 1, "no_text": 1, "non_utf8_line": 1,
+                                      "not_an_object": 1, "truncated_file": 1}
     assert b["records_by_file"][str(d / "mixed.jsonl")] == {"malformed_json": 1, "no_text": 1, "non_utf8_line": 1,
                                                             "not_an_object": 1}
     assert any(e.startswith(f"{d}/mixed.jsonl:3: malformed_json") for e in b["examples"])
@@ -316,8 +325,10 @@ def test_bad_input_is_skipped_and_counted_per_reason(tmp_path):
     assert {good[0], good[1], good[3], good[4]} <= kept and good[2] not in kept
     cut_kept = kept & set(big)
     assert 0 < len(cut_kept) < len(big)
+    parquet_kept = kept - set(big) - set(good)
+    assert len(parquet_kept) < 40               # the batches before the damage, if any (datatrove reads 1000 rows a batch)
     # everything read is accounted for: kept + removed by a reason
-    assert r["sources"]["code"]["read"]["documents"] == 4 + len(cut_kept)
+    assert r["sources"]["code"]["read"]["documents"] == 4 + len(cut_kept) + len(parquet_kept)
 
 
 def test_strict_input_stops_at_file_and_line_then_rerun_without_it(tmp_path, capsys):

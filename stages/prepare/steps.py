@@ -198,7 +198,7 @@ class CodeWordTokenizer(WordTokenizer):
 # readers that count what they cannot use
 # --------------------------------------------------------------------------------------------------------
 
-BAD_REASONS = ("malformed_json", "not_an_object", "non_utf8_line", "no_text", "truncated_file")
+BAD_REASONS = ("malformed_json", "not_an_object", "non_utf8_line", "no_text", "truncated_file", "corrupt_parquet")
 
 
 class BadInputCounter:
@@ -310,11 +310,18 @@ class CountingJsonlReader(BadInputCounter, JsonlReader):
 
 
 class CountingParquetReader(BadInputCounter, ParquetReader):
-    """datatrove's ParquetReader; rows without text are counted."""
+    """datatrove's ParquetReader; rows without text are counted, and a file whose data pages cannot be decoded
+    (the footer read fine before the run) is counted as corrupt_parquet after the rows before the damage."""
 
     def __init__(self, *args, bad_dir: str, strict: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._bad_init(bad_dir, "parquet", strict)
+
+    def read_file(self, filepath: str):
+        try:
+            yield from super().read_file(filepath)
+        except (OSError, ValueError) as e:      # pyarrow: ArrowIOError / ArrowInvalid for damaged pages
+            self.bad("corrupt_parquet", filepath, None, f"{type(e).__name__}: {str(e)[:80]}")
 
 
 class CountingHubReader(BadInputCounter, HuggingFaceDatasetReader):
