@@ -10,6 +10,8 @@ import re
 
 import pytest
 
+from codellama_recipe.core.errors import ConfigError
+
 pytest.importorskip("datatrove")
 
 from codellama_recipe.core.config import compose, typed  # noqa: E402
@@ -162,6 +164,13 @@ def test_same_output_for_one_and_two_workers(tmp_path):
     # resumable: a rerun finds every datatrove task completed and changes nothing
     r2 = prepare(c, log=lambda *_: None)
     assert r2["sources"] == outs[1][1]
+    # ... and the same out_dir with other settings or other inputs is refused, never a mix of two corpora
+    other = cfg_for(tmp_path, sorted(tmp_path.glob("in*.jsonl.gz")), out_dir=c.out_dir, **{"executor.tasks": 3})
+    with pytest.raises(ConfigError, match=r"out_dir.*other settings \(settings: executor.tasks\)"):
+        prepare(other, log=lambda *_: None)
+    write(tmp_path / "in0.jsonl.gz", [{"content": rows[0], "lang": "Python", "max_stars_repo_path": "x"}])
+    with pytest.raises(ConfigError, match=r"other inputs \(inputs added, removed or modified: .*in0\.jsonl\.gz"):
+        prepare(c, log=lambda *_: None)
 
 
 def test_end_to_end_training_config_reads_the_output(tmp_path):
@@ -340,6 +349,8 @@ def test_strict_input_stops_at_file_and_line_then_rerun_without_it(tmp_path, cap
     last = err.strip().splitlines()[-1]
     assert f"{d}/mixed.jsonl:3" in last and "malformed_json" in last and "Traceback" not in err
     assert not (out / "manifest.json").exists()
+    mixed = (d / "mixed.jsonl").read_bytes().split(b"\n")   # edited in place (still one malformed line):
+    (d / "mixed.jsonl").write_bytes(b"\n".join(mixed[:2] + [b'{"content": "cut short'] + mixed[3:]))
     assert main(args) == 0               # the stopped task is redone, not skipped as completed
     m = json.loads((out / "manifest.json").read_text())
     assert m["bad_input"]["records_by_reason"]["malformed_json"] == 1

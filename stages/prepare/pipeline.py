@@ -17,6 +17,7 @@ whole and rewrites its files).
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import json
@@ -377,8 +378,79 @@ def strict_stop(cfg) -> None:
         if os.path.exists(marker):
             os.remove(marker)
         os.remove(path)
+    _let_change(cfg, first["path"])
     detail = f" ({first['detail']})" if first.get("detail") else ""
     raise InputFileError(first["path"], first["line"], f"{first['reason']}{detail}; input.strict=true stops here")
+
+
+IDENTITY = "prepare_identity.json"
+# How the work is run, not what it produces (the same output for any number of workers, on any executor).
+RUN_ONLY_KEYS = ("workers", "kind", "partition", "time", "cpus_per_task", "mem_per_cpu_gb", "env_command")
+
+
+def run_identity(cfg, files: list[str]) -> dict:
+    """What decides out_dir's content: the settings and each input file's size and modification time. datatrove
+    skips every task it finds completed, so a rerun into the same out_dir with other inputs or settings would
+    silently mix two corpora."""
+    settings = dataclasses.asdict(cfg)
+    settings.pop("out_dir")
+    settings.pop("examples_per_reason")
+    settings["input"].pop("strict")   # a strict run that stopped wrote nothing the rerun keeps
+    for key in RUN_ONLY_KEYS:
+        settings["executor"].pop(key)
+    inputs = {}
+    for f in files:
+        st = os.stat(f)
+        inputs[os.path.abspath(f)] = [st.st_size, st.st_mtime_ns]
+    return {"settings": settings, "inputs": inputs}
+
+
+def _let_change(cfg, input_path: str) -> None:
+    """The file a strict run stopped at may be fixed before the rerun: its task is redone, so it may differ."""
+    from codellama_recipe.core.atomic import write_json_atomic
+
+    path = os.path.join(cfg.out_dir, IDENTITY)
+    with open(path) as f:
+        identity = json.load(f)
+    identity["inputs"][os.path.abspath(input_path)] = None
+    write_json_atomic(path, identity)
+
+
+def check_same_run(cfg, identity: dict) -> None:
+    from codellama_recipe.core.atomic import write_json_atomic
+
+    path = os.path.join(cfg.out_dir, IDENTITY)
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f)
+        for name, value in before.get("inputs", {}).items():
+            if value is None and name in identity["inputs"]:   # see _let_change
+                before["inputs"][name] = identity["inputs"][name]
+        if before != identity:
+            changed = sorted(k for k in ("settings", "inputs") if before.get(k) != identity[k])
+            detail = ""
+            if "settings" in changed:
+                old, new = _flat(before.get("settings", {})), _flat(identity["settings"])
+                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                detail = f" (settings: {', '.join(keys[:6])})"
+            elif "inputs" in changed:
+                old, new = before.get("inputs", {}), identity["inputs"]
+                keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                detail = f" (inputs added, removed or modified: {', '.join(keys[:3])}" + \
+                    (f" and {len(keys) - 3} more)" if len(keys) > 3 else ")")
+            raise ConfigError("out_dir", cfg.out_dir, f"holds a run with other {' and '.join(changed)}{detail}; "
+                              "its finished steps would be reused: pick a new out_dir or remove this one")
+    write_json_atomic(path, identity)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def prepare(cfg, tokenizer=None, log=print) -> dict:
@@ -395,6 +467,7 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
                           f"no readable input file ({len(skipped)} skipped: "
                           f"{', '.join(sorted({v.split(':')[0] for v in skipped.values()}))})")
     os.makedirs(cfg.out_dir, exist_ok=True)
+    check_same_run(cfg, run_identity(cfg, files))
     for stale in glob.glob(os.path.join(cfg.out_dir, "work", "bad_input", "strict_*.json")):
         os.remove(stale)
     t0 = time.time()
