@@ -687,6 +687,7 @@ class PrepareConfig:
     executor: PrepareExecutor = field(default_factory=PrepareExecutor)  # where the datatrove steps run
     tokenizer: Optional[str] = None  # SentencePiece model counting the manifest's tokens; null = the embedded one
     examples_per_reason: int = 3                    # removed documents quoted per reason in manifest.json
+    progress_bar: str = "auto"  # auto | true | false: a tqdm bar of documents per reading step; auto = on a terminal
 
 
 SCHEMAS = {"train_schema": TrainConfig, "pipeline_schema": PipelineRunConfig, "eval_schema": EvalConfig,

@@ -208,6 +208,7 @@ def test_wrong_field_name_is_one_line_exit_2(tmp_path, capsys):
     (["input.paths=[x.jsonl]", "routes.java={langs:[java]}"], "routes.java"),
     (["input.paths=[x.jsonl]", "dedup.ngram=0"], "dedup.ngram"),
     (["input.paths=[x.jsonl]", "nosuchkey=1"], "nosuchkey"),
+    (["input.paths=[x.jsonl]", "progress_bar=sometimes"], "progress_bar"),
 ])
 def test_config_mistakes_are_one_line_exit_2(tmp_path, capsys, args, key):
     code = main([*args, f"out_dir={tmp_path}/o"])
@@ -499,3 +500,14 @@ def test_slurm_submissions_and_dependencies_with_a_stub_sbatch(tmp_path, monkeyp
     assert m["sources"] == local["sources"] and m["removed_by_reason"] == local["removed_by_reason"]
     assert m["removed_by_reason"]["exact_duplicate"] == 20 and m["removed_by_reason"]["near_duplicate"] >= 15
     assert sorted(kept_texts(out)) == sorted(kept_texts(tmp_path / "local"))
+
+
+@pytest.mark.parametrize("setting, shown", [("true", True), ("false", False), ("auto", False)])  # auto: no terminal
+def test_a_progress_bar_per_reading_step_when_asked(tmp_path, capsys, setting, shown):
+    rng = random.Random(9)
+    write(tmp_path / "in.jsonl.gz", [{"content": make_doc(rng, 8), "lang": "Go", "max_stars_repo_path": "a.go"}
+                                     for _ in range(4)])
+    assert main([f"input.paths=[{tmp_path}/in.jsonl.gz]", f"out_dir={tmp_path}/o", "dedup.near=false",
+                 f"progress_bar={setting}"]) == 0
+    bars = capsys.readouterr().err.count("Document progress")
+    assert (bars >= 2) if shown else bars == 0     # the filter step's reader and the exact-dedup readers

@@ -22,6 +22,7 @@ from codellama_recipe.core.schema import PrepareConfig
 PROG = "codellama-prepare"
 SOURCES = ("code", "python", "nl_code", "nl")
 EXECUTORS = ("local", "slurm")
+PROGRESS_BAR = ("auto", "true", "false")
 HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
 
 
@@ -35,6 +36,8 @@ def check(cfg: DictConfig) -> None:
                                                         f"{sorted(HUB_KEYS - {'path'})}")
     if c.input.hub_limit is not None and c.input.hub_limit < 1:
         raise ConfigError("input.hub_limit", c.input.hub_limit, "must be >= 1, or null for all")
+    if str(c.progress_bar).lower() not in PROGRESS_BAR:
+        raise ConfigError("progress_bar", c.progress_bar, f"one of {list(PROGRESS_BAR)}")
     if c.executor.kind not in EXECUTORS:
         raise ConfigError("executor.kind", c.executor.kind, f"one of {list(EXECUTORS)}")
     for key, value in (("executor.tasks", c.executor.tasks), ("executor.workers", c.executor.workers),

@@ -22,6 +22,7 @@ import glob
 import gzip
 import json
 import os
+import sys
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -114,6 +115,11 @@ def hub_source(hub, default_split: str) -> tuple[str, dict]:
     return path, opts
 
 
+def show_progress(cfg) -> bool:
+    setting = str(cfg.progress_bar).lower()
+    return sys.stderr.isatty() if setting == "auto" else setting == "true"
+
+
 def readers(cfg, files):
     """One datatrove reader per input kind (counting wrappers: steps.BadInputCounter); file paths go through a
     paths_file so any mix of folders works."""
@@ -132,12 +138,13 @@ def readers(cfg, files):
             with open(paths_file, "w") as f:
                 f.write("\n".join(os.path.relpath(os.path.abspath(g), "/") for g in group) + "\n")
             out.append(cls("/", paths_file=paths_file, text_key=i.text_key, id_key="__no_id__",
-                           bad_dir=bad, strict=i.strict))
+                           bad_dir=bad, strict=i.strict, doc_progress=show_progress(cfg)))
     if i.hub:
         path, opts = hub_source(i.hub, i.hub_split)
         tasks = cfg.executor.tasks
         out.append(CountingHubReader(path, dataset_options=opts, streaming=True, text_key=i.text_key,
                                      id_key="__no_id__", bad_dir=bad, strict=i.strict,
+                                     doc_progress=show_progress(cfg),
                                      # datatrove's limit is per task
                                      limit=-(-i.hub_limit // tasks) if i.hub_limit else -1))
     if not out:
@@ -177,7 +184,8 @@ def build_steps(cfg, files):
     current = os.path.join(work, "filtered")
 
     def read(folder):
-        return JsonlReader(folder, glob_pattern="*.jsonl.gz", text_key="text", id_key="id", add_file_path=False)
+        return JsonlReader(folder, glob_pattern="*.jsonl.gz", text_key="text", id_key="id", add_file_path=False,
+                           doc_progress=show_progress(cfg))
 
     if d.exact:
         ecfg = ExactDedupConfig(content_getter=_content, hash_config=HashConfig(hash_fc="sha1", precision=64))
@@ -395,6 +403,7 @@ def run_identity(cfg, files: list[str]) -> dict:
     settings = dataclasses.asdict(cfg)
     settings.pop("out_dir")
     settings.pop("examples_per_reason")
+    settings.pop("progress_bar")
     settings["input"].pop("strict")   # a strict run that stopped wrote nothing the rerun keeps
     for key in RUN_ONLY_KEYS:
         settings["executor"].pop(key)
