@@ -663,7 +663,7 @@ class PrepareDecontamination:
 
 @dataclass
 class PrepareExecutor:
-    kind: str = "local"                             # local | slurm: datatrove Local/SlurmPipelineExecutor
+    kind: str = "local"                             # local | slurm | ray: datatrove's Local/Slurm/RayPipelineExecutor
     tasks: int = 1                                  # datatrove tasks per step (shards of the work)
     workers: int = 1                                # local: tasks run at once
     partition: str = "cpu"                          # slurm: partition
@@ -671,6 +671,7 @@ class PrepareExecutor:
     cpus_per_task: int = 1                          # slurm: CPUs per task
     mem_per_cpu_gb: int = 2                         # slurm: memory per CPU, GB
     env_command: Optional[str] = None  # slurm: shell line run before each job; null = activate the virtualenv running the command
+    ray_address: Optional[str] = None  # ray: the cluster to join (ray.init address, e.g. auto); null = $RAY_ADDRESS or a local one
 
 
 @dataclass

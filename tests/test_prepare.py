@@ -511,3 +511,29 @@ def test_a_progress_bar_per_reading_step_when_asked(tmp_path, capsys, setting, s
                  f"progress_bar={setting}"]) == 0
     bars = capsys.readouterr().err.count("Document progress")
     assert (bars >= 2) if shown else bars == 0     # the filter step's reader and the exact-dedup readers
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_same_output_as_local(tmp_path):
+    pytest.importorskip("ray", reason="executor.kind=ray needs the ray package (pip install 'codellama-recipe[ray]')")
+    import ray
+
+    rng = random.Random(4)
+    rows = []
+    for _ in range(12):
+        t = make_doc(rng, 10)
+        rows += [t, edit(rng, t, 0.1)]
+    write(tmp_path / "in.jsonl.gz", [{"content": t, "lang": "Python", "max_stars_repo_path": "x.py"} for t in rows])
+    outputs = []
+    try:
+        for kind in ("local", "ray"):
+            c = cfg_for(tmp_path, [tmp_path / "in.jsonl.gz"], out_dir=str(tmp_path / kind),
+                        **{"executor.kind": kind, "executor.tasks": 2, "executor.workers": 2,
+                           "executor.mem_per_cpu_gb": 1})
+            r = prepare(c, log=lambda *_: None)
+            files = {p.split(f"/{kind}/")[1]: gzip.open(p).read()
+                     for p in sorted(glob.glob(f"{c.out_dir}/*/*/*.jsonl.gz"))}
+            outputs.append((files, r["sources"], r["removed_by_reason"]))
+    finally:
+        ray.shutdown()
+    assert outputs[0][0] and outputs[0] == outputs[1]

@@ -9,6 +9,7 @@ Rerunning the same command skips every datatrove task already completed.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 
@@ -21,7 +22,7 @@ from codellama_recipe.core.schema import PrepareConfig
 
 PROG = "codellama-prepare"
 SOURCES = ("code", "python", "nl_code", "nl")
-EXECUTORS = ("local", "slurm")
+EXECUTORS = ("local", "slurm", "ray")
 PROGRESS_BAR = ("auto", "true", "false")
 HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
 
@@ -46,6 +47,8 @@ def check(cfg: DictConfig) -> None:
                        ("decontamination.ngram", c.decontamination.ngram)):
         if value < 1:
             raise ConfigError(key, value, "must be >= 1")
+    if c.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor.kind", "ray", "needs the ray package: pip install 'codellama-recipe[ray]'")
     if c.executor.kind == "slurm":
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", str(c.executor.time)):
             raise ConfigError("executor.time", c.executor.time, "a SLURM time: MM, HH:MM:SS or D-HH:MM:SS")

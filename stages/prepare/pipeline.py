@@ -234,6 +234,15 @@ def slurm_env_command(x) -> str | None:
     return None
 
 
+def join_ray(address: str | None) -> None:
+    """The steps run one after another on a Ray cluster: `address` (or $RAY_ADDRESS), else a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False,
+                 include_dashboard=False)
+
+
 def make_executor(cfg, name, pipeline, tasks, depends=None):
     x = cfg.executor
     logs = os.path.join(cfg.out_dir, "logs", name)
@@ -244,6 +253,11 @@ def make_executor(cfg, name, pipeline, tasks, depends=None):
                                      cpus_per_task=x.cpus_per_task, mem_per_cpu_gb=x.mem_per_cpu_gb,
                                      logging_dir=os.path.abspath(logs), job_name=f"prepare_{name}",
                                      depends=depends, env_command=slurm_env_command(x))
+    if x.kind == "ray":
+        from datatrove.executor.ray import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=x.workers, logging_dir=os.path.abspath(logs),
+                                   cpus_per_task=x.cpus_per_task, mem_per_cpu_gb=x.mem_per_cpu_gb, depends=depends)
     from datatrove.executor import LocalPipelineExecutor
 
     return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(x.workers, tasks), logging_dir=logs,
@@ -393,7 +407,8 @@ def strict_stop(cfg) -> None:
 
 IDENTITY = "prepare_identity.json"
 # How the work is run, not what it produces (the same output for any number of workers, on any executor).
-RUN_ONLY_KEYS = ("workers", "kind", "partition", "time", "cpus_per_task", "mem_per_cpu_gb", "env_command")
+RUN_ONLY_KEYS = ("workers", "kind", "partition", "time", "cpus_per_task", "mem_per_cpu_gb", "env_command",
+                 "ray_address")
 
 
 def run_identity(cfg, files: list[str]) -> dict:
@@ -489,6 +504,8 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
         log(f"[prepare] submitted; when the jobs are done, rerun with executor.kind=local: every step is then "
             f"found completed and only {cfg.out_dir}/manifest.json is computed")
         return {"submitted": True}
+    if cfg.executor.kind == "ray":
+        join_ray(cfg.executor.ray_address)
     step_seconds = {}
     for name, pipeline, tasks in build_steps(cfg, files):
         log(f"[prepare] step {name} ({tasks} tasks)")
