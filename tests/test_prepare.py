@@ -204,7 +204,7 @@ def test_wrong_field_name_is_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.parametrize("args, key", [
     ([], "input.paths"),
     (["input.paths=[/nonexistent/*.jsonl]"], "input.paths"),
-    (["input.paths=[x.jsonl]", "executor.kind=ray"], "executor.kind"),
+    (["input.paths=[x.jsonl]", "executor.kind=spark"], "executor.kind"),
     (["input.paths=[x.jsonl]", "routes.java={langs:[java]}"], "routes.java"),
     (["input.paths=[x.jsonl]", "dedup.ngram=0"], "dedup.ngram"),
     (["input.paths=[x.jsonl]", "nosuchkey=1"], "nosuchkey"),
@@ -511,6 +511,18 @@ def test_a_progress_bar_per_reading_step_when_asked(tmp_path, capsys, setting, s
                  f"progress_bar={setting}"]) == 0
     bars = capsys.readouterr().err.count("Document progress")
     assert (bars >= 2) if shown else bars == 0     # the filter step's reader and the exact-dedup readers
+
+
+def test_ray_without_the_ray_package_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    write(tmp_path / "in.jsonl.gz", [{"content": "x = 1"}])
+    code = main([f"input.paths=[{tmp_path}/in.jsonl.gz]", f"out_dir={tmp_path}/o", "executor.kind=ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "executor.kind" in err[0] and "pip install" in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
