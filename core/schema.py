@@ -183,6 +183,7 @@ class TrainerConfig:
     compile: Optional[bool] = None             # null = true on CUDA, false on CPU
     intra_document_attention: bool = False
     max_nonfinite_in_row: int = 5
+    collective_timeout_s: float = 600.0         # OPEN: a frozen or lost peer ends the run after this long
     peak_flops_per_device: Optional[float] = None
     export_dtype: str = "fp32"                  # fp32 | bf16
     allow_config_change: bool = False

@@ -222,6 +222,46 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
     return proc
 
 
+def launch_nodes(overrides: list[str], log_dir, nnodes: int = 2, **faults) -> list[subprocess.Popen]:
+    """`nnodes` torchrun "nodes" of one rank each on this machine, joined by a c10d rendezvous on 127.0.0.1, as
+    a multi-node job starts them (`launch/multinode.sh`); synthetic data. Each node's torchrun output goes to
+    log_dir/node<N>.log, and each rank's own output to log_dir/rank<R>.log (`rank_output`). Ranks are given out
+    in the order the nodes join, not by node number: `node_rank_of` tells."""
+    import socket
+
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = engine_env()
+    env.update(fault_env(faults), TEST_SYNTHETIC_DATA="1", TEST_RANK_LOG_DIR=str(log_dir))
+    procs = []
+    for node in range(nnodes):
+        cmd = [PYTHON, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc_per_node=1",
+               f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+               "--rdzv_id=test-nodes", str(REPO / "tests" / "helpers_engine.py"), *overrides]
+        with open(log_dir / f"node{node}.log", "w") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True)
+        proc.log_path = str(log_dir / f"node{node}.log")
+        procs.append(proc)
+        if node == 0:
+            time.sleep(1.0)   # node 0 hosts the rendezvous store
+    return procs
+
+
+def rank_of(worker_pid: int) -> int:
+    import psutil
+
+    return int(psutil.Process(worker_pid).environ()["RANK"])
+
+
+def rank_output(log_dir, rank: int) -> str:
+    path = pathlib.Path(log_dir) / f"rank{rank}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def exit_codes(exit_codes_dir) -> dict[int, int]:
     """{rank: exit status} written by the ranks of a launch(..., exit_codes_dir=...)."""
     return {int(p.name[4:]): int(p.read_text()) for p in pathlib.Path(exit_codes_dir).glob("rank*")}
@@ -295,6 +335,10 @@ if __name__ == "__main__":
 
         trainer.build_loaders = synthetic_loaders
         trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+    if os.environ.get("TEST_RANK_LOG_DIR"):   # this rank's own output, apart from its launcher's
+        rank_log = open(pathlib.Path(os.environ["TEST_RANK_LOG_DIR"]) / f"rank{os.environ.get('RANK', '0')}.log", "w")
+        os.dup2(rank_log.fileno(), 1)
+        os.dup2(rank_log.fileno(), 2)
     install_faults(os.environ)
     from codellama_recipe.train.cli import main
 

@@ -125,6 +125,9 @@ def test_chunked_loss_equals_full_loss_with_gradients_and_bounded_chunks():
     ("optim.schedule=exponential", "optim.schedule"),
     ("wandb.mode=sometimes", "wandb.mode"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
+    ("trainer.collective_timeout_s=0", "trainer.collective_timeout_s"),
+    ("trainer.collective_timeout_s=-5", "trainer.collective_timeout_s"),
+    ("trainer.collective_timeout_s=inf", "trainer.collective_timeout_s"),
 ])
 def test_bad_config_names_the_key(override, key):
     cfg = compose(TINY + ["trainer.batch_tokens=512", override])

@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic, write_text_atomic
 from codellama_recipe.train.distributed import all_reduce
 from codellama_recipe.train.model import ModelConfig
+from codellama_recipe.train.peers import rank0_work
 from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError, load_hf
 
 FORMAT_VERSION = 1
@@ -347,9 +348,9 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict
                                     f"{tag} in {ckpt_dir}; nothing was lost: the latest checkpoint "
                                     f"({latest_tag(ckpt_dir) or 'none yet'}) is intact and rerunning the same "
                                     "command resumes from it")
-    if rank == 0:
-        publish(ckpt_dir, tag, keep_last)
-    _barrier()
+    # Rank 0 writes the manifest (a CRC-32 pass over every file) and publishes; the others wait as long as it is
+    # alive (train/peers.py), not a collective's timeout.
+    rank0_work(lambda: publish(ckpt_dir, tag, keep_last), f"publishing checkpoint {tag}")
     return tag
 
 

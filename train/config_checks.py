@@ -10,6 +10,7 @@ they are computed in exactly one place.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ def check_trainer(t) -> None:
     _one_of(t, "precision", PRECISIONS, "trainer")
     _one_of(t, "export_dtype", EXPORT_DTYPES, "trainer")
     _one_of(t, "progress_bar", PROGRESS_BAR, "trainer")
+    if not (math.isfinite(t.collective_timeout_s) and t.collective_timeout_s > 0):
+        raise ConfigError("trainer.collective_timeout_s", t.collective_timeout_s,
+                          "must be a positive number of seconds (e.g. 600)")
     if t.peak_flops_per_device is not None and not t.peak_flops_per_device > 0:
         raise ConfigError("trainer.peak_flops_per_device", t.peak_flops_per_device, "must be > 0, or null")
 

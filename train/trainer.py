@@ -43,6 +43,8 @@ from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, Prog
                                             peak_flops_per_device)
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
+from codellama_recipe.train.peers import (PeerLost, apply_collective_timeout, describe_lost, is_lost_peer,
+                                          rank0_work, start_watch)
 from codellama_recipe.train.stop_flag import StopFlag
 from codellama_recipe.train.weight_formats import DTYPES, save_hf
 
@@ -54,7 +56,7 @@ DONE_FILE = "DONE.json"
 # Keys that change how a run is observed, not what it computes (left out of the DONE.json fingerprint).
 OBSERVATION_KEYS = ("run_dir", "cache_dir", "wandb", "deepspeed", "trainer.log_every", "trainer.checkpoint_every",
                     "trainer.keep_last", "trainer.val_every", "trainer.val_batches", "trainer.allow_config_change",
-                    "trainer.progress_bar")
+                    "trainer.progress_bar", "trainer.collective_timeout_s")
 
 
 class TooManyNonFinite(RuntimeError):
@@ -103,6 +105,7 @@ class TrainContext:
     mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
     loss_chunk_size: int = 0                   # trainer.loss_chunk_size as used (null resolved)
     compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
+    where: str = "at the start of training"    # named when a peer is lost
     backward_started: bool = False
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
@@ -270,7 +273,25 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
 
     # ---- the process group starts here ----
     device, backend = device_and_backend()
-    rank, world_size = init_distributed(backend)
+    progress = {"where": "while the process group started"}
+    try:
+        return _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
+                                device, backend, progress)
+    except Exception as e:
+        if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
+            latest = ckpt.latest_tag(run_dir / "checkpoints")
+            raise PeerLost(f"{describe_lost(e, progress['where'])}; "
+                           + (f"the latest checkpoint {latest} is intact and rerunning the same command resumes "
+                              f"from it" if latest else "no checkpoint written yet")) from None
+        raise
+
+
+def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer, device,
+                     backend, progress) -> dict:
+    ckpt_dir, done_file = run_dir / "checkpoints", run_dir / DONE_FILE
+    timeout_s = float(cfg.trainer.collective_timeout_s)
+    rank, world_size = init_distributed(backend, timeout_s)
+    start_watch(timeout_s)
     if world_size != plan.world_size:
         raise RuntimeError(f"process group has {world_size} ranks but WORLD_SIZE said {plan.world_size}")
     for note in setup.notes:
@@ -284,7 +305,10 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
                f"ZeRO {plan.zero_stage}, {plan.precision}, {world_size} process(es) on {device.type}; "
                f"batch {plan.batch_tokens} tokens = {plan.grad_accum} accumulation × {plan.micro_batch_size} × "
                f"{plan.seq_len} × {world_size}")
+    progress["where"] = "while the DeepSpeed engine was built"
     engine, optimizer = build_engine(cfg, plan, model, device)
+    groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
+    _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
     train_loader, val_loaders = build_loaders(cfg, tokenizer, rank, world_size, plan)
 
     if rank == 0:
@@ -328,16 +352,18 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     stop = StopFlag()
     stop.install()
     exit_code = 1
+    ctx = TrainContext(
+        cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
+        val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
+        state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
+        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
+        loss_chunk_size=chunk, compile_pending=compiled)
     try:
-        result = fit(TrainContext(
-            cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
-            val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
-            state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
-            flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
-            loss_chunk_size=chunk, compile_pending=compiled))
+        result = fit(ctx)
         exit_code = 0
         return result
     finally:
+        progress["where"] = ctx.where
         stop.restore()
         logger.close(exit_code)
 
@@ -358,9 +384,11 @@ def fit(ctx: TrainContext) -> dict:
     _log(ctx.rank, f"training steps {state.step + 1}..{t.max_steps}")
 
     while state.step < t.max_steps:
+        ctx.where = f"before step {state.step + 1} (the stop-signal check)"
         if stop_requested(ctx):
             break
 
+        ctx.where = f"in step {state.step + 1}"
         started = time.perf_counter()
         lr = learning_rate(ctx.cfg, state.step)
         applied = train_step(ctx, batches, lr, interval)
@@ -377,6 +405,7 @@ def fit(ctx: TrainContext) -> dict:
                            f"({nonfinite_in_row} in a row, {state.nonfinite_skipped} in total)")
         interval.steps += 1
         interval.time_s += time.perf_counter() - started
+        ctx.where = f"after step {state.step} (metrics, validation or checkpoint)"
         too_many = nonfinite_in_row >= t.max_nonfinite_in_row
 
         is_last = state.step == t.max_steps
@@ -396,6 +425,7 @@ def fit(ctx: TrainContext) -> dict:
         maybe_save_checkpoint(ctx)
     bar.close()
 
+    ctx.where = f"at step {state.step} (the final checkpoint and export)"
     if ctx.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
@@ -540,14 +570,17 @@ def finish(ctx: TrainContext) -> dict:
             "nonfinite_skipped": state.nonfinite_skipped, "wandb_run_id": state.wandb_run_id,
             "damaged_checkpoints_skipped": state.damaged_checkpoints_skipped, "checkpoint": str(last_checkpoint), "hf_dir": str(ctx.run_dir / "hf"),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if ctx.rank == 0:
+
+    def on_rank0():
         export_hf(last_checkpoint, ctx.run_dir / "hf", ctx.tokenizer_path, ctx.cfg.trainer.export_dtype)
         write_json_atomic(ctx.run_dir / DONE_FILE, done)
         ctx.logger.summary({"final/train_loss": state.last_train_loss, "final/steps": state.step,
                             **{f"final/val_loss/{s}": v for s, v in state.last_val.items()}})
         _log(ctx.rank, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s:.0f}s; "
                        f"weights in {ctx.run_dir / 'hf'}")
-    dist.barrier()
+    # The other ranks wait for the export as long as rank 0 is alive, not a collective's timeout (a 70B export
+    # takes longer than that).
+    rank0_work(on_rank0, "exporting the weights")
     return done
 
 
