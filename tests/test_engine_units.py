@@ -2,6 +2,7 @@
 metrics file truncation. Fast (no DeepSpeed engine)."""
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -331,3 +332,52 @@ def test_the_chunked_loss_is_the_default_where_full_logits_would_be_large():
     assert loss_chunk_tokens(None, 16384, 32016) == 8192        # 16k tokens x 32k vocabulary: 2.1 GB of fp32 logits
     assert loss_chunk_tokens(None, 8 * 512, 4096) == 0          # the CPU demo: 67 MB, the plain loss
     assert loss_chunk_tokens(0, 16384, 32016) == 0 and loss_chunk_tokens(1024, 8, 8) == 1024   # as configured
+
+
+# ---------------------------------------------------------------------------- validation data of your own sources
+def _own_code_files(tmp_path):
+    (tmp_path / "mine").mkdir(exist_ok=True)
+    (tmp_path / "mine" / "train-0.jsonl").write_text('{"text": "def f():\\n    return 1\\n"}\n')
+    (tmp_path / "mine" / "val-0.jsonl").write_text('{"text": "def g():\\n    return 2\\n"}\n')
+    return str(tmp_path / "mine" / "train-*.jsonl"), str(tmp_path / "mine" / "val-*.jsonl")
+
+
+@pytest.mark.parametrize("where", ["paths", "hub"])
+def test_own_training_data_with_the_embedded_validation_split_is_refused(tmp_path, where):
+    """corpus.code.paths (or .hub) set to your data and corpus.code.val_paths left at its default used to validate
+    on the embedded demo corpus without a word."""
+    train, _ = _own_code_files(tmp_path)
+    source = [f"corpus.code.paths=[{train}]"] if where == "paths" else \
+        ["corpus.code.paths=null", "corpus.code.hub=bigcode/the-stack-dedup"]
+    cfg = compose(TINY + ["trainer.batch_tokens=512", f"run_dir={tmp_path / 'run'}", *source])
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, world_size=2)
+    assert e.value.key == "data.sources.code.val_paths", str(e.value)
+    assert "points at the embedded demo corpus" in str(e.value) and "corpus.code.val_paths=null" in str(e.value)
+    assert (where == "hub") == ("bigcode/the-stack-dedup" in str(e.value))
+
+
+@pytest.mark.parametrize("extra", [["corpus.code.val_paths=null"], ["corpus.code.val_paths=[VAL]"],
+                                   ["corpus.code.val_hub={path: x/y, split: validation}", "corpus.code.val_paths=null"],
+                                   ["trainer.val_every=0"], []])
+def test_own_validation_data_or_none_is_accepted(tmp_path, extra):
+    from codellama_recipe.data.pipeline import DataPlan
+    from codellama_recipe.train.config_checks import check_validation_sources
+
+    train, val = _own_code_files(tmp_path)
+    own = [f"corpus.code.paths=[{train}]"] if extra else []   # []: the embedded corpus for training and validation
+    cfg = compose(TINY + own + [o.replace("VAL", val) for o in extra])
+    check_validation_sources(cfg, DataPlan.of(cfg.data))
+
+
+def test_own_training_data_with_the_embedded_validation_split_exits_2_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    train, _ = _own_code_files(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "codellama_recipe.train.cli", *TINY, f"run_dir={tmp_path / 'run'}",
+                        f"corpus.code.paths=[{train}]"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and "data.sources.code.val_paths" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.data.embedded import ensure_corpus_for
+from codellama_recipe.data.embedded import ensure_corpus_for, in_embedded_corpus
 from codellama_recipe.data.pipeline import DataPlan
 from codellama_recipe.data.sources import Location
 
@@ -124,9 +124,28 @@ def check_paths(cfg: DictConfig, init_from_pending: bool) -> None:
             raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
 
 
+def check_validation_sources(cfg: DictConfig, data: DataPlan) -> None:
+    """A source that trains on its own data (local files or a hub dataset) validates on its own data, never on
+    the embedded demo corpus its val_paths default to: that would be a silent, meaningless validation loss."""
+    if not (cfg.trainer.val_every and cfg.trainer.val_batches):
+        return
+    for spec in data.sources:
+        trains_on_embedded = not spec.hub and all(in_embedded_corpus(p, cfg.cache_dir) for p in spec.paths)
+        embedded_val = [p for p in spec.val_paths if in_embedded_corpus(p, cfg.cache_dir)]
+        if embedded_val and not trains_on_embedded and not spec.val_hub:
+            where = f"the hub dataset {dict(spec.hub).get('path')}" if spec.hub else f"{list(spec.paths)}"
+            via = f"corpus.{spec.name}" if spec.name in (cfg.get("corpus") or {}) else f"data.sources.{spec.name}"
+            raise ConfigError(
+                f"data.sources.{spec.name}.val_paths", list(spec.val_paths),
+                f"points at the embedded demo corpus's validation split while the source trains on {where}; give its own "
+                f"validation data ({via}.val_paths=[...] or {via}.val_hub='{{path: ..., split: validation}}'), or "
+                f"{via}.val_paths=null to leave it out of validation (or trainer.val_every=0)")
+
+
 def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
     """Every configured glob matches a file and every named field exists (train splits; validation splits
     when validation runs). The embedded corpus is built first when the paths point at it."""
+    check_validation_sources(cfg, data)
     ensure_corpus_for(data.sources, cfg.cache_dir)
     validating = cfg.trainer.val_every and cfg.trainer.val_batches
     for spec in data.sources:
