@@ -92,7 +92,8 @@ def compose(overrides: list[str]):
 # Fault injection (in the launched processes)
 # --------------------------------------------------------------------------------------------------------
 
-FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile")
+FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile",
+          "export_delay_s")
 
 
 def fault_env(faults: dict) -> dict:
@@ -123,7 +124,8 @@ def install_faults(env) -> None:
       arrives;
     - hang_in_save_at_step: inside that step's checkpoint save, every rank's files written but the folder not yet
       published, every rank blocks (until killed);
-    - break_compile: torch.compile's backend raises, as a compiler failure would."""
+    - break_compile: torch.compile's backend raises, as a compiler failure would;
+    - export_delay_s: the final Hugging Face export (rank 0 alone) first waits that long (hang marker written)."""
     from codellama_recipe.train import checkpoints, trainer
 
     if env.get("TEST_BREAK_COMPILE"):
@@ -160,6 +162,17 @@ def install_faults(env) -> None:
                 _hang(ctx.run_dir, ctx.rank, f"after step {hang_step}", until=lambda: ctx.stop.signum)
 
         trainer.maybe_save_checkpoint = maybe_save_checkpoint_then_hang
+
+    if "TEST_EXPORT_DELAY_S" in env:
+        delay, export_hf = float(env["TEST_EXPORT_DELAY_S"]), trainer.export_hf
+
+        def slow_export_hf(tag_dir, out_dir, *args, **kwargs):
+            run_dir = pathlib.Path(out_dir).parent
+            hang_marker(run_dir, 0).write_text("in the export")
+            time.sleep(delay)
+            return export_hf(tag_dir, out_dir, *args, **kwargs)
+
+        trainer.export_hf = slow_export_hf
 
     if "TEST_HANG_IN_SAVE_AT_STEP" in env:
         hang_step, write_files = int(env["TEST_HANG_IN_SAVE_AT_STEP"]), checkpoints.write_files

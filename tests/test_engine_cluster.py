@@ -133,3 +133,42 @@ def test_dead_node_ends_the_run_with_one_line(tmp_path):
     finally:
         for node in nodes:
             H.kill_tree(node)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rank 0's work at the end of a stage (the export; a pipeline's evaluation waits the same way, train/peers.py)
+# ------------------------------------------------------------------------------------------------------------
+
+END = BASE + ["trainer.max_steps=2", "trainer.collective_timeout_s=4", "trainer.peak_flops_per_device=1e12"]
+
+
+@pytest.mark.timeout(180)
+def test_rank0_export_longer_than_the_collective_timeout_does_not_fail_the_other_ranks(tmp_path):
+    """The other ranks wait for rank 0's export as long as rank 0 is alive, not collective_timeout_s: a 70B export
+    takes longer than any sensible collective timeout."""
+    run_dir = tmp_path / "run"
+    proc = H.launch(END + [f"run_dir={run_dir}"], synthetic=True, export_delay_s=10)
+    proc.wait(timeout=150)
+    out = H.output(proc)
+    assert proc.returncode == 0, out[-4000:]
+    assert "lost a peer" not in out and (run_dir / "DONE.json").is_file()
+
+
+@pytest.mark.timeout(180)
+def test_rank0_frozen_in_the_export_ends_the_other_ranks_within_the_timeout(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = H.launch(END + [f"run_dir={run_dir}"], synthetic=True, export_delay_s=1000)
+    try:
+        H.wait_for(lambda: H.hang_marker(run_dir, 0).exists(), proc, timeout=120, what="rank 0 in the export")
+        rank0 = next(pid for pid in H.worker_pids(proc) if H.rank_of(pid) == 0)
+        os.kill(rank0, signal.SIGSTOP)
+        started = time.monotonic()
+        H.wait_for(lambda: "lost a peer" in H.output(proc), proc, timeout=30, what="rank 1's line")
+        took = time.monotonic() - started
+        out = H.output(proc)
+        (line,) = [x for x in out.splitlines() if "lost a peer" in x]
+        assert line.startswith("codellama-train: rank 1: lost a peer while exporting the weights: rank 0 ("), line
+        assert "stopped responding, no heartbeat for trainer.collective_timeout_s=4 s" in line, line
+        assert took < 4 + 6, took
+    finally:
+        H.kill_tree(proc)

@@ -65,6 +65,9 @@ def _free_port() -> int:
 
 def shutdown_distributed() -> None:
     """Destroy the process group (a rank that exits with it alive may abort in gloo's destructor)."""
+    from codellama_recipe.train.peers import stop_watch
+
+    stop_watch()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

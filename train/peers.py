@@ -176,14 +176,14 @@ class PeerWatch:
             except PeerLost:
                 raise
             except Exception as e:
-                raise PeerLost(f"rank {self.rank}: lost the rendezvous store while rank 0 was {what} "
+                raise PeerLost(f"rank {self.rank}: lost a peer while {what}: the rendezvous store is unreachable "
                                f"({type(e).__name__})") from None
             now = time.monotonic()
             if beat != last:
                 last, last_change = beat, now
             elif now - last_change > self.timeout_s:
-                raise PeerLost(f"rank {self.rank}: rank 0 ({self.host_of(0)}) stopped responding while {what}: no "
-                               f"heartbeat for trainer.collective_timeout_s={self.timeout_s:g} s")
+                raise PeerLost(f"rank {self.rank}: lost a peer while {what}: rank 0 ({self.host_of(0)}) stopped "
+                               f"responding, no heartbeat for trainer.collective_timeout_s={self.timeout_s:g} s")
             time.sleep(min(0.5, self.interval_s))
 
 
@@ -200,6 +200,13 @@ def start_watch(timeout_s: float) -> PeerWatch | None:
         _watch = PeerWatch(timeout_s)
     _watch.timeout_s = float(timeout_s)
     return _watch
+
+
+def stop_watch() -> None:
+    global _watch
+    if _watch is not None:
+        _watch.stop()
+        _watch = None
 
 
 def rank0_work(fn, what: str):
