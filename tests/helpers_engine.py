@@ -93,7 +93,7 @@ def compose(overrides: list[str]):
 # --------------------------------------------------------------------------------------------------------
 
 FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile",
-          "export_delay_s")
+          "export_delay_s", "sigterm_in_step")
 
 
 def fault_env(faults: dict) -> dict:
@@ -125,7 +125,9 @@ def install_faults(env) -> None:
     - hang_in_save_at_step: inside that step's checkpoint save, every rank's files written but the folder not yet
       published, every rank blocks (until killed);
     - break_compile: torch.compile's backend raises, as a compiler failure would;
-    - export_delay_s: the final Hugging Face export (rank 0 alone) first waits that long (hang marker written)."""
+    - export_delay_s: the final Hugging Face export (rank 0 alone) first waits that long (hang marker written);
+    - sigterm_in_step=[S, K]: rank 0 sends itself SIGTERM during micro-batch K (1-based) of step S, as a signal
+      arriving in the middle of a step under gradient accumulation would."""
     from codellama_recipe.train import checkpoints, trainer
 
     if env.get("TEST_BREAK_COMPILE"):
@@ -162,6 +164,19 @@ def install_faults(env) -> None:
                 _hang(ctx.run_dir, ctx.rank, f"after step {hang_step}", until=lambda: ctx.stop.signum)
 
         trainer.maybe_save_checkpoint = maybe_save_checkpoint_then_hang
+
+    if env.get("TEST_SIGTERM_IN_STEP"):
+        signal_step, signal_micro = (int(x) for x in env["TEST_SIGTERM_IN_STEP"].split(","))
+        microbatch_loss_then_signal, seen = trainer.microbatch_loss, {}
+
+        def microbatch_loss_with_signal(ctx, batch):
+            step = ctx.state.step + 1
+            seen[step] = seen.get(step, 0) + 1
+            if ctx.rank == 0 and (step, seen[step]) == (signal_step, signal_micro):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return microbatch_loss_then_signal(ctx, batch)
+
+        trainer.microbatch_loss = microbatch_loss_with_signal
 
     if "TEST_EXPORT_DELAY_S" in env:
         delay, export_hf = float(env["TEST_EXPORT_DELAY_S"]), trainer.export_hf

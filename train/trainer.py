@@ -4,8 +4,10 @@ One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accu
 `micro_batch_size × seq_len` tokens on each of `world_size` processes. Around the loop:
 - resume: the latest complete checkpoint under run_dir/checkpoints is loaded (model, optimizer, step, tokens,
   every rank's data-pipeline position and RNG states); the run continues as if it had never stopped;
-- stop signals: SIGTERM / SIGUSR1 set a flag; at the next step boundary every rank agrees, a checkpoint is
-  written and `run` returns normally (exit code 0);
+- stop signals: SIGTERM / SIGUSR1 set a flag; at the next step boundary, or between two micro-batches of a
+  step under gradient accumulation, every rank agrees, a checkpoint is written and `run` returns normally (exit
+  code 0). A step interrupted between micro-batches is abandoned (no update) and the checkpoint holds the data
+  position and RNG states of its start, so the resumed run redoes it exactly;
 - numerical faults: a non-finite loss or gradient norm skips the update on every rank (DeepSpeed's overflow
   check, or GuardedAdamW at ZeRO stage 0) and is counted; `trainer.max_nonfinite_in_row` in a row stops;
 - the end: a last checkpoint, the Hugging Face export (run_dir/hf, with tokenizer.model) and run_dir/DONE.json.
@@ -106,6 +108,8 @@ class TrainContext:
     loss_chunk_size: int = 0                   # trainer.loss_chunk_size as used (null resolved)
     compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
     where: str = "at the start of training"    # named when a peer is lost
+    step_start: dict | None = None             # data position and RNG states at the start of the current step
+    abandoned: str | None = None               # a stop signal interrupted the current step (where)
     backward_started: bool = False
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
@@ -391,7 +395,11 @@ def fit(ctx: TrainContext) -> dict:
         ctx.where = f"in step {state.step + 1}"
         started = time.perf_counter()
         lr = learning_rate(ctx.cfg, state.step)
+        if ctx.plan.grad_accum > 1:   # what a checkpoint of an interrupted step must hold
+            ctx.step_start = {"data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
         applied = train_step(ctx, batches, lr, interval)
+        if applied is None:           # a stop signal between micro-batches: the step is abandoned
+            break
         state.step += 1
         state.tokens_seen += ctx.plan.batch_tokens
         if applied:
@@ -429,7 +437,10 @@ def fit(ctx: TrainContext) -> dict:
     if ctx.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
-        _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}; rerun the same command to resume")
+        interrupted = (f" (step {state.step + 1} was interrupted {ctx.abandoned}, before its update; the resumed "
+                       f"run redoes it)") if ctx.abandoned else ""
+        _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}{interrupted}; rerun the same command to "
+                       f"resume")
         return {"stopped": int(ctx.stop.signum), "steps": state.step, "tokens": state.tokens_seen}
     return finish(ctx)
 
@@ -447,9 +458,10 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
                  final_lr_ratio=o.final_lr_ratio)
 
 
-def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
+def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool | None:
     """One optimizer update over `grad_accum` micro-batches; False when it was skipped on every rank (a non-finite
-    loss on any rank, or a non-finite gradient norm). The first step of compiled blocks compiles them; if that
+    loss on any rank, or a non-finite gradient norm); None when a stop signal interrupted it between two
+    micro-batches (no update; `ctx.abandoned` says where). The first step of compiled blocks compiles them; if that
     fails before any backward pass, the step runs again eagerly, after one warning."""
     if not ctx.compile_pending:
         return _train_step(ctx, batches, lr, interval)
@@ -476,9 +488,15 @@ def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics)
         return _train_step(ctx, itertools.chain(taken, batches), lr, interval)
 
 
-def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
+def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool | None:
     set_lr(ctx.optimizer, lr)
-    for _ in range(ctx.plan.grad_accum):
+    n = ctx.plan.grad_accum
+    for i in range(n):
+        # Between two micro-batches every rank agrees on a stop request (one tiny all-reduce per micro-batch):
+        # the step is abandoned before its update, so a stop waits one micro-batch, not one step.
+        if i and stop_requested(ctx):
+            ctx.abandoned = f"after micro-batch {i} of {n}"
+            return None
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()}
         losses, valid, loss = microbatch_loss(ctx, batch)
         finite = torch.isfinite(loss)
@@ -553,7 +571,10 @@ def save_checkpoint(ctx: TrainContext) -> None:
     client = {"train_state": asdict(state), "identity": ctx.identity, "fingerprint": ckpt.fingerprint(ctx.identity),
               "config": ckpt.resolved(ctx.cfg), "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
-    rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+    if ctx.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
+        rank_state = {"rank": ctx.rank, **ctx.step_start}
+    else:
+        rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
     tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
                     keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config)
     ctx.last_saved_step = state.step
