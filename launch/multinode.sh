@@ -11,7 +11,7 @@
 # Values not given come from SLURM (SLURM_JOB_NUM_NODES, SLURM_NODEID, the first host of SLURM_JOB_NODELIST,
 # SLURM_GPUS_ON_NODE), else: --port $MASTER_PORT or 29500, --nproc the number of GPUs (nvidia-smi) or 1.
 # Stop signals: SIGUSR1 or SIGTERM to this script (or, with torchrun, to torchrun or the ranks) reaches every rank,
-# which checkpoints at its next step boundary and exits 0. torchrun waits STOP_GRACE_S (default 900) seconds for
+# which checkpoints at its next step (or micro-batch) boundary and exits 0. torchrun waits STOP_GRACE_S (default 900) seconds for
 # that before it kills the ranks. With --launcher deepspeed the signal is sent to the ranks of every host of the
 # hostfile (pdsh), and the environment the run needs (WANDB_*, HF_*, HUGGING_FACE_*, TRANSFORMERS_*,
 # CODELLAMA_*, DS_*, TORCH_*, NCCL_*, OMP_NUM_THREADS, PATH, VIRTUAL_ENV, LD_LIBRARY_PATH) is handed to every

@@ -446,7 +446,7 @@ def fit(ctx: TrainContext) -> dict:
 
 
 def stop_requested(ctx: TrainContext) -> bool:
-    """At a step boundary: did any rank receive SIGTERM/SIGUSR1, or lose its launcher? Every rank gets the same
+    """At a step or micro-batch boundary: did any rank receive SIGTERM/SIGUSR1, or lose its launcher? Every rank gets the same
     answer."""
     ctx.stop.check_launcher()
     return bool(all_reduce(torch.tensor([ctx.stop.signum]), dist.ReduceOp.MAX).item())
