@@ -381,3 +381,41 @@ def test_own_training_data_with_the_embedded_validation_split_exits_2_in_one_lin
     assert r.returncode == 2, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and "data.sources.code.val_paths" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- collective timeouts
+def test_collective_timeout_reaches_groups_made_before_and_after(tmp_path):
+    """Groups created with new_group (as DeepSpeed does, without a timeout) get torch's 30-minute default unless
+    apply_collective_timeout has set it; groups that exist are set too."""
+    from datetime import timedelta
+
+    from torch.distributed import distributed_c10d as c10d
+    from codellama_recipe.train.peers import apply_collective_timeout
+
+    def timeouts():
+        return sorted(g._get_backend(torch.device("cpu")).options._timeout.total_seconds() for g in c10d._world.pg_map)
+
+    saved = c10d.default_pg_timeout
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=60))
+    try:
+        dist.new_group([0])
+        assert timeouts() == [60.0, 1800.0]       # what DeepSpeed's groups got before
+        assert apply_collective_timeout(7) == 2
+        dist.new_group([0])                       # created later (DeepSpeed creates some lazily)
+        assert timeouts() == [7.0, 7.0, 7.0]
+    finally:
+        c10d.default_pg_timeout = saved
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("error, lost", [
+    (RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"), True),
+    (RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:38281"), True),
+    (RuntimeError("CUDA out of memory"), False),
+    (ValueError("Timed out waiting"), False),
+])
+def test_lost_peer_errors_are_told_from_bugs(error, lost):
+    from codellama_recipe.train.peers import is_lost_peer
+
+    assert is_lost_peer(error) is lost

@@ -45,17 +45,6 @@ def apply_collective_timeout(timeout_s: float) -> int:
     return len(groups)
 
 
-def group_timeouts() -> list[float]:
-    """The timeout in seconds of every process group's gloo backend (what `apply_collective_timeout` set)."""
-    from torch.distributed import distributed_c10d as c10d
-
-    out = []
-    for group in c10d._world.pg_map:
-        backend = group._get_backend(torch.device("cpu"))
-        out.append(backend.options._timeout.total_seconds())
-    return out
-
-
 # Messages of a failed collective (gloo, NCCL, the store): anything else is a bug and keeps its traceback.
 LOST_MARKERS = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer", "Broken pipe",
                 "gloo/transport", "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
