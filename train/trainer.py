@@ -433,7 +433,7 @@ def fit(ctx: TrainContext) -> dict:
         maybe_save_checkpoint(ctx)
     bar.close()
 
-    ctx.where = f"at step {state.step} (the final checkpoint and export)"
+    ctx.where = f"at step {state.step} (its checkpoint, or the export)"
     if ctx.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
