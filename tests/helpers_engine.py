@@ -254,7 +254,8 @@ def launch_nodes(overrides: list[str], log_dir, nnodes: int = 2, **faults) -> li
     """`nnodes` torchrun "nodes" of one rank each on this machine, joined by a c10d rendezvous on 127.0.0.1, as
     a multi-node job starts them (`launch/multinode.sh`); synthetic data. Each node's torchrun output goes to
     log_dir/node<N>.log, and each rank's own output to log_dir/rank<R>.log (`rank_output`). Ranks are given out
-    in the order the nodes join, not by node number: `node_rank_of` tells."""
+    in the order the nodes join, not by node number: `rank_of` tells. Node 0 hosts the rendezvous store (whose
+    loss ends every node, as on a cluster)."""
     import socket
 
     log_dir = pathlib.Path(log_dir)
@@ -268,14 +269,13 @@ def launch_nodes(overrides: list[str], log_dir, nnodes: int = 2, **faults) -> li
     for node in range(nnodes):
         cmd = [PYTHON, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc_per_node=1",
                f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
-               "--rdzv_id=test-nodes", str(REPO / "tests" / "helpers_engine.py"), *overrides]
+               "--rdzv_id=test-nodes", f"--rdzv_conf=is_host={'true' if node == 0 else 'false'}",
+               str(REPO / "tests" / "helpers_engine.py"), *overrides]
         with open(log_dir / f"node{node}.log", "w") as out:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, text=True)
         proc.log_path = str(log_dir / f"node{node}.log")
         procs.append(proc)
-        if node == 0:
-            time.sleep(1.0)   # node 0 hosts the rendezvous store
     return procs
 
 
