@@ -145,11 +145,18 @@ def check_validation_sources(cfg: DictConfig, data: DataPlan) -> None:
 def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
     """Every configured glob matches a file and every named field exists (train splits; validation splits
     when validation runs). The embedded corpus is built first when the paths point at it."""
+    # Your own local files first (a glob that matches nothing is the first thing to say), then whether your
+    # sources validate on your data, before the embedded corpus is built or a hub dataset is contacted.
+    own_files = [s for s in data.sources
+                 if not s.hub and not all(in_embedded_corpus(p, cfg.cache_dir) for p in s.paths)]
+    for spec in own_files:
+        Location(spec, "train").check_fields()
     check_validation_sources(cfg, data)
     ensure_corpus_for(data.sources, cfg.cache_dir)
     validating = cfg.trainer.val_every and cfg.trainer.val_batches
     for spec in data.sources:
-        Location(spec, "train").check_fields()
+        if spec not in own_files:
+            Location(spec, "train").check_fields()
         if validating and (spec.val_paths or spec.val_hub):
             Location(spec, "val").check_fields()
 
