@@ -30,6 +30,10 @@ if name == "scontrol" and sys.argv[1:3] == ["show", "hostnames"]:
         sys.stdout.write(line)
         sys.stdout.flush()
     sys.exit(0)
+if os.environ.get(f"STUB_{key}_WRITE"):   # PATH=TEXT: a file the launched run would have written
+    path, text = os.environ[f"STUB_{key}_WRITE"].split("=", 1)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").write(text)
 if os.environ.get(f"STUB_{key}_SLEEP"):
     got = []
     for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -212,3 +216,24 @@ def test_sbatch_does_not_requeue_a_refused_configuration(stubs, code):
     r = sbatch(env, "model=tiny")
     assert r.returncode == code, r.stdout + r.stderr
     assert not [c for c in calls(tmp_path, "scontrol") if c["args"][0] == "requeue"]
+
+
+def test_sbatch_does_not_requeue_a_failure_without_progress(stubs):
+    """torchrun reports every failure as exit 1 (a refused configuration too): without a stop signal and without
+    a new checkpoint since the job started, a requeue would fail the same way, forever."""
+    tmp_path, env = stubs
+    env.update(RUN_DIR=str(tmp_path / "run"), LAUNCHER="torchrun", STUB_SRUN_EXIT="1")
+    r = sbatch(env, "model=tiny")
+    assert r.returncode == 1 and "not requeued" in r.stdout, r.stdout + r.stderr
+    assert not [c for c in calls(tmp_path, "scontrol") if c["args"][0] == "requeue"]
+
+
+def test_sbatch_requeues_a_failure_after_progress(stubs):
+    """A lost node after some training (a new checkpoint): requeued, the next job resumes from it."""
+    tmp_path, env = stubs
+    run_dir = tmp_path / "run"
+    env.update(RUN_DIR=str(run_dir), LAUNCHER="torchrun", STUB_SRUN_EXIT="1",
+               STUB_SRUN_WRITE=f"{run_dir}/checkpoints/latest=step_00000100")
+    r = sbatch(env, "model=tiny")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ["requeue", "4242"] in [c["args"] for c in calls(tmp_path, "scontrol")]
