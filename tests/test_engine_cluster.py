@@ -1,5 +1,7 @@
 """What a cluster does to a run, on 2 CPU processes (torchrun + gloo): the launcher is sent SIGTERM (it forwards the
-signal to the process group of every rank, DataLoader workers included)."""
+signal to the process group of every rank, DataLoader workers included); one of two torchrun "nodes" freezes
+(SIGSTOP) or dies (kill -9): the other ends within trainer.collective_timeout_s with one line; rank 0 exports
+alone while the other ranks wait on its heartbeat, however long the export takes."""
 import os
 import signal
 import time
