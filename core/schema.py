@@ -189,6 +189,8 @@ class TrainerConfig:
     export_dtype: str = "fp32"                  # fp32 | bf16: dtype of the Hugging Face export in run_dir/hf
     allow_config_change: bool = False           # resume a checkpoint whose model/data config or world size differs
     progress_bar: str = "auto"  # auto | true | false: tqdm on rank 0; auto = when attached to a terminal
+    # seconds a collective may wait for a frozen or lost peer before the run ends with one line (OPEN: 600)
+    collective_timeout_s: float = 600.0
 
 
 @dataclass

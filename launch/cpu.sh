@@ -7,7 +7,7 @@
 # One thread per process (OMP_NUM_THREADS=1): more threads than cores makes every step several times slower.
 # torchrun, not the deepspeed launcher: the latter leaves a 66 MB /dev/shm buffer per rank behind on CPU.
 # Rerunning the same command resumes from the latest checkpoint in run_dir. SIGTERM/SIGUSR1 to the ranks
-# writes a checkpoint at the next step boundary and exits 0.
+# writes a checkpoint at the next step (or micro-batch) boundary and exits 0.
 set -euo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
   echo "usage: $0 NPROC [Hydra overrides...]   (NPROC: number of CPU processes, e.g. 2)" >&2

@@ -26,6 +26,7 @@ from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
 from codellama_recipe.train.checkpoint_identity import config_differences, fingerprint
+from codellama_recipe.train.peers import PeerLost, exit_lost, rank0_work
 from codellama_recipe.train.stop_flag import held_stop_signals
 
 CONF_DIR = conf_dir()
@@ -242,7 +243,7 @@ def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
                 print(f"[pipeline] stage '{name}' stopped by signal {result['stopped']} after its checkpoint; "
                       "rerun the same command to resume", flush=True)
                 return None
-            if _rank() == 0:
+            def record_and_evaluate(name=name, step=step, cfg=cfg):
                 state = _read_state(run_dir)
                 state[name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
                                "state_format": STATE_FORMAT,
@@ -250,6 +251,9 @@ def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
                 _write_state(run_dir, state)
                 if pcfg.eval.enabled:
                     evaluate_stage(pcfg, name, Path(cfg.run_dir))
+            # The other ranks wait while rank 0 evaluates, as long as rank 0 is alive (train/peers.py): not in the
+            # next stage's first collective, whose timeout the evaluation could outlast.
+            rank0_work(record_and_evaluate, f"evaluating stage '{name}'")
         rows.append(summary_row(name, Path(cfg.run_dir)))
     return rows
 
@@ -360,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(PROG, str(e))
     except BadInputError as e:
         return refuse(PROG, e.one_line())
+    except PeerLost as e:   # a frozen or dead rank: one line, the process ends at once
+        exit_lost(PROG, e, 4)
     finally:
         shutdown_distributed()  # the stages share one process group; it ends with the pipeline
     if rows is None:

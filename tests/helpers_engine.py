@@ -92,7 +92,8 @@ def compose(overrides: list[str]):
 # Fault injection (in the launched processes)
 # --------------------------------------------------------------------------------------------------------
 
-FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile")
+FAULTS = ("inject_nan_steps", "inject_nan_rank", "hang_at_step", "hang_in_save_at_step", "break_compile",
+          "export_delay_s", "sigterm_in_step")
 
 
 def fault_env(faults: dict) -> dict:
@@ -123,7 +124,10 @@ def install_faults(env) -> None:
       arrives;
     - hang_in_save_at_step: inside that step's checkpoint save, every rank's files written but the folder not yet
       published, every rank blocks (until killed);
-    - break_compile: torch.compile's backend raises, as a compiler failure would."""
+    - break_compile: torch.compile's backend raises, as a compiler failure would;
+    - export_delay_s: the final Hugging Face export (rank 0 alone) first waits that long (hang marker written);
+    - sigterm_in_step=[S, K]: rank 0 sends itself SIGTERM during micro-batch K (1-based) of step S, as a signal
+      arriving in the middle of a step under gradient accumulation would."""
     from codellama_recipe.train import checkpoints, trainer
 
     if env.get("TEST_BREAK_COMPILE"):
@@ -160,6 +164,30 @@ def install_faults(env) -> None:
                 _hang(ctx.run_dir, ctx.rank, f"after step {hang_step}", until=lambda: ctx.stop.signum)
 
         trainer.maybe_save_checkpoint = maybe_save_checkpoint_then_hang
+
+    if env.get("TEST_SIGTERM_IN_STEP"):
+        signal_step, signal_micro = (int(x) for x in env["TEST_SIGTERM_IN_STEP"].split(","))
+        microbatch_loss_then_signal, seen = trainer.microbatch_loss, {}
+
+        def microbatch_loss_with_signal(ctx, batch):
+            step = ctx.state.step + 1
+            seen[step] = seen.get(step, 0) + 1
+            if ctx.rank == 0 and (step, seen[step]) == (signal_step, signal_micro):
+                os.kill(os.getpid(), signal.SIGTERM)
+            return microbatch_loss_then_signal(ctx, batch)
+
+        trainer.microbatch_loss = microbatch_loss_with_signal
+
+    if "TEST_EXPORT_DELAY_S" in env:
+        delay, export_hf = float(env["TEST_EXPORT_DELAY_S"]), trainer.export_hf
+
+        def slow_export_hf(tag_dir, out_dir, *args, **kwargs):
+            run_dir = pathlib.Path(out_dir).parent
+            hang_marker(run_dir, 0).write_text("in the export")
+            time.sleep(delay)
+            return export_hf(tag_dir, out_dir, *args, **kwargs)
+
+        trainer.export_hf = slow_export_hf
 
     if "TEST_HANG_IN_SAVE_AT_STEP" in env:
         hang_step, write_files = int(env["TEST_HANG_IN_SAVE_AT_STEP"]), checkpoints.write_files
@@ -220,6 +248,46 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
                                 start_new_session=True, text=True)
     proc.log_path = log_path
     return proc
+
+
+def launch_nodes(overrides: list[str], log_dir, nnodes: int = 2, **faults) -> list[subprocess.Popen]:
+    """`nnodes` torchrun "nodes" of one rank each on this machine, joined by a c10d rendezvous on 127.0.0.1, as
+    a multi-node job starts them (`launch/multinode.sh`); synthetic data. Each node's torchrun output goes to
+    log_dir/node<N>.log, and each rank's own output to log_dir/rank<R>.log (`rank_output`). Ranks are given out
+    in the order the nodes join, not by node number: `rank_of` tells. Node 0 hosts the rendezvous store (whose
+    loss ends every node, as on a cluster)."""
+    import socket
+
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = engine_env()
+    env.update(fault_env(faults), TEST_SYNTHETIC_DATA="1", TEST_RANK_LOG_DIR=str(log_dir))
+    procs = []
+    for node in range(nnodes):
+        cmd = [PYTHON, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc_per_node=1",
+               f"--node_rank={node}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+               "--rdzv_id=test-nodes", f"--rdzv_conf=is_host={'true' if node == 0 else 'false'}",
+               str(REPO / "tests" / "helpers_engine.py"), *overrides]
+        with open(log_dir / f"node{node}.log", "w") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, text=True)
+        proc.log_path = str(log_dir / f"node{node}.log")
+        procs.append(proc)
+    return procs
+
+
+def rank_of(worker_pid: int) -> int:
+    import psutil
+
+    return int(psutil.Process(worker_pid).environ()["RANK"])
+
+
+def rank_output(log_dir, rank: int) -> str:
+    path = pathlib.Path(log_dir) / f"rank{rank}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def exit_codes(exit_codes_dir) -> dict[int, int]:
@@ -295,6 +363,10 @@ if __name__ == "__main__":
 
         trainer.build_loaders = synthetic_loaders
         trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+    if os.environ.get("TEST_RANK_LOG_DIR"):   # this rank's own output, apart from its launcher's
+        rank_log = open(pathlib.Path(os.environ["TEST_RANK_LOG_DIR"]) / f"rank{os.environ.get('RANK', '0')}.log", "w")
+        os.dup2(rank_log.fileno(), 1)
+        os.dup2(rank_log.fileno(), 2)
     install_faults(os.environ)
     from codellama_recipe.train.cli import main
 

@@ -174,3 +174,28 @@ def test_export_loads_back_with_the_project_loader(zero3):
     for name in sd:
         assert torch.equal(sd[name].float(), sd2[name].float()), name
     assert (zero3["run"] / "hf" / "tokenizer.model").is_file()
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_stop_signal_between_micro_batches_abandons_the_step_and_the_resume_is_exact(tmp_path, zero):
+    """Gradient accumulation 4: SIGTERM during micro-batch 2 of step 3 stops after that micro-batch, without
+    finishing the step (a stop waits one micro-batch, not one step); the checkpoint is step 2's, with the data
+    position and RNG states of step 3's start, and the resumed run equals an uninterrupted one exactly."""
+    steps = 4
+    common = H.TINY + [f"trainer.max_steps={steps}", "trainer.batch_tokens=1024", "trainer.checkpoint_every=0",
+                       "trainer.log_every=1", "trainer.val_every=0", "optim.warmup_steps=1", "optim.lr=3e-3",
+                       f"deepspeed={zero}", "data.num_workers=0"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _run_ok(common + [f"run_dir={ref}"])
+    rc, out = H.run(common + [f"run_dir={run}"], sigterm_in_step=[3, 2])
+    assert rc == 0, out[-4000:]
+    assert "stopped by signal 15 at step 2 (step 3 was interrupted after micro-batch 2 of 4" in out, out[-3000:]
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000002"
+    assert [m["step"] for m in H.metrics(run)] == [1, 2]
+    out = _run_ok(common + [f"run_dir={run}"])
+    assert "resumed from" in out
+    assert [m["step"] for m in H.metrics(run)] == list(range(1, steps + 1))
+    assert _losses(run) == _losses(ref)
+    a, b = H.hf_weights(ref), H.hf_weights(run)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -2,6 +2,7 @@
 metrics file truncation. Fast (no DeepSpeed engine)."""
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -127,6 +128,9 @@ def test_chunked_loss_equals_full_loss_with_gradients_and_bounded_chunks():
     ("optim.schedule=exponential", "optim.schedule"),
     ("wandb.mode=sometimes", "wandb.mode"),
     ("optim.betas=[0.9,1.5]", "optim.betas"),
+    ("trainer.collective_timeout_s=0", "trainer.collective_timeout_s"),
+    ("trainer.collective_timeout_s=-5", "trainer.collective_timeout_s"),
+    ("trainer.collective_timeout_s=inf", "trainer.collective_timeout_s"),
 ])
 def test_bad_config_names_the_key(override, key):
     cfg = compose(TINY + ["trainer.batch_tokens=512", override])
@@ -332,3 +336,90 @@ def test_the_chunked_loss_is_the_default_where_full_logits_would_be_large():
     assert loss_chunk_tokens(None, 16384, 32016) == 8192        # 16k tokens x 32k vocabulary: 2.1 GB of fp32 logits
     assert loss_chunk_tokens(None, 8 * 512, 4096) == 0          # the CPU demo: 67 MB, the plain loss
     assert loss_chunk_tokens(0, 16384, 32016) == 0 and loss_chunk_tokens(1024, 8, 8) == 1024   # as configured
+
+
+# ---------------------------------------------------------------------------- validation data of your own sources
+def _own_code_files(tmp_path):
+    (tmp_path / "mine").mkdir(exist_ok=True)
+    (tmp_path / "mine" / "train-0.jsonl").write_text('{"text": "def f():\\n    return 1\\n"}\n')
+    (tmp_path / "mine" / "val-0.jsonl").write_text('{"text": "def g():\\n    return 2\\n"}\n')
+    return str(tmp_path / "mine" / "train-*.jsonl"), str(tmp_path / "mine" / "val-*.jsonl")
+
+
+@pytest.mark.parametrize("where", ["paths", "hub"])
+def test_own_training_data_with_the_embedded_validation_split_is_refused(tmp_path, where):
+    """corpus.code.paths (or .hub) set to your data and corpus.code.val_paths left at its default used to validate
+    on the embedded demo corpus without a word."""
+    train, _ = _own_code_files(tmp_path)
+    source = [f"corpus.code.paths=[{train}]"] if where == "paths" else \
+        ["corpus.code.paths=null", "corpus.code.hub=bigcode/the-stack-dedup"]
+    cfg = compose(TINY + ["trainer.batch_tokens=512", f"run_dir={tmp_path / 'run'}", *source])
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, world_size=2)
+    assert e.value.key == "data.sources.code.val_paths", str(e.value)
+    assert "points at the embedded demo corpus" in str(e.value) and "corpus.code.val_paths=null" in str(e.value)
+    assert (where == "hub") == ("bigcode/the-stack-dedup" in str(e.value))
+
+
+@pytest.mark.parametrize("extra", [["corpus.code.val_paths=null"], ["corpus.code.val_paths=[VAL]"],
+                                   ["corpus.code.val_hub={path: x/y, split: validation}", "corpus.code.val_paths=null"],
+                                   ["trainer.val_every=0"], []])
+def test_own_validation_data_or_none_is_accepted(tmp_path, extra):
+    from codellama_recipe.data.pipeline import DataPlan
+    from codellama_recipe.train.config_checks import check_validation_sources
+
+    train, val = _own_code_files(tmp_path)
+    own = [f"corpus.code.paths=[{train}]"] if extra else []   # []: the embedded corpus for training and validation
+    cfg = compose(TINY + own + [o.replace("VAL", val) for o in extra])
+    check_validation_sources(cfg, DataPlan.of(cfg.data))
+
+
+def test_own_training_data_with_the_embedded_validation_split_exits_2_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    train, _ = _own_code_files(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "codellama_recipe.train.cli", *TINY, f"run_dir={tmp_path / 'run'}",
+                        f"corpus.code.paths=[{train}]"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and "data.sources.code.val_paths" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- collective timeouts
+def test_collective_timeout_reaches_groups_made_before_and_after(tmp_path):
+    """Groups created with new_group (as DeepSpeed does, without a timeout) get torch's 30-minute default unless
+    apply_collective_timeout has set it; groups that exist are set too."""
+    from datetime import timedelta
+
+    from torch.distributed import distributed_c10d as c10d
+    from codellama_recipe.train.peers import apply_collective_timeout
+
+    def timeouts():
+        return sorted(g._get_backend(torch.device("cpu")).options._timeout.total_seconds() for g in c10d._world.pg_map)
+
+    saved = c10d.default_pg_timeout
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=60))
+    try:
+        dist.new_group([0])
+        assert timeouts() == [60.0, 1800.0]       # what DeepSpeed's groups got before
+        assert apply_collective_timeout(7) == 2
+        dist.new_group([0])                       # created later (DeepSpeed creates some lazily)
+        assert timeouts() == [7.0, 7.0, 7.0]
+    finally:
+        c10d.default_pg_timeout = saved
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("error, lost", [
+    (RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"), True),
+    (RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:38281"), True),
+    (RuntimeError("CUDA out of memory"), False),
+    (ValueError("Timed out waiting"), False),
+])
+def test_lost_peer_errors_are_told_from_bugs(error, lost):
+    from codellama_recipe.train.peers import is_lost_peer
+
+    assert is_lost_peer(error) is lost

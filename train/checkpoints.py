@@ -26,6 +26,7 @@ from codellama_recipe.train.checkpoint_integrity import (CLIENT_STATE, LATEST, T
                                                          latest_tag, read_client_state, tag_for, write_manifest)
 from codellama_recipe.train.checkpoint_reading import weights_only_loads
 from codellama_recipe.train.distributed import all_reduce
+from codellama_recipe.train.peers import rank0_work
 from codellama_recipe.train.weight_formats import CHECKPOINT_MARKER, CheckpointError
 
 FORMAT_VERSION = 1
@@ -126,9 +127,9 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict
                                     f"{tag} in {ckpt_dir}; nothing was lost: the latest checkpoint "
                                     f"({latest_tag(ckpt_dir) or 'none yet'}) is intact and rerunning the same "
                                     "command resumes from it")
-    if rank == 0:
-        publish(ckpt_dir, tag, keep_last)
-    _barrier()
+    # Rank 0 writes the manifest (a CRC-32 pass over every file) and publishes; the others wait as long as it is
+    # alive (train/peers.py), not a collective's timeout.
+    rank0_work(lambda: publish(ckpt_dir, tag, keep_last), f"publishing checkpoint {tag}")
     return tag
 
 

@@ -7,7 +7,8 @@
 
 Rerunning the same command resumes from the latest complete checkpoint in run_dir.
 Exit codes: 0 finished or stopped by SIGTERM/SIGUSR1 (checkpoint written), 2 invalid configuration or
-checkpoint refused, 3 too many non-finite steps in a row.
+checkpoint refused, 3 too many non-finite steps in a row, 4 another rank stopped responding or died
+(trainer.collective_timeout_s; one line naming it; the latest checkpoint is intact, the same command resumes).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def sweep_run_dir(cfg) -> None:
 
 def _run(cfg) -> int:
     from codellama_recipe.data.record_readers import BadInputError
+    from codellama_recipe.train.peers import PeerLost, exit_lost
     from codellama_recipe.train.trainer import TooManyNonFinite, run
     from codellama_recipe.train.weight_formats import CheckpointError
 
@@ -56,6 +58,8 @@ def _run(cfg) -> int:
     except TooManyNonFinite as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)
         return 3
+    except PeerLost as e:   # a frozen or dead rank: one line, and the process ends at once (train/peers.py)
+        exit_lost(PROG, e, 4)
 
 
 def _check(cfg) -> None:

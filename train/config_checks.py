@@ -10,6 +10,7 @@ they are computed in exactly one place.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.data.embedded.cache import ensure_corpus_for
+from codellama_recipe.data.embedded.cache import ensure_corpus_for, in_embedded_corpus
 from codellama_recipe.data.pipeline import DataPlan
 from codellama_recipe.data.source_files import Location
 
@@ -76,6 +77,9 @@ def check_trainer(t) -> None:
     _one_of(t, "precision", PRECISIONS, "trainer")
     _one_of(t, "export_dtype", EXPORT_DTYPES, "trainer")
     _one_of(t, "progress_bar", PROGRESS_BAR, "trainer")
+    if not (math.isfinite(t.collective_timeout_s) and t.collective_timeout_s > 0):
+        raise ConfigError("trainer.collective_timeout_s", t.collective_timeout_s,
+                          "must be a positive number of seconds (e.g. 600)")
     if t.peak_flops_per_device is not None and not t.peak_flops_per_device > 0:
         raise ConfigError("trainer.peak_flops_per_device", t.peak_flops_per_device, "must be > 0, or null")
 
@@ -120,13 +124,39 @@ def check_paths(cfg: DictConfig, init_from_pending: bool) -> None:
             raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
 
 
+def check_validation_sources(cfg: DictConfig, data: DataPlan) -> None:
+    """A source that trains on its own data (local files or a hub dataset) validates on its own data, never on
+    the embedded demo corpus its val_paths default to: that would be a silent, meaningless validation loss."""
+    if not (cfg.trainer.val_every and cfg.trainer.val_batches):
+        return
+    for spec in data.sources:
+        trains_on_embedded = not spec.hub and all(in_embedded_corpus(p, cfg.cache_dir) for p in spec.paths)
+        embedded_val = [p for p in spec.val_paths if in_embedded_corpus(p, cfg.cache_dir)]
+        if embedded_val and not trains_on_embedded and not spec.val_hub:
+            where = f"the hub dataset {dict(spec.hub).get('path')}" if spec.hub else f"{list(spec.paths)}"
+            via = f"corpus.{spec.name}" if spec.name in (cfg.get("corpus") or {}) else f"data.sources.{spec.name}"
+            raise ConfigError(
+                f"data.sources.{spec.name}.val_paths", list(spec.val_paths),
+                f"points at the embedded demo corpus's validation split while the source trains on {where}; give its own "
+                f"validation data ({via}.val_paths=[...] or {via}.val_hub='{{path: ..., split: validation}}'), or "
+                f"{via}.val_paths=null to leave it out of validation (or trainer.val_every=0)")
+
+
 def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
     """Every configured glob matches a file and every named field exists (train splits; validation splits
     when validation runs). The embedded corpus is built first when the paths point at it."""
+    # Your own local files first (a glob that matches nothing is the first thing to say), then whether your
+    # sources validate on your data, before the embedded corpus is built or a hub dataset is contacted.
+    own_files = [s for s in data.sources
+                 if not s.hub and not all(in_embedded_corpus(p, cfg.cache_dir) for p in s.paths)]
+    for spec in own_files:
+        Location(spec, "train").check_fields()
+    check_validation_sources(cfg, data)
     ensure_corpus_for(data.sources, cfg.cache_dir)
     validating = cfg.trainer.val_every and cfg.trainer.val_batches
     for spec in data.sources:
-        Location(spec, "train").check_fields()
+        if spec not in own_files:
+            Location(spec, "train").check_fields()
         if validating and (spec.val_paths or spec.val_hub):
             Location(spec, "val").check_fields()
 

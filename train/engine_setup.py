@@ -29,9 +29,14 @@ def device_and_backend() -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def init_distributed(backend: str) -> tuple[int, int]:
-    """(rank, world_size). Reuses a process group that already exists (a pipeline running several stages)."""
+def init_distributed(backend: str, timeout_s: float) -> tuple[int, int]:
+    """(rank, world_size). Reuses a process group that already exists (a pipeline running several stages).
+    Every collective of the group times out after `timeout_s` seconds (trainer.collective_timeout_s)."""
+    from datetime import timedelta
+
     import deepspeed
+
+    from codellama_recipe.train.peers import apply_collective_timeout
 
     for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                          ("MASTER_ADDR", "127.0.0.1")):
@@ -45,7 +50,8 @@ def init_distributed(backend: str) -> tuple[int, int]:
             from codellama_recipe.train.extension_builds import prepare_cpu_comm_op
 
             prepare_cpu_comm_op(log=lambda msg: print(f"[train] rank {os.environ['RANK']}: {msg}", flush=True))
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=float(timeout_s)))
+    apply_collective_timeout(timeout_s)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -59,6 +65,9 @@ def _free_port() -> int:
 
 def shutdown_distributed() -> None:
     """Destroy the process group (a rank that exits with it alive may abort in gloo's destructor)."""
+    from codellama_recipe.train.peers import stop_watch
+
+    stop_watch()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

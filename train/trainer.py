@@ -4,8 +4,10 @@ One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accu
 `micro_batch_size × seq_len` tokens on each of `world_size` processes. Around the loop:
 - resume: the latest complete checkpoint under run_dir/checkpoints is loaded (model, optimizer, step, tokens,
   every rank's data-pipeline position and RNG states); the run continues as if it had never stopped;
-- stop signals: SIGTERM / SIGUSR1 set a flag; at the next step boundary every rank agrees, a checkpoint is
-  written and `run` returns normally (exit code 0);
+- stop signals: SIGTERM / SIGUSR1 set a flag; at the next step boundary, or between two micro-batches of a
+  step under gradient accumulation, every rank agrees, a checkpoint is written and `run` returns normally (exit
+  code 0). A step interrupted between micro-batches is abandoned (no update) and the checkpoint holds the data
+  position and RNG states of its start, so the resumed run redoes it exactly;
 - numerical faults: a non-finite loss or gradient norm skips the update on every rank (DeepSpeed's overflow
   check, or GuardedAdamW at ZeRO stage 0) and is counted; `trainer.max_nonfinite_in_row` in a row stops;
 - the end: a last checkpoint, the Hugging Face export (run_dir/hf, with tokenizer.model) and run_dir/DONE.json.
@@ -46,6 +48,8 @@ from codellama_recipe.train.metrics import (IntervalMetrics, MetricsLogger, Prog
                                             peak_flops_per_device)
 from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
+from codellama_recipe.train.peers import (PeerLost, apply_collective_timeout, describe_lost, is_lost_peer,
+                                          rank0_work, start_watch)
 from codellama_recipe.train.stop_flag import StopFlag
 from codellama_recipe.train.weight_formats import DTYPES, save_hf
 
@@ -57,7 +61,7 @@ DONE_FILE = "DONE.json"
 # Keys that change how a run is observed, not what it computes (left out of the DONE.json fingerprint).
 OBSERVATION_KEYS = ("run_dir", "cache_dir", "wandb", "deepspeed", "trainer.log_every", "trainer.checkpoint_every",
                     "trainer.keep_last", "trainer.val_every", "trainer.val_batches", "trainer.allow_config_change",
-                    "trainer.progress_bar")
+                    "trainer.progress_bar", "trainer.collective_timeout_s")
 
 
 class TooManyNonFinite(RuntimeError):
@@ -106,6 +110,9 @@ class TrainContext:
     mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
     loss_chunk_size: int = 0                   # trainer.loss_chunk_size as used (null resolved)
     compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
+    where: str = "at the start of training"    # named when a peer is lost
+    step_start: dict | None = None             # data position and RNG states at the start of the current step
+    abandoned: str | None = None               # a stop signal interrupted the current step (where)
     backward_started: bool = False
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
@@ -274,7 +281,25 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
 
     # ---- the process group starts here ----
     device, backend = device_and_backend()
-    rank, world_size = init_distributed(backend)
+    progress = {"where": "while the process group started"}
+    try:
+        return _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
+                                device, backend, progress)
+    except Exception as e:
+        if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
+            latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
+            raise PeerLost(f"{describe_lost(e, progress['where'])}; "
+                           + (f"the latest checkpoint {latest} is intact and rerunning the same command resumes "
+                              f"from it" if latest else "no checkpoint written yet")) from None
+        raise
+
+
+def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer, device,
+                     backend, progress) -> dict:
+    ckpt_dir, done_file = run_dir / "checkpoints", run_dir / DONE_FILE
+    timeout_s = float(cfg.trainer.collective_timeout_s)
+    rank, world_size = init_distributed(backend, timeout_s)
+    start_watch(timeout_s)
     if world_size != plan.world_size:
         raise RuntimeError(f"process group has {world_size} ranks but WORLD_SIZE said {plan.world_size}")
     for note in setup.notes:
@@ -288,7 +313,10 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
                f"ZeRO {plan.zero_stage}, {plan.precision}, {world_size} process(es) on {device.type}; "
                f"batch {plan.batch_tokens} tokens = {plan.grad_accum} accumulation × {plan.micro_batch_size} × "
                f"{plan.seq_len} × {world_size}")
+    progress["where"] = "while the DeepSpeed engine was built"
     engine, optimizer = build_engine(cfg, plan, model, device)
+    groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
+    _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
     train_loader, val_loaders = build_loaders(cfg, tokenizer, rank, world_size, plan)
 
     if rank == 0:
@@ -332,16 +360,18 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     stop = StopFlag()
     stop.install()
     exit_code = 1
+    ctx = TrainContext(
+        cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
+        val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
+        state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
+        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
+        loss_chunk_size=chunk, compile_pending=compiled)
     try:
-        result = fit(TrainContext(
-            cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
-            val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
-            state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
-            flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
-            loss_chunk_size=chunk, compile_pending=compiled))
+        result = fit(ctx)
         exit_code = 0
         return result
     finally:
+        progress["where"] = ctx.where
         stop.restore()
         logger.close(exit_code)
 
@@ -363,12 +393,18 @@ def fit(ctx: TrainContext) -> dict:
     _log(ctx.rank, f"training steps {state.step + 1}..{t.max_steps}")
 
     while state.step < t.max_steps:
+        ctx.where = f"before step {state.step + 1} (the stop-signal check)"
         if stop_requested(ctx):
             break
 
+        ctx.where = f"in step {state.step + 1}"
         started = time.perf_counter()
         lr = learning_rate(ctx.cfg, state.step)
+        if ctx.plan.grad_accum > 1:   # what a checkpoint of an interrupted step must hold
+            ctx.step_start = {"data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
         applied = train_step(ctx, batches, lr, interval)
+        if applied is None:           # a stop signal between micro-batches: the step is abandoned
+            break
         state.step += 1
         state.tokens_seen += ctx.plan.batch_tokens
         if applied:
@@ -382,6 +418,7 @@ def fit(ctx: TrainContext) -> dict:
                            f"({nonfinite_in_row} in a row, {state.nonfinite_skipped} in total)")
         interval.steps += 1
         interval.time_s += time.perf_counter() - started
+        ctx.where = f"after step {state.step} (metrics, validation or checkpoint)"
         too_many = nonfinite_in_row >= t.max_nonfinite_in_row
 
         is_last = state.step == t.max_steps
@@ -401,16 +438,20 @@ def fit(ctx: TrainContext) -> dict:
         maybe_save_checkpoint(ctx)
     bar.close()
 
+    ctx.where = f"at step {state.step} (its checkpoint, or the export)"
     if ctx.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
-        _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}; rerun the same command to resume")
+        interrupted = (f" (step {state.step + 1} was interrupted {ctx.abandoned}, before its update; the resumed "
+                       f"run redoes it)") if ctx.abandoned else ""
+        _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}{interrupted}; rerun the same command to "
+                       f"resume")
         return {"stopped": int(ctx.stop.signum), "steps": state.step, "tokens": state.tokens_seen}
     return finish(ctx)
 
 
 def stop_requested(ctx: TrainContext) -> bool:
-    """At a step boundary: did any rank receive SIGTERM/SIGUSR1, or lose its launcher? Every rank gets the same
+    """At a step or micro-batch boundary: did any rank receive SIGTERM/SIGUSR1, or lose its launcher? Every rank gets the same
     answer."""
     ctx.stop.check_launcher()
     return bool(all_reduce(torch.tensor([ctx.stop.signum]), dist.ReduceOp.MAX).item())
@@ -422,9 +463,10 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
                  final_lr_ratio=o.final_lr_ratio)
 
 
-def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
+def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool | None:
     """One optimizer update over `grad_accum` micro-batches; False when it was skipped on every rank (a non-finite
-    loss on any rank, or a non-finite gradient norm). The first step of compiled blocks compiles them; if that
+    loss on any rank, or a non-finite gradient norm); None when a stop signal interrupted it between two
+    micro-batches (no update; `ctx.abandoned` says where). The first step of compiled blocks compiles them; if that
     fails before any backward pass, the step runs again eagerly, after one warning."""
     if not ctx.compile_pending:
         return _train_step(ctx, batches, lr, interval)
@@ -451,9 +493,15 @@ def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics)
         return _train_step(ctx, itertools.chain(taken, batches), lr, interval)
 
 
-def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool:
+def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool | None:
     set_lr(ctx.optimizer, lr)
-    for _ in range(ctx.plan.grad_accum):
+    n = ctx.plan.grad_accum
+    for i in range(n):
+        # Between two micro-batches every rank agrees on a stop request (one tiny all-reduce per micro-batch):
+        # the step is abandoned before its update, so a stop waits one micro-batch, not one step.
+        if i and stop_requested(ctx):
+            ctx.abandoned = f"after micro-batch {i} of {n}"
+            return None
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()}
         losses, valid, loss = microbatch_loss(ctx, batch)
         finite = torch.isfinite(loss)
@@ -529,7 +577,10 @@ def save_checkpoint(ctx: TrainContext) -> None:
               "fingerprint": ckpt_identity.fingerprint(ctx.identity),
               "config": ckpt_identity.resolved(ctx.cfg), "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
-    rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+    if ctx.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
+        rank_state = {"rank": ctx.rank, **ctx.step_start}
+    else:
+        rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
     tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
                     keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config)
     ctx.last_saved_step = state.step
@@ -546,14 +597,17 @@ def finish(ctx: TrainContext) -> dict:
             "nonfinite_skipped": state.nonfinite_skipped, "wandb_run_id": state.wandb_run_id,
             "damaged_checkpoints_skipped": state.damaged_checkpoints_skipped, "checkpoint": str(last_checkpoint), "hf_dir": str(ctx.run_dir / "hf"),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if ctx.rank == 0:
+
+    def on_rank0():
         export_hf(last_checkpoint, ctx.run_dir / "hf", ctx.tokenizer_path, ctx.cfg.trainer.export_dtype)
         write_json_atomic(ctx.run_dir / DONE_FILE, done)
         ctx.logger.summary({"final/train_loss": state.last_train_loss, "final/steps": state.step,
                             **{f"final/val_loss/{s}": v for s, v in state.last_val.items()}})
         _log(ctx.rank, f"done: {state.step} steps, {state.tokens_seen:,} tokens, {state.elapsed_s:.0f}s; "
                        f"weights in {ctx.run_dir / 'hf'}")
-    dist.barrier()
+    # The other ranks wait for the export as long as rank 0 is alive, not a collective's timeout (a 70B export
+    # takes longer than that).
+    rank0_work(on_rank0, "exporting the weights")
     return done
 
 

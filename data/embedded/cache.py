@@ -49,6 +49,13 @@ def _paths(cache_dir) -> EmbeddedPaths:
                          cache_dir / f"tokenizer-v{TOKENIZER_VERSION}.model")
 
 
+def in_embedded_corpus(pattern: str, cache_dir) -> bool:
+    """Does a path or glob point into the embedded corpus under `cache_dir`?"""
+    corpus = os.path.abspath(os.path.expanduser(str(_paths(pathlib.Path(str(cache_dir)).expanduser()).corpus_dir)))
+    path = os.path.abspath(os.path.expanduser(str(pattern)))
+    return path == corpus or path.startswith(corpus + os.sep)
+
+
 def corpus_train_files(corpus_dir) -> list[pathlib.Path]:
     """Train shards of every source, interleaved (code 0, python 0, ..., code 1, ...), so a byte limit
     on tokenizer training still sees every source."""

@@ -98,8 +98,10 @@ def run(cfg: DictConfig) -> dict:
         steps = ", ".join(f"{k} {v['documents']}" for k, v in row.items() if k != "splits")
         print(f"[prepare] {source}: {steps}", flush=True)
     print(f"[prepare] removed: {result['removed_by_reason']}", flush=True)
-    print(f"[prepare] {c.out_dir}/manifest.json; training reads corpus.code.paths=[{c.out_dir}/code/train/*.jsonl.gz]",
-          flush=True)
+    heldout = result["sources"].get("code", {}).get("splits", {}).get("heldout", 0)
+    val = f"[{c.out_dir}/code/heldout/*.jsonl.gz]" if heldout else "null"
+    print(f"[prepare] {c.out_dir}/manifest.json; training reads corpus.code.paths=[{c.out_dir}/code/train/*.jsonl.gz] "
+          f"corpus.code.val_paths={val}", flush=True)
     return result
 
 

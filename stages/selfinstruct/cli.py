@@ -71,7 +71,8 @@ def run(cfg: DictConfig) -> dict:
     print("seconds per step (this session): " + ", ".join(f"{k} {v:.1f}" for k, v in runner.seconds.items()),
           flush=True)
     print(f"[selfinstruct] {cfg.out_dir}/dataset.jsonl: {stats['kept']} rows "
-          f"(instruct stage: corpus.instruct.paths=[{cfg.out_dir}/dataset.jsonl])", flush=True)
+          f"(instruct stage: corpus.instruct.paths=[{cfg.out_dir}/dataset.jsonl] "
+          f"corpus.instruct.val_paths=null)", flush=True)
     return stats
 
 
