@@ -5,6 +5,7 @@ import glob
 import gzip
 import hashlib
 import json
+import os
 import random
 import re
 
@@ -192,6 +193,24 @@ def test_end_to_end_training_config_reads_the_output(tmp_path):
     n = sum(1 for p in train + val for _ in iter_jsonl_gz(p, 0, None, 1 << 20))
     assert n == code["after_near_dedup"]["documents"] == 20
     assert code["splits"]["heldout"] == len([1 for p in val for _ in iter_jsonl_gz(p, 0, None, 1 << 20)])
+    # ... and a training stage runs on it by overrides only (every source of the code mix pointed at it)
+    import subprocess
+    import sys
+
+    from helpers_engine import TINY
+
+    corpus = [f"corpus.{s}.{k}=[{out}/code/{split}/*.jsonl.gz]" for s in ("code", "nl_code", "nl")
+              for k, split in (("paths", "train"), ("val_paths", "heldout"))]
+    done = subprocess.run([sys.executable, "-m", "codellama_recipe.train.cli", *TINY, *corpus, "stage=code",
+                           f"run_dir={tmp_path}/run", "trainer.max_steps=2", "trainer.batch_tokens=128",
+                           "trainer.val_every=2", "trainer.val_batches=1", "trainer.log_every=1",
+                           "data.num_workers=0", "optim.warmup_steps=1"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    assert any("val/loss/code" in r for r in rows), rows[-1].keys()
 
 
 def test_wrong_field_name_is_one_line_exit_2(tmp_path, capsys):
