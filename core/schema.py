@@ -395,6 +395,20 @@ class CorpusInfillingConfig:
 
 
 @dataclass
+class MultiplEConfig:
+    """`multipl_e`: HumanEval translated into other languages (evaluation/multipl_e.py)."""
+    languages: List[str] = field(default_factory=lambda: ["cpp", "java", "php", "cs", "ts", "sh"])
+    path: Any = None                 # MultiPL-E jsonl rows: a file, a folder or a list of them (null = translate)
+    limit: Optional[int] = None      # problems per language
+    sampled_n: int = 0               # > 0: also sampled completions per problem for pass@k
+    temperature: float = 0.8
+    top_p: float = 0.95
+    compile_s: Dict[str, Optional[float]] = field(default_factory=dict)   # per language; null = toolchains.py's
+    run_s: Dict[str, Optional[float]] = field(default_factory=dict)
+    memory_mb: Dict[str, Optional[int]] = field(default_factory=dict)
+
+
+@dataclass
 class EvalWandb:
     mode: str = "disabled"
     project: str = "codellama-recipe"
@@ -435,6 +449,7 @@ class EvalConfig:
     key_retrieval: KeyRetrievalConfig = field(default_factory=KeyRetrievalConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     corpus_infilling: CorpusInfillingConfig = field(default_factory=CorpusInfillingConfig)
+    multipl_e: MultiplEConfig = field(default_factory=MultiplEConfig)
     wandb: EvalWandb = field(default_factory=EvalWandb)
     report: ReportConfig = field(default_factory=ReportConfig)
 

