@@ -3,8 +3,9 @@ Table 4 evaluate it: the prompt is the translated signature with the docstring a
 language's stop tokens, and `prompt + completion + "\\n" + tests` is compiled once and run in the sandbox.
 
 Problems come from our translator (multipl_e_translate.py, from the HumanEval file of `humaneval.path`) or, with
-`multipl_e.path`, from files in MultiPL-E's published format: jsonl rows {name, language, prompt, doctests,
-original, prompt_terminology, tests, stop_tokens}; only name, language, prompt, tests and stop_tokens are used.
+`multipl_e.path`, from files in MultiPL-E's published format: rows {name, language, prompt, doctests, original,
+prompt_terminology, tests, stop_tokens} as jsonl (its repository's prompt files) or parquet (its dataset's
+`humaneval-<lang>/*.parquet`); only name, language, prompt, tests and stop_tokens are used.
 
 A language whose toolchain is missing is skipped with the reason, never silently; problems the translator cannot
 translate are counted per reason.
@@ -25,7 +26,7 @@ from codellama_recipe.evaluation.toolchains import TOOLCHAINS, with_sentinel
 
 PAPER_LANGUAGES = ("cpp", "java", "php", "cs", "ts", "sh")   # Code Llama, Table 4
 ROW_FIELDS = ("name", "language", "prompt", "tests", "stop_tokens")
-FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
 @dataclasses.dataclass
@@ -72,11 +73,11 @@ def _paths(path) -> list[str]:
 
 
 def multipl_e_files(path) -> list[Path]:
-    """The jsonl files that `multipl_e.path` names: files as given, folders' *.jsonl / *.jsonl.gz / *.json."""
+    """The files that `multipl_e.path` names: files as given, and every FILE_SUFFIXES file under a folder."""
     files = []
     for item in map(Path, _paths(path)):
         if item.is_dir():
-            files += sorted(f for f in item.iterdir() if f.is_file() and f.name.endswith(FILE_SUFFIXES))
+            files += sorted(f for f in item.rglob("*") if f.is_file() and f.name.endswith(FILE_SUFFIXES))
         elif item.is_file():
             files.append(item)
         else:
@@ -91,8 +92,13 @@ def read_multipl_e_rows(path) -> dict[str, list[dict]]:
     by_language: dict[str, list[dict]] = collections.defaultdict(list)
     for file in multipl_e_files(path):
         try:
-            rows = read_jsonl(file)
-        except ValueError as e:
+            if file.suffix == ".parquet":
+                import pyarrow.parquet
+
+                rows = pyarrow.parquet.read_table(file).to_pylist()
+            else:
+                rows = read_jsonl(file)
+        except (ValueError, OSError) as e:
             raise InputFileError(file, None, str(e).split(": ", 1)[-1]) from None
         for line, row in enumerate(rows, 1):
             if not isinstance(row, dict):

@@ -210,6 +210,16 @@ def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
         raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 
 
+def check_eval(pcfg: DictConfig) -> None:
+    """The per-stage evaluation's config (preset + overrides): refused before the first stage trains, not after."""
+    from codellama_recipe.evaluation.run import load_config, validate_config
+
+    try:
+        validate_config(load_config(OmegaConf.to_container(pcfg.eval.overrides, resolve=True), pcfg.eval.preset))
+    except ConfigError as e:
+        raise ConfigError.from_message(f"eval: {str(e).removeprefix('config error: ')}") from None
+
+
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
     run_dir = Path(str(pcfg.run_dir))
@@ -355,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         if names & {"--cfg", "-c"}:
             print(OmegaConf.to_yaml(pcfg, resolve="--resolve" in names))
             return 0
+        if pcfg.eval.enabled:
+            check_eval(pcfg)
         rows = run_pipeline(pcfg)
     except (ConfigError, PipelineError, CheckpointError) as e:
         return refuse(PROG, str(e))

@@ -127,6 +127,14 @@ def test_multipl_e_path_reads_published_rows(tiny_model, tmp_path, monkeypatch):
 
     rows = read_multipl_e_rows(str(FIXTURE))
     assert list(rows) == ["sh"] and [r["name"] for r in rows["sh"]] == ["Demo_1_add_two", "Demo_2_reverse_words"]
+    # the same rows as the published dataset's parquet layout (a folder per language)
+    import pyarrow
+    import pyarrow.parquet
+
+    (tmp_path / "hf" / "humaneval-sh").mkdir(parents=True)
+    table = pyarrow.Table.from_pylist([json.loads(line) for line in FIXTURE.read_text().splitlines()])
+    pyarrow.parquet.write_table(table, tmp_path / "hf" / "humaneval-sh" / "test-00000-of-00001.parquet")
+    assert read_multipl_e_rows(str(tmp_path / "hf")) == rows
     if TOOLCHAINS["sh"].missing():
         pytest.skip("bash is not on the sandbox's PATH")
     right = {rows["sh"][0]["prompt"]: '    echo $(( $1 + $2 ))', rows["sh"][1]["prompt"]:
