@@ -37,6 +37,8 @@ def _run(cfg: DictConfig) -> int:
         for k, v in result["metrics"].items():
             print(f"{cfg.benchmark} {k} = {v:.4f}")
         print(f"tasks {result['n_tasks']}, samples {result['n_samples']}, statuses {result['status_counts']}")
+        for name, why in result["skipped"].items():
+            print(f"skipped {name}: {why}")
         print(f"sandbox: {result['sandbox']['summary']}")
         return 0
     results = evaluate(None, cfg)

@@ -131,8 +131,10 @@ def toolchain_for(language: str, me):
                                             memory_mb=(me.memory_mb or {}).get(language))
 
 
-def load_multipl_e(me, humaneval_rows: list[dict] | None, limit: int | None) -> list[LanguageSet]:
-    """Per configured language: its problems (translated from humaneval_rows, or read from me.path), or why not."""
+def load_multipl_e(me, humaneval_rows: list[dict] | None, limit: int | None,
+                   require_toolchains: bool = True) -> list[LanguageSet]:
+    """Per configured language: its problems (translated from humaneval_rows, or read from me.path), or why not.
+    require_toolchains=False lists a language's problems even when it cannot be judged here."""
     published = read_multipl_e_rows(me.path) if me.path is not None else None
     parsed = []
     if published is None:
@@ -144,7 +146,7 @@ def load_multipl_e(me, humaneval_rows: list[dict] | None, limit: int | None) -> 
     out = []
     for language in me.languages:
         missing = TOOLCHAINS[language].missing()
-        if missing:
+        if missing and require_toolchains:
             out.append(LanguageSet(language, [], skipped=f"toolchain missing: {', '.join(missing)} not on the "
                                                          "sandbox's PATH (make toolchains)"))
             continue

@@ -35,6 +35,7 @@ CONF_DIR = conf_dir()
 CORPUS_INFILLING_MODES = ("psm", "spm", "ar", "psm_nosuffix", "spm_nosuffix")   # *_nosuffix: loss only
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
 BENCHMARKS = CODE_BENCHMARKS + ("multipl_e", "corpus_infilling", "key_retrieval", "perplexity")
+SCORED_BENCHMARKS = CODE_BENCHMARKS + ("multipl_e",)   # what a samples file may complete
 
 
 # ------------------------------------------------------------------ config
@@ -85,8 +86,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"corpus_infilling.{key}", ci[key], "must be >= 1")
     if ci.max_tokens is not None and ci.max_tokens < 8:
         raise ConfigError("corpus_infilling.max_tokens", ci.max_tokens, "null (the model's max_seq_len) or >= 8")
-    if cfg.benchmark is not None and cfg.benchmark not in CODE_BENCHMARKS:
-        raise ConfigError("benchmark", cfg.benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    if cfg.benchmark is not None and cfg.benchmark not in SCORED_BENCHMARKS:
+        raise ConfigError("benchmark", cfg.benchmark, f"one of {list(SCORED_BENCHMARKS)} (scored by execution)")
     from codellama_recipe.evaluation.multipl_e import check_multipl_e_config
     from codellama_recipe.evaluation.sandbox import check_sandbox_config
 
@@ -185,14 +186,18 @@ def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: P
     return metrics, details
 
 
+def _humaneval_rows(cfg) -> list[dict] | None:
+    """The HumanEval rows multipl_e translates (None when it reads multipl_e.path)."""
+    return read_jsonl(cfg.humaneval.path or default_humaneval_path()) if cfg.multipl_e.path is None else None
+
+
 def run_multipl_e(cfg, generator: Generator, sandbox, out_dir: Path) -> tuple[dict, dict, dict]:
     """Per language (evaluation/multipl_e.py): greedy pass@1, and pass@k of multipl_e.sampled_n samples when set.
     Returns metrics, details and the skipped languages with their reasons."""
     from codellama_recipe.evaluation.multipl_e import load_multipl_e
 
     me = cfg.multipl_e
-    rows = read_jsonl(cfg.humaneval.path or default_humaneval_path()) if me.path is None else None
-    sets = load_multipl_e(me, rows, _limit(cfg, "multipl_e"))
+    sets = load_multipl_e(me, _humaneval_rows(cfg), _limit(cfg, "multipl_e"))
     runs = [("greedy", 1, 0.0, 1.0)]
     if me.sampled_n:
         runs.append(("sampled", me.sampled_n, me.temperature, me.top_p))
@@ -374,6 +379,11 @@ def every_problem(benchmark: str, cfg: DictConfig) -> list[Problem]:
     cfg = cfg.copy()
     cfg.limit = None
     cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
+    if benchmark == "multipl_e":   # every configured language's, judged or not (score_samples_file says which)
+        from codellama_recipe.evaluation.multipl_e import load_multipl_e
+
+        sets = load_multipl_e(cfg.multipl_e, _humaneval_rows(cfg), None, require_toolchains=False)
+        return [p for s in sets for p in s.problems]
     return load_problems(benchmark, cfg)
 
 
@@ -382,21 +392,49 @@ def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     pass@k). Infilling completions are middles. Returns and writes {metrics, ...}."""
     cfg = load_config(cfg)
     validate_config(cfg)
-    if benchmark not in CODE_BENCHMARKS:
-        raise ConfigError("benchmark", benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    if benchmark not in SCORED_BENCHMARKS:
+        raise ConfigError("benchmark", benchmark, f"one of {list(SCORED_BENCHMARKS)} (scored by execution)")
     problems = every_problem(benchmark, cfg)
     completions = read_samples(samples_path, benchmark, [p.task_id for p in problems])
     sandbox = make_sandbox(cfg)
-    scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
+    if benchmark == "multipl_e":
+        scored = _score_multipl_e(problems, completions, sandbox, cfg.generation.ks)
+    else:
+        scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
     result = {"benchmark": benchmark, "samples": str(samples_path), "metrics": scored["metrics"],
               "n_tasks": scored["n_tasks"], "n_samples": scored["n_samples"],
-              "status_counts": scored["status_counts"], "sandbox": sandbox.capabilities.to_dict()}
+              "status_counts": scored["status_counts"], "skipped": scored.get("skipped", {}),
+              "sandbox": sandbox.capabilities.to_dict()}
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(samples_path).name.split(".")[0]
     (out_dir / f"{stem}_{benchmark}_scores.json").write_text(json.dumps(result, indent=2) + "\n")
     write_jsonl(out_dir / f"{stem}_{benchmark}_results.jsonl", scored["samples"])
     return result
+
+
+def _score_multipl_e(problems, completions, sandbox, ks) -> dict:
+    """score_completions per language of the samples ("<lang>/pass@k"); a language whose toolchain is missing is
+    skipped with the reason."""
+    from codellama_recipe.evaluation.toolchains import TOOLCHAINS
+
+    out = {"metrics": {}, "n_tasks": 0, "n_samples": 0, "status_counts": {}, "samples": [], "skipped": {}}
+    for language in dict.fromkeys(p.language for p in problems):
+        mine = {t: c for t, c in completions.items() if t.startswith(language + "/")}
+        if not mine:
+            continue
+        missing = TOOLCHAINS[language].missing()
+        if missing:
+            out["skipped"][language] = f"toolchain missing: {', '.join(missing)} (make toolchains)"
+            continue
+        scored = score_completions([p for p in problems if p.language == language], mine, sandbox, ks)
+        out["metrics"].update({f"{language}/{k}": v for k, v in scored["metrics"].items()})
+        out["n_tasks"] += scored["n_tasks"]
+        out["n_samples"] += scored["n_samples"]
+        out["samples"] += scored["samples"]
+        for status, n in scored["status_counts"].items():
+            out["status_counts"][status] = out["status_counts"].get(status, 0) + n
+    return out
 
 
 def log_to_wandb(results: dict, cfg) -> None:

@@ -175,3 +175,26 @@ def test_multipl_e_config_mistakes_are_one_line_with_exit_2(override, key, tmp_p
     assert code == 2 and len(err) == 1, err
     assert key in err[0], err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_multipl_e_samples_file_is_scored_per_language(tmp_path, capsys):
+    from codellama_recipe.core.cli import run_hydra_command
+    from codellama_recipe.evaluation.cli import check, run
+
+    if TOOLCHAINS["sh"].missing():
+        pytest.skip("bash is not on the sandbox's PATH")
+    right, wrong = _oracles("sh"), _oracles("sh", wrong=True)
+    names = {translate(parse_problem(r), "sh")["prompt"]: translate(parse_problem(r), "sh")["name"]
+             for r in _rows()[:3]}
+    rows = [{"task_id": f"sh/{name}", "completion": (right if i < 2 else wrong)[prompt]}
+            for i, (prompt, name) in enumerate(names.items())]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [f"samples={samples}", "benchmark=multipl_e", f"out_dir={tmp_path / 'out'}", "sandbox.workers=2"]
+    assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "multipl_e sh/pass@1 = 0.6667" in out, out
+    samples.write_text('{"task_id": "sh/HumanEval_999_nope", "completion": ""}\n')
+    assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task_id 'sh/HumanEval_999_nope' is not a multipl_e task" in err[0], err
