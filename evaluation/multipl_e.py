@@ -90,6 +90,7 @@ def multipl_e_files(path) -> list[Path]:
 def read_multipl_e_rows(path) -> dict[str, list[dict]]:
     """{language: [rows]} from MultiPL-E's published files; a row without a needed field is refused (file:line)."""
     by_language: dict[str, list[dict]] = collections.defaultdict(list)
+    seen: dict[tuple[str, str], Path] = {}
     for file in multipl_e_files(path):
         try:
             if file.suffix == ".parquet":
@@ -108,6 +109,11 @@ def read_multipl_e_rows(path) -> dict[str, list[dict]]:
                 raise InputFileError(file, line, f"no {missing} (MultiPL-E rows have {list(ROW_FIELDS)})")
             if not isinstance(row["stop_tokens"], list) or not all(isinstance(s, str) for s in row["stop_tokens"]):
                 raise InputFileError(file, line, "stop_tokens is not a list of strings")
+            key = (row["language"], row["name"])
+            if key in seen:   # e.g. a folder holding several of the dataset's variants (-keep, -remove, ...)
+                raise InputFileError(file, line, f"{row['language']} problem {row['name']} is also in {seen[key]}; "
+                                                 "point multipl_e.path at one variant per language")
+            seen[key] = file
             by_language[row["language"]].append(row)
     return by_language
 

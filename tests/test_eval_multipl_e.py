@@ -135,6 +135,8 @@ def test_multipl_e_path_reads_published_rows(tiny_model, tmp_path, monkeypatch):
     table = pyarrow.Table.from_pylist([json.loads(line) for line in FIXTURE.read_text().splitlines()])
     pyarrow.parquet.write_table(table, tmp_path / "hf" / "humaneval-sh" / "test-00000-of-00001.parquet")
     assert read_multipl_e_rows(str(tmp_path / "hf")) == rows
+    with pytest.raises(InputFileError, match="Demo_1_add_two is also in"):   # two variants of one language
+        read_multipl_e_rows([str(tmp_path / "hf"), str(FIXTURE)])
     if TOOLCHAINS["sh"].missing():
         pytest.skip("bash is not on the sandbox's PATH")
     right = {rows["sh"][0]["prompt"]: '    echo $(( $1 + $2 ))', rows["sh"][1]["prompt"]:
