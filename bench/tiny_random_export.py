@@ -1,7 +1,7 @@
 """A randomly initialised conf/model/tiny.yaml model exported as an HF folder with a given tokenizer: a model for
 timing the evaluation's generation and judging (its pass@k is 0), without training anything.
 
-    python bench/tiny_random_export.py OUT_DIR TOKENIZER.model [--seed 0]
+    python bench/tiny_random_export.py OUT_DIR [TOKENIZER.model (default: the embedded one, built on first use)] [--seed 0]
 """
 from __future__ import annotations
 
@@ -19,9 +19,13 @@ from codellama_recipe.train.weight_formats import save_hf
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out_dir")
-    ap.add_argument("tokenizer")
+    ap.add_argument("tokenizer", nargs="?")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.tokenizer is None:
+        from codellama_recipe.data.embedded import ensure_embedded
+
+        args.tokenizer = str(ensure_embedded().tokenizer_path)
     keys = OmegaConf.to_container(OmegaConf.load(conf_dir() / "model" / "tiny.yaml"))
     keys.pop("name", None)
     keys["vocab_size"] = Tokenizer(args.tokenizer).vocab_size
