@@ -330,8 +330,12 @@ def format_eval_summary(rows: list[dict]) -> list[str]:
     if not any(metrics):
         return []
     lengths = sorted({int(k.split("@")[1]) for m in metrics for k in m if k.startswith("perplexity/ppl@")})
-    wanted = [*HEADLINE_METRICS, *((f"perplexity/ppl@{L}", f"perplexity of held-out files at {L} tokens")
-                                   for L in lengths)]
+    languages = sorted({k.split("/")[1] for m in metrics for k in m
+                        if k.startswith("multipl_e/") and k.endswith("/pass@1") and "/sampled/" not in k},
+                       key=lambda x: (x == "mean", x))
+    wanted = [*HEADLINE_METRICS, *((f"multipl_e/{x}/pass@1", f"MultiPL-E {x} pass@1" if x != "mean"
+                                    else "MultiPL-E pass@1, mean over languages") for x in languages),
+              *((f"perplexity/ppl@{L}", f"perplexity of held-out files at {L} tokens") for L in lengths)]
     lines = ["", "Per-stage evaluation (codellama-eval on each stage's export; details in <stage>/eval/report.md):", "",
              "| metric | " + " | ".join(r["stage"] for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
     for key, label in wanted:

@@ -39,6 +39,7 @@ def test_oracle_passes_wrong_fails(lang):
 
 
 # ------------------------------------------------------------------ the `multipl_e` benchmark of codellama-eval
+PAPER = ("cpp", "java", "php", "cs", "ts", "sh")   # Code Llama, Table 4
 FAST = [lang for lang in ("sh", "js") if not TOOLCHAINS[lang].missing()]
 FIXTURE = Path(__file__).parent / "fixtures" / "multipl_e" / "humaneval-sh-sample.jsonl"
 
@@ -200,3 +201,18 @@ def test_multipl_e_samples_file_is_scored_per_language(tmp_path, capsys):
     assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "task_id 'sh/HumanEval_999_nope' is not a multipl_e task" in err[0], err
+
+
+def test_pipeline_summary_and_preset_carry_multipl_e():
+    from codellama_recipe.evaluation.run import load_config, validate_config
+    from codellama_recipe.stages.pipeline import format_eval_summary
+
+    cfg = load_config(None, preset="multilingual")
+    validate_config(cfg)
+    assert list(cfg.benchmarks) == ["humaneval", "multipl_e"] and list(cfg.multipl_e.languages) == list(PAPER)
+    rows = [{"stage": "code", "eval": {"metrics": {"multipl_e/sh/pass@1": 0.25, "multipl_e/mean/pass@1": 0.25,
+                                                   "multipl_e/sh/sampled/pass@1": 0.5}}},
+            {"stage": "python", "eval": {"metrics": {"humaneval/pass@1": 0.0}}}]
+    table = format_eval_summary(rows)
+    assert "| MultiPL-E sh pass@1 | 0.250 | - |" in table
+    assert table[-1] == "| MultiPL-E pass@1, mean over languages | 0.250 | - |"
