@@ -1,7 +1,9 @@
 """A randomly initialised conf/model/tiny.yaml model exported as an HF folder with a given tokenizer: a model for
 timing the evaluation's generation and judging (its pass@k is 0), without training anything.
 
-    python bench/tiny_random_export.py OUT_DIR [TOKENIZER.model (default: the embedded one, built on first use)] [--seed 0]
+    python bench/tiny_random_export.py OUT_DIR [TOKENIZER.model] [--seed 0]
+
+TOKENIZER.model defaults to the embedded tokenizer (built on first use).
 """
 from __future__ import annotations
 

