@@ -417,6 +417,22 @@ class CorpusInfillingConfig:
 
 
 @dataclass
+class MultiplEConfig:
+    """`multipl_e`: HumanEval translated into other languages (evaluation/multipl_e.py)."""
+    # cpp | java | php | cs | ts | sh | js: the languages judged (default: the paper's six, Table 4)
+    languages: List[str] = field(default_factory=lambda: ["cpp", "java", "php", "cs", "ts", "sh"])
+    # MultiPL-E's published rows (jsonl / json / parquet): a file, a folder or a list; null = translate HumanEval
+    path: Any = None
+    limit: Optional[int] = None      # problems per language
+    sampled_n: int = 0               # > 0: also sampled completions per problem for pass@k
+    temperature: float = 0.8         # sampling temperature of the sampled pass (the paper's pass@10/100 setting)
+    top_p: float = 0.95              # nucleus sampling of the sampled pass
+    compile_s: Dict[str, Optional[float]] = field(default_factory=dict)   # per language; null = toolchains.py's
+    run_s: Dict[str, Optional[float]] = field(default_factory=dict)   # per language: run time limit, s; null = default
+    memory_mb: Dict[str, Optional[int]] = field(default_factory=dict)  # per language: memory limit; null = default
+
+
+@dataclass
 class EvalWandb:
     mode: str = "disabled"              # online | offline | disabled; metrics are logged as eval/<benchmark>/<metric>
     project: str = "codellama-recipe"   # wandb project
@@ -465,6 +481,7 @@ class EvalConfig:
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)  # perplexity by context length on long files
     # infilling held-out corpus files: loss and exact match
     corpus_infilling: CorpusInfillingConfig = field(default_factory=CorpusInfillingConfig)
+    multipl_e: MultiplEConfig = field(default_factory=MultiplEConfig)  # multilingual HumanEval (MultiPL-E)
     wandb: EvalWandb = field(default_factory=EvalWandb)  # Weights & Biases logging
     report: ReportConfig = field(default_factory=ReportConfig)  # report.md and plots
 
@@ -672,8 +689,10 @@ class PrepareExecutor:
     time: str = "12:00:00"                          # slurm: time limit per job, HH:MM:SS
     cpus_per_task: int = 1                          # slurm: CPUs per task
     mem_per_cpu_gb: int = 2                         # slurm: memory per CPU, GB
-    env_command: Optional[str] = None  # slurm: shell line run before each job; null = activate the virtualenv running the command
-    ray_address: Optional[str] = None  # ray: the cluster to join (ray.init address, e.g. auto); null = $RAY_ADDRESS or a local one
+    # slurm: shell line run before each job; null = activate the virtualenv running the command
+    env_command: Optional[str] = None
+    # ray: the cluster to join (ray.init address, e.g. auto); null = $RAY_ADDRESS, else a local Ray
+    ray_address: Optional[str] = None
 
 
 @dataclass

@@ -37,10 +37,15 @@ def _run(cfg: DictConfig) -> int:
         for k, v in result["metrics"].items():
             print(f"{cfg.benchmark} {k} = {v:.4f}")
         print(f"tasks {result['n_tasks']}, samples {result['n_samples']}, statuses {result['status_counts']}")
+        for name, why in result["skipped"].items():
+            print(f"skipped {name}: {why}")
         print(f"sandbox: {result['sandbox']['summary']}")
         return 0
     results = evaluate(None, cfg)
     print(json.dumps(results["metrics"], indent=2))
+    if "multipl_e" in results["details"]:
+        from codellama_recipe.evaluation.report import multipl_e_table
+        print(multipl_e_table(results))
     for name, why in results["skipped"].items():
         print(f"skipped {name}: {why}")
     print(f"results: {cfg.out_dir}/results.json")

@@ -45,6 +45,32 @@ def markdown_table(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def multipl_e_table(result: dict) -> str | None:
+    """One row per multipl_e language of one result: problems translated (or read) and judged, greedy pass@1,
+    sampled pass@k, and the problems left out (untranslatable, by reason) or why the language was skipped."""
+    info = result.get("details", {}).get("multipl_e")
+    if not info:
+        return None
+    metrics = result.get("metrics", {})
+    ks = sorted({k.rsplit("@", 1)[1] for k in metrics if k.startswith("multipl_e/") and "/sampled/pass@" in k},
+                key=int)
+    header = ["language", "translated", "judged", "pass@1 greedy"] + [f"pass@{k} sampled" for k in ks] + \
+        ["not translated (reason: count)"]
+    lines = [f"MultiPL-E ({result.get('label', '')}; problems {info.get('source')})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lang, e in info["languages"].items():
+        if "skipped" in e:
+            cells = [lang, "–", "–", "skipped"] + ["–"] * len(ks) + [e["skipped"]]
+        else:
+            reasons = "; ".join(f"{r}: {n}" for r, n in e["untranslatable"].items()) or "–"
+            cells = [lang, str(e["translated"]), str(e["judged"]), _fmt(metrics.get(f"multipl_e/{lang}/pass@1"))] + \
+                [_fmt(metrics.get(f"multipl_e/{lang}/sampled/pass@{k}")) for k in ks] + [reasons]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "multipl_e/mean/pass@1" in metrics:
+        lines += ["", f"Mean greedy pass@1 over the judged languages: {_fmt(metrics['multipl_e/mean/pass@1'])}"]
+    return "\n".join(lines)
+
+
 def _plot_by_stage(results: Sequence[dict], keys: Sequence[str], path: Path, *, ylabel: str, title: str,
                    label=lambda key: key, ylim=None) -> bool:
     """One line per metric key across the results (stages), written to `path`; False when there is none."""
@@ -137,6 +163,10 @@ def write_report(items: Sequence, out_dir) -> Path:
                        ("key_retrieval.png", plot_key_retrieval)):
         if plot(results, out_dir / name):
             sections += [f"![{name[:-4]}]({name})", ""]
+    for r in results:
+        table = multipl_e_table(r)
+        if table:
+            sections += [table, ""]
     skipped = {f"{r.get('label')}: {b}": why for r in results for b, why in r.get("skipped", {}).items()}
     if skipped:
         sections += ["Skipped:", ""] + [f"- {k} ({v})" for k, v in skipped.items()] + [""]

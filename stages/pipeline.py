@@ -211,6 +211,16 @@ def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
         raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 
 
+def check_eval(pcfg: DictConfig) -> None:
+    """The per-stage evaluation's config (preset + overrides): refused before the first stage trains, not after."""
+    from codellama_recipe.evaluation.run import load_config, validate_config
+
+    try:
+        validate_config(load_config(OmegaConf.to_container(pcfg.eval.overrides, resolve=True), pcfg.eval.preset))
+    except ConfigError as e:
+        raise ConfigError.from_message(f"eval: {str(e).removeprefix('config error: ')}") from None
+
+
 def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
     run_dir = Path(str(pcfg.run_dir))
@@ -324,8 +334,12 @@ def format_eval_summary(rows: list[dict]) -> list[str]:
     if not any(metrics):
         return []
     lengths = sorted({int(k.split("@")[1]) for m in metrics for k in m if k.startswith("perplexity/ppl@")})
-    wanted = [*HEADLINE_METRICS, *((f"perplexity/ppl@{L}", f"perplexity of held-out files at {L} tokens")
-                                   for L in lengths)]
+    languages = sorted({k.split("/")[1] for m in metrics for k in m
+                        if k.startswith("multipl_e/") and k.endswith("/pass@1") and "/sampled/" not in k},
+                       key=lambda x: (x == "mean", x))
+    wanted = [*HEADLINE_METRICS, *((f"multipl_e/{x}/pass@1", f"MultiPL-E {x} pass@1" if x != "mean"
+                                    else "MultiPL-E pass@1, mean over languages") for x in languages),
+              *((f"perplexity/ppl@{L}", f"perplexity of held-out files at {L} tokens") for L in lengths)]
     lines = ["", "Per-stage evaluation (codellama-eval on each stage's export; details in <stage>/eval/report.md):", "",
              "| metric | " + " | ".join(r["stage"] for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
     for key, label in wanted:
@@ -359,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         if names & {"--cfg", "-c"}:
             print(OmegaConf.to_yaml(pcfg, resolve="--resolve" in names))
             return 0
+        if pcfg.eval.enabled:
+            check_eval(pcfg)
         rows = run_pipeline(pcfg)
     except (ConfigError, PipelineError, CheckpointError) as e:
         return refuse(PROG, str(e))

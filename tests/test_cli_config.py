@@ -45,9 +45,12 @@ MISTAKES = [
     ("codellama-pipeline", ["stages.code.trainer.max_step=3"], "stages.code.trainer.max_step=3: unknown key"),
     ("codellama-pipeline", ["+foo=1"], "foo=1: unknown key"),
     ("codellama-pipeline", ["-m", "optim.lr=1,2"], "a pipeline runs one chain"),
+    ("codellama-pipeline", ["eval.preset=multilingual", "+eval.overrides.multipl_e.languages=[cpp,cobol]"],
+     "eval: multipl_e.languages=['cpp', 'cobol'] is invalid; distinct, each one of ['cpp'"),
     ("codellama-eval", ["samples=x.jsonl", "benchmark=nope"], "benchmark='nope' is invalid; one of ['humaneval'"),
     ("codellama-eval", ["generation.n_samples=abc"], "generation.n_samples=abc"),
     ("codellama-eval", ["sandbox.netwrk=allow"], "sandbox.netwrk=allow: unknown key; sandbox has: timeout_s"),
+    ("codellama-eval", ["benchmarks=[multipl_e]", "multipl_e.languages=[rust]"], "multipl_e.languages=['rust']"),
     ("codellama-preview", ["preview.x=1"], "preview.x='1' is invalid; unknown option"),
     ("codellama-preview", ["trainer.max_step=2"], "trainer.max_step=2: unknown key"),
 ]

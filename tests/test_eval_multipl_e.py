@@ -2,12 +2,15 @@
 (Bash and JavaScript here: fast; bench/multipl_e_suite.py runs every language over the whole suite)."""
 import gzip
 import json
+from pathlib import Path
 
 import pytest
+from helpers_eval import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from codellama_recipe.evaluation.humaneval import default_humaneval_path
-from codellama_recipe.evaluation.multipl_e_parse import parse_problem
+from codellama_recipe.evaluation.multipl_e_parse import Untranslatable, parse_problem
 from codellama_recipe.evaluation.multipl_e_translate import LANGUAGES, translate
+from codellama_recipe.evaluation.run import evaluate
 from codellama_recipe.evaluation.sandbox import Sandbox
 from codellama_recipe.evaluation.toolchains import TOOLCHAINS, with_sentinel
 
@@ -33,3 +36,185 @@ def test_oracle_passes_wrong_fails(lang):
     results = sandbox.judge_many([(t["prompt"] + c, tests, tc) for c in (oracle, wrong, exit_early, loop)])
     assert [r.status for r in results][:3] == ["passed", "failed", "failed"]
     assert results[3].status in ("timed_out", "failed")
+
+
+# ------------------------------------------------------------------ the `multipl_e` benchmark of codellama-eval
+PAPER = ("cpp", "java", "php", "cs", "ts", "sh")   # Code Llama, Table 4
+FAST = [lang for lang in ("sh", "js") if not TOOLCHAINS[lang].missing()]
+FIXTURE = Path(__file__).parent / "fixtures" / "multipl_e" / "humaneval-sh-sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from helpers_model import random_model, tiny_config
+    from helpers_tokenizer import small_tokenizer
+
+    tok = small_tokenizer()
+    return random_model(tiny_config(vocab_size=tok.vocab_size, max_seq_len=512), seed=3), tok
+
+
+def _fake_complete(monkeypatch, answers, seen):
+    """Generator.complete answering each prompt from `answers` (prompt -> completion); records the params."""
+    from codellama_recipe.evaluation.generation import Generator
+
+    def complete(self, prompts, params, bos=True):
+        seen.append(params)
+        return [answers[p] for p in prompts]
+    monkeypatch.setattr(Generator, "complete", complete)
+
+
+def _oracles(lang, wrong=False):
+    out = {}
+    for row in _rows():
+        try:
+            p = parse_problem(row)
+            t = translate(p, lang)
+        except Untranslatable:
+            continue
+        out[t["prompt"]] = LANGUAGES[lang].oracle_completion(p, p.cases[1:] if wrong else None)
+    return out
+
+
+def test_multipl_e_run_oracle_scores_one_wrong_scores_zero(tiny_model, tmp_path, monkeypatch):
+    if not FAST:
+        pytest.skip("neither bash nor node is on the sandbox's PATH (make toolchains)")
+    model, tok = tiny_model
+    cfg = {"benchmarks": ["multipl_e"], "multipl_e": {"languages": FAST, "limit": 3},
+           "sandbox": {"workers": 2}, "generation": {"max_new_tokens": 8}}
+    seen = []
+    for wrong in (False, True):
+        answers = {k: v for lang in FAST for k, v in _oracles(lang, wrong).items()}
+        _fake_complete(monkeypatch, answers, seen)
+        results = evaluate(None, {**cfg, "out_dir": str(tmp_path / str(wrong))}, model=model, tokenizer=tok)
+        m = results["metrics"]
+        for lang in FAST:
+            assert m[f"multipl_e/{lang}/pass@1"] == (0.0 if wrong else 1.0), (lang, results["details"])
+            entry = results["details"]["multipl_e"]["languages"][lang]
+            assert entry["judged"] == 3 and entry["translated"] == 149
+            assert entry["untranslatable"]["the prompt defines N functions"] == 4
+        assert m["multipl_e/mean/pass@1"] == (0.0 if wrong else 1.0)
+        report = (tmp_path / str(wrong) / "report.md").read_text()
+        assert "| language | translated | judged | pass@1 greedy |" in report
+        assert f"| {FAST[0]} | 149 | 3 | {0 if wrong else 1} |" in report
+    assert {p.stop for p in seen} == {tuple(LANGUAGES[lang].stop_tokens) for lang in FAST}
+    assert {p.temperature for p in seen} == {0.0}
+
+    # the random model itself, greedy and sampled: nothing passes, pass@k of every k <= sampled_n is reported
+    monkeypatch.undo()
+    results = evaluate(None, {**cfg, "out_dir": str(tmp_path / "model"),
+                              "generation": {"max_new_tokens": 6, "ks": [1, 2]},
+                              "multipl_e": {"languages": FAST[:1], "limit": 2, "sampled_n": 2}},
+                       model=model, tokenizer=tok)
+    m = results["metrics"]
+    assert m[f"multipl_e/{FAST[0]}/pass@1"] == 0.0 and m[f"multipl_e/{FAST[0]}/sampled/pass@2"] == 0.0
+    assert len((tmp_path / "model" / "samples" / f"multipl_e_{FAST[0]}_sampled.jsonl").read_text().splitlines()) == 4
+
+
+def test_multipl_e_missing_toolchain_is_skipped_with_its_reason(tiny_model, tmp_path, monkeypatch):
+    from codellama_recipe.evaluation import toolchains
+
+    monkeypatch.setattr(toolchains, "SANDBOX_PATH", str(tmp_path))   # no compiler anywhere
+    model, tok = tiny_model
+    results = evaluate(None, {"benchmarks": ["multipl_e"], "out_dir": str(tmp_path / "eval"),
+                              "multipl_e": {"languages": ["cpp", "sh"]}}, model=model, tokenizer=tok)
+    assert results["skipped"] == {"multipl_e/cpp": "toolchain missing: g++ not on the sandbox's PATH (make toolchains)",
+                                  "multipl_e/sh": "toolchain missing: bash not on the sandbox's PATH (make toolchains)"}
+    assert not [k for k in results["metrics"] if k.startswith("multipl_e/")]
+    assert "| cpp | – | – | skipped |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_multipl_e_path_reads_published_rows(tiny_model, tmp_path, monkeypatch):
+    from codellama_recipe.core.errors import InputFileError
+    from codellama_recipe.evaluation.multipl_e import read_multipl_e_rows
+
+    rows = read_multipl_e_rows(str(FIXTURE))
+    assert list(rows) == ["sh"] and [r["name"] for r in rows["sh"]] == ["Demo_1_add_two", "Demo_2_reverse_words"]
+    # the same rows as the published dataset's parquet layout (a folder per language)
+    import pyarrow
+    import pyarrow.parquet
+
+    (tmp_path / "hf" / "humaneval-sh").mkdir(parents=True)
+    table = pyarrow.Table.from_pylist([json.loads(line) for line in FIXTURE.read_text().splitlines()])
+    pyarrow.parquet.write_table(table, tmp_path / "hf" / "humaneval-sh" / "test-00000-of-00001.parquet")
+    assert read_multipl_e_rows(str(tmp_path / "hf")) == rows
+    with pytest.raises(InputFileError, match="Demo_1_add_two is also in"):   # two variants of one language
+        read_multipl_e_rows([str(tmp_path / "hf"), str(FIXTURE)])
+    if TOOLCHAINS["sh"].missing():
+        pytest.skip("bash is not on the sandbox's PATH")
+    right = {rows["sh"][0]["prompt"]: '    echo $(( $1 + $2 ))', rows["sh"][1]["prompt"]:
+             '    local out=""\n    for w in $1; do out="$w${out:+ $out}"; done\n    echo "$out"'}
+    wrong = {rows["sh"][0]["prompt"]: '    echo $(( $1 - $2 ))', rows["sh"][1]["prompt"]: '    echo "$1"'}
+    model, tok = tiny_model
+    for answers, expected in ((right, 1.0), (wrong, 0.0)):
+        _fake_complete(monkeypatch, answers, [])
+        cfg = {"benchmarks": ["multipl_e"], "out_dir": str(tmp_path / str(expected)), "report": {"enabled": False},
+               "multipl_e": {"languages": ["sh"], "path": str(FIXTURE.parent)}, "sandbox": {"workers": 2}}
+        results = evaluate(None, cfg, model=model, tokenizer=tok)
+        assert results["metrics"]["multipl_e/sh/pass@1"] == expected
+        assert results["details"]["multipl_e"]["languages"]["sh"]["judged"] == 2
+    # a language the files lack is skipped with the reason; a row without a field is refused naming file and line
+    cfg["multipl_e"]["languages"] = ["php"]
+    if not TOOLCHAINS["php"].missing():
+        skipped = evaluate(None, cfg, model=model, tokenizer=tok)["skipped"]
+        assert skipped == {"multipl_e/php": "no php rows in multipl_e.path"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(FIXTURE.read_text().splitlines()[0] + "\n" + '{"name": "x", "language": "sh", "prompt": ""}\n')
+    with pytest.raises(InputFileError, match=r"bad.jsonl:2: no \['tests', 'stop_tokens'\]"):
+        read_multipl_e_rows(str(bad))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("multipl_e.languages=[cpp,cobol]", "multipl_e.languages=['cpp', 'cobol']"),
+    ("multipl_e.run_s.fortran=3", "multipl_e.run_s.fortran"),
+    ("multipl_e.run_s.java=0", "multipl_e.run_s.java=0"),
+    ("multipl_e.path=/nonexistent/multipl_e", "multipl_e.path='/nonexistent/multipl_e'"),
+    ("multipl_e.sampled_n=-1", "multipl_e.sampled_n=-1"),
+])
+def test_multipl_e_config_mistakes_are_one_line_with_exit_2(override, key, tmp_path, capsys):
+    from codellama_recipe.core.cli import run_hydra_command
+    from codellama_recipe.evaluation.cli import check, run
+
+    code = run_hydra_command("codellama-eval", "eval", run, check=check,
+                             argv=["benchmarks=[multipl_e]", override, f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert key in err[0], err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_multipl_e_samples_file_is_scored_per_language(tmp_path, capsys):
+    from codellama_recipe.core.cli import run_hydra_command
+    from codellama_recipe.evaluation.cli import check, run
+
+    if TOOLCHAINS["sh"].missing():
+        pytest.skip("bash is not on the sandbox's PATH")
+    right, wrong = _oracles("sh"), _oracles("sh", wrong=True)
+    names = {translate(parse_problem(r), "sh")["prompt"]: translate(parse_problem(r), "sh")["name"]
+             for r in _rows()[:3]}
+    rows = [{"task_id": f"sh/{name}", "completion": (right if i < 2 else wrong)[prompt]}
+            for i, (prompt, name) in enumerate(names.items())]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [f"samples={samples}", "benchmark=multipl_e", f"out_dir={tmp_path / 'out'}", "sandbox.workers=2"]
+    assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "multipl_e sh/pass@1 = 0.6667" in out, out
+    samples.write_text('{"task_id": "sh/HumanEval_999_nope", "completion": ""}\n')
+    assert run_hydra_command("codellama-eval", "eval", run, check=check, argv=argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task_id 'sh/HumanEval_999_nope' is not a multipl_e task" in err[0], err
+
+
+def test_pipeline_summary_and_preset_carry_multipl_e():
+    from codellama_recipe.evaluation.run import load_config, validate_config
+    from codellama_recipe.stages.pipeline import format_eval_summary
+
+    cfg = load_config(None, preset="multilingual")
+    validate_config(cfg)
+    assert list(cfg.benchmarks) == ["humaneval", "multipl_e"] and list(cfg.multipl_e.languages) == list(PAPER)
+    rows = [{"stage": "code", "eval": {"metrics": {"multipl_e/sh/pass@1": 0.25, "multipl_e/mean/pass@1": 0.25,
+                                                   "multipl_e/sh/sampled/pass@1": 0.5}}},
+            {"stage": "python", "eval": {"metrics": {"humaneval/pass@1": 0.0}}}]
+    table = format_eval_summary(rows)
+    assert "| MultiPL-E sh pass@1 | 0.250 | - |" in table
+    assert table[-1] == "| MultiPL-E pass@1, mean over languages | 0.250 | - |"
