@@ -235,6 +235,16 @@ class RecipeConfig:
     lcft_steps_python: int = 10000              # LCFT steps of Code Llama - Python (10,000; 34B 11,000)
     micro_batch_size: int = 1                   # micro-batch of the 4,096-token stages (code, python, instruct)
     lcft_micro_batch_size: int = 1              # micro-batch of the long-context stage
+    # recompute layers in the long-context stage (OPEN: the paper is silent; true from 7B up, for 80 GB GPUs)
+    lcft_activation_checkpointing: bool = False
+
+
+@dataclass
+class HardwareConfig:
+    """`hardware`: what a preset (conf/hardware/<name>.yaml) runs on; codellama-estimate sizes each stage for it."""
+    name: str = "cpu"                           # the preset's name
+    devices: int = 1                            # data-parallel devices in the run (GPUs, or CPU processes)
+    device_memory_gb: float = 24.0              # memory per device, GB (codellama-estimate's "fits" column)
 
 
 @dataclass
@@ -260,6 +270,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and the LR schedule
     wandb: WandbConfig = field(default_factory=WandbConfig)  # Weights & Biases logging
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # DeepSpeed's own keys: a ZeRO preset from conf/deepspeed/
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)  # what it runs on: conf/hardware/<name>.yaml
 
 
 # --------------------------------------------------------------------------------------------------------
