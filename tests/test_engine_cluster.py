@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 import helpers_engine as H
 
@@ -86,6 +87,39 @@ def _checkpoint_intact(run_dir):
 
     tag, damaged = ckpt.newest_intact_tag(run_dir / "checkpoints")
     assert tag is not None and tag == ckpt.latest_tag(run_dir / "checkpoints") and not damaged, (tag, damaged)
+
+
+def _finish(nodes, timeout=240):
+    for node in nodes:
+        node.wait(timeout=timeout)
+    assert [node.returncode for node in nodes] == [0, 0], [H.output(node)[-3000:] for node in nodes]
+
+
+@pytest.mark.slow
+def test_two_nodes_killed_mid_run_resume_exactly(tmp_path):
+    """kill -9 of both nodes (a lost allocation) after a checkpoint; the same two commands again resume from it,
+    and the losses and the exported weights equal those of an uninterrupted two-node run, bit for bit."""
+    steps = BASE + ["trainer.max_steps=8", "trainer.checkpoint_every=3", "trainer.peak_flops_per_device=1e12"]
+    whole = tmp_path / "whole"
+    _finish(H.launch_nodes(steps + [f"run_dir={whole}"], tmp_path / "logs_whole"))
+
+    cut = tmp_path / "cut"
+    nodes = H.launch_nodes(steps + [f"run_dir={cut}"], tmp_path / "logs_cut")
+    try:
+        H.wait_for(lambda: (cut / "checkpoints" / "latest").exists() and len(H.metrics(cut)) >= 4, nodes[0],
+                   timeout=120, what="a checkpoint and a step past it")
+    finally:
+        for node in nodes:
+            H.kill_tree(node)
+    assert not (cut / "DONE.json").exists()
+    _finish(H.launch_nodes(steps + [f"run_dir={cut}"], tmp_path / "logs_resumed"))
+    assert "resumed from" in H.rank_output(tmp_path / "logs_resumed", 0)
+
+    def losses(run_dir):
+        return [(m["step"], m["train/loss"]) for m in H.metrics(run_dir)]
+    assert losses(cut) == losses(whole) and len(losses(whole)) == 8
+    a, b = H.hf_weights(whole), H.hf_weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.timeout(180)
