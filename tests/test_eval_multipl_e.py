@@ -20,22 +20,33 @@ def _rows():
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("lang", ["sh", "js"])
+# Per language: a completion that exits 0 before any test runs, and one that never returns (each compiles).
+EXIT_EARLY = {"sh": "    exit 0\n", "js": "  process.exit(0);\n}\n",
+              "cpp": "    exit(0);\n", "java": "        if (true) { System.exit(0); }\n        return true;\n",
+              "ts": "  (globalThis as any).process.exit(0);\n  return true;\n}\n", "php": "    exit(0);\n}\n",
+              "cs": "        System.Environment.Exit(0);\n        return true;\n"}
+LOOP = {"sh": "    while true; do :; done\n", "js": "  while (true) {}\n}\n",
+        "cpp": "    volatile bool spin = true;\n    while (spin) {}\n    return true;\n",   # a side-effect-free loop is UB
+        "java": "        while (true) {}\n", "ts": "  while (true) {}\n}\n", "php": "    while (true) {}\n}\n",
+        "cs": "        while (true) {}\n"}
+
+
+@pytest.mark.parametrize("lang", ["sh", "js", "cpp", "java", "ts", "php", "cs"])
 def test_oracle_passes_wrong_fails(lang):
     if TOOLCHAINS[lang].missing():
-        pytest.skip(f"{lang}: toolchain missing {TOOLCHAINS[lang].missing()}")
+        pytest.skip(f"{lang}: toolchain missing {TOOLCHAINS[lang].missing()} (make toolchains)")
     p = parse_problem(_rows()[0])
     t = translate(p, lang)
     tests = with_sentinel(lang, t["tests"])
     oracle = LANGUAGES[lang].oracle_completion(p)
     wrong = LANGUAGES[lang].oracle_completion(p, p.cases[1:])
-    exit_early = {"sh": "    exit 0\n", "js": "  process.exit(0);\n}\n"}[lang]
-    loop = {"sh": "    while true; do :; done\n", "js": "  while (true) {}\n}\n"}[lang]
+    exit_early, loop = EXIT_EARLY[lang], LOOP[lang]
     sandbox = Sandbox({"workers": 2})
     tc = TOOLCHAINS[lang].with_limits(run_s=3)
     results = sandbox.judge_many([(t["prompt"] + c, tests, tc) for c in (oracle, wrong, exit_early, loop)])
-    assert [r.status for r in results][:3] == ["passed", "failed", "failed"]
+    assert [r.status for r in results][:3] == ["passed", "failed", "failed"], [(r.status, r.message) for r in results]
     assert results[3].status in ("timed_out", "failed")
+    assert "compil" not in (results[2].message + results[3].message).lower(), [r.message for r in results[2:]]
 
 
 # ------------------------------------------------------------------ the `multipl_e` benchmark of codellama-eval
