@@ -51,6 +51,19 @@ def write(path, rows):
             f.write(json.dumps(r) + "\n")
 
 
+def duplicated_corpus(folder, *, seed, docs, lines, share, shards, langs, path):
+    """`docs` documents, each with a near copy (`share` of its lines edited) and an exact copy, spread over
+    `shards` files in<i>.jsonl.gz; the language cycles through `langs`."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(docs):
+        t = make_doc(rng, lines)
+        rows += [t, edit(rng, t, share), t]
+    for i in range(shards):
+        write(folder / f"in{i}.jsonl.gz", [{"content": t, "lang": langs[j % len(langs)], "max_stars_repo_path": path}
+                                           for j, t in enumerate(rows[i::shards])])
+
+
 def cfg_for(tmp_path, inputs, **over):
     base = {"out_dir": str(tmp_path / "out"), "input": {"paths": [str(p) for p in inputs]},
             "routes": {"python": {"langs": ["python"], "extensions": [".py"]},
@@ -259,14 +272,8 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_output(tmp_path):
     import sys
     import time
 
-    rng = random.Random(5)
-    rows = []
-    for _ in range(120):
-        t = make_doc(rng, 12)
-        rows += [t, edit(rng, t, 0.1), t]
-    for i in range(4):
-        write(tmp_path / f"in{i}.jsonl.gz", [{"content": t, "lang": ("Python", "Go", "Markdown")[j % 3],
-                                              "max_stars_repo_path": "x"} for j, t in enumerate(rows[i::4])])
+    duplicated_corpus(tmp_path, seed=5, docs=120, lines=12, share=0.1, shards=4, langs=("Python", "Go", "Markdown"),
+                      path="x")
 
     def args(out):
         return [f"input.paths=[{tmp_path}/in*.jsonl.gz]", f"out_dir={out}", "executor.tasks=4", "executor.workers=2",
@@ -466,14 +473,7 @@ def test_slurm_submissions_and_dependencies_with_a_stub_sbatch(tmp_path, monkeyp
     for name in ("sbatch", "scontrol"):
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    rng = random.Random(8)
-    rows = []
-    for _ in range(20):
-        t = make_doc(rng, 20)
-        rows += [t, edit(rng, t, 0.05), t]
-    for i in range(2):
-        write(tmp_path / f"in{i}.jsonl.gz", [{"content": t, "lang": "Go", "max_stars_repo_path": "m.go"}
-                                             for t in rows[i::2]])
+    duplicated_corpus(tmp_path, seed=8, docs=20, lines=20, share=0.05, shards=2, langs=("Go",), path="m.go")
     out = tmp_path / "out"
     args = [f"input.paths=[{tmp_path}/in*.jsonl.gz]", f"out_dir={out}", "heldout_share=0.1", "executor.tasks=3"]
     slurm = ["executor.kind=slurm", "executor.partition=cpu-long", "executor.time=02:00:00",
