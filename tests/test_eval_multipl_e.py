@@ -26,7 +26,8 @@ EXIT_EARLY = {"sh": "    exit 0\n", "js": "  process.exit(0);\n}\n",
               "ts": "  (globalThis as any).process.exit(0);\n  return true;\n}\n", "php": "    exit(0);\n}\n",
               "cs": "        System.Environment.Exit(0);\n        return true;\n"}
 LOOP = {"sh": "    while true; do :; done\n", "js": "  while (true) {}\n}\n",
-        "cpp": "    volatile bool spin = true;\n    while (spin) {}\n    return true;\n",   # a side-effect-free loop is UB
+        # a loop without side effects is undefined behaviour in C++: the compiler may remove it
+        "cpp": "    volatile bool spin = true;\n    while (spin) {}\n    return true;\n",
         "java": "        while (true) {}\n", "ts": "  while (true) {}\n}\n", "php": "    while (true) {}\n}\n",
         "cs": "        while (true) {}\n"}
 
@@ -229,3 +230,55 @@ def test_pipeline_summary_and_preset_carry_multipl_e():
     table = format_eval_summary(rows)
     assert "| MultiPL-E sh pass@1 | 0.250 | - |" in table
     assert table[-1] == "| MultiPL-E pass@1, mean over languages | 0.250 | - |"
+
+
+# ------------------------------------------------------------------ verdict parity with MultiPL-E's container rules
+def _multipl_e_rule(lang: str, program: str, folder) -> str:
+    """MultiPL-E's evaluation container, as its rules read (written here, not its code): the program is compiled
+    (a compile error fails it), run with a time limit (a timeout fails it), and passes when it exits 0."""
+    import subprocess
+
+    source = {"cpp": "program.cpp", "sh": "program.sh", "js": "program.js", "php": "program.php"}[lang]
+    (folder / source).write_text(program)
+    if lang == "cpp":
+        if subprocess.run(["g++", "-std=c++17", "-o", "a.out", source], cwd=folder, capture_output=True).returncode:
+            return "failed"
+    command = {"cpp": ["./a.out"], "sh": ["bash", source], "js": ["node", source], "php": ["php", source]}[lang]
+    try:
+        done = subprocess.run(command, cwd=folder, capture_output=True, timeout=2)
+    except subprocess.TimeoutExpired:
+        return "failed"
+    return "passed" if done.returncode == 0 else "failed"
+
+
+PARITY_LANGS = [lang for lang in ("sh", "js", "cpp", "php") if not TOOLCHAINS[lang].missing()]
+BROKEN = {"sh": "    if then fi\n", "js": "  return ((;\n}\n", "cpp": "    return 1 +;\n",
+          "php": "    return 1 +;\n}\n"}
+
+
+@pytest.mark.skipif(not PARITY_LANGS, reason="none of bash, node, g++, php installed")
+def test_verdicts_agree_with_multipl_e_rules_on_a_mixed_samples_file(tmp_path):
+    """Per language: right, wrong, does not compile / parse, endless loop, exit 0 before the tests. Every verdict
+    agrees with MultiPL-E's rules but one, by design: an exit 0 before any test ran passes there (its verdict is
+    the exit code) and fails here (the tests must finish)."""
+    p = parse_problem(_rows()[0])
+    sandbox = Sandbox({"workers": 2})
+    for lang in PARITY_LANGS:
+        t = translate(p, lang)
+        samples = {"right": LANGUAGES[lang].oracle_completion(p),
+                   "wrong": LANGUAGES[lang].oracle_completion(p, p.cases[1:]),
+                   "broken": BROKEN[lang], "loop": LOOP[lang], "exit_early": EXIT_EARLY[lang]}
+        toolchain = TOOLCHAINS[lang].with_limits(run_s=3)
+        ours = sandbox.judge_many([(t["prompt"] + c, with_sentinel(lang, t["tests"]), toolchain)
+                                   for c in samples.values()])
+        theirs = []
+        for i, c in enumerate(samples.values()):
+            (tmp_path / f"{lang}{i}").mkdir()
+            theirs.append(_multipl_e_rule(lang, t["prompt"] + c + t["tests"], tmp_path / f"{lang}{i}"))
+        ours = {k: ("failed" if r.status == "timed_out" else r.status) for k, r in zip(samples, ours)}
+        theirs = dict(zip(samples, theirs))
+        # Bash calls the candidate in $(…): its `exit 0` ends only that subshell, and the test fails either way
+        exit_early_there = "failed" if lang == "sh" else "passed"
+        assert theirs == {"right": "passed", "wrong": "failed", "broken": "failed", "loop": "failed",
+                          "exit_early": exit_early_there}, (lang, theirs)
+        assert ours == {**theirs, "exit_early": "failed"}, (lang, ours)
