@@ -282,3 +282,71 @@ def test_verdicts_agree_with_multipl_e_rules_on_a_mixed_samples_file(tmp_path):
         assert theirs == {"right": "passed", "wrong": "failed", "broken": "failed", "loop": "failed",
                           "exit_early": exit_early_there}, (lang, theirs)
         assert ours == {**theirs, "exit_early": "failed"}, (lang, ours)
+
+
+# ------------------------------------------------------------------ canonical solutions, translated by hand
+# HumanEval/0 (has_close_elements) and HumanEval/2 (truncate_number), written in each language as a person would.
+CANONICAL = {
+    0: {
+        "cpp": "    for (size_t i = 0; i < numbers.size(); i++)\n        for (size_t j = 0; j < numbers.size(); j++) {\n"
+               "            double d = numbers[i] > numbers[j] ? numbers[i] - numbers[j] : numbers[j] - numbers[i];\n"
+               "            if (i != j && d < threshold) return true;\n        }\n    return false;\n",
+        "java": "        for (int i = 0; i < numbers.size(); i++)\n            for (int j = 0; j < numbers.size(); j++)\n"
+                "                if (i != j && Math.abs(numbers.get(i) - numbers.get(j)) < threshold) return true;\n"
+                "        return false;\n",
+        "ts": "  for (let i = 0; i < numbers.length; i++)\n    for (let j = 0; j < numbers.length; j++)\n"
+              "      if (i !== j && Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}\n",
+        "js": "  for (let i = 0; i < numbers.length; i++)\n    for (let j = 0; j < numbers.length; j++)\n"
+              "      if (i !== j && Math.abs(numbers[i] - numbers[j]) < threshold) return true;\n  return false;\n}\n",
+        "sh": "    local -a xs=($1)\n    local i j\n    for ((i = 0; i < ${#xs[@]}; i++)); do\n"
+              "        for ((j = 0; j < ${#xs[@]}; j++)); do\n"
+              "            if ((i != j)) && awk -v a=\"${xs[i]}\" -v b=\"${xs[j]}\" -v t=\"$2\" "
+              "'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < t) }'; then\n"
+              "                echo true\n                return\n            fi\n        done\n    done\n    echo false\n",
+        "php": "    foreach ($numbers as $i => $a)\n        foreach ($numbers as $j => $b)\n"
+               "            if ($i != $j && abs($a - $b) < $threshold) return true;\n    return false;\n}\n",
+        "cs": "        for (int i = 0; i < numbers.Count; i++)\n            for (int j = 0; j < numbers.Count; j++)\n"
+              "                if (i != j && Math.Abs(numbers[i] - numbers[j]) < threshold) return true;\n"
+              "        return false;\n",
+    },
+    2: {
+        "cpp": "    return number - (long long)number;\n",
+        "java": "        return number % 1.0;\n",
+        "ts": "  return number % 1.0;\n}\n",
+        "js": "  return number % 1.0;\n}\n",
+        "sh": "    awk -v n=\"$1\" 'BEGIN { printf \"%g\\n\", n - int(n) }'\n",
+        "php": "    return fmod($number, 1.0);\n}\n",
+        "cs": "        return number % 1.0;\n",
+    },
+}
+# A file written outside the program's own folder, before the right answer: it must not survive the run.
+WRITE_OUTSIDE = {
+    "cpp": '    { FILE* f = fopen("{path}", "w"); if (f) {{ fputs("x", f); fclose(f); }} }\n',
+    "java": '        try {{ new java.io.FileWriter("{path}").close(); }} catch (Exception e) {{}}\n',
+    "ts": '  try {{ require("fs").writeFileSync("{path}", "x"); }} catch (e) {{}}\n',
+    "js": '  try {{ require("fs").writeFileSync("{path}", "x"); }} catch (e) {{}}\n',
+    "sh": "    echo x > {path} 2>/dev/null\n",
+    "php": '    @file_put_contents("{path}", "x");\n',
+    "cs": '        try {{ System.IO.File.WriteAllText("{path}", "x"); }} catch (Exception) {{}}\n',
+}
+
+
+@pytest.mark.parametrize("lang", ["sh", "js", "cpp", "java", "ts", "php", "cs"])
+def test_canonical_solutions_translated_by_hand_pass_and_leave_nothing_outside(lang, tmp_path):
+    import os
+
+    if TOOLCHAINS[lang].missing():
+        pytest.skip(f"{lang}: toolchain missing {TOOLCHAINS[lang].missing()} (make toolchains)")
+    marker = f"/tmp/multipl-e-litter-{lang}-{os.getpid()}"
+    jobs = []
+    for index, solutions in CANONICAL.items():
+        t = translate(parse_problem(_rows()[index]), lang)
+        tests = with_sentinel(lang, t["tests"])
+        jobs.append((t["prompt"] + solutions[lang], tests, TOOLCHAINS[lang]))
+        if index == 0:
+            writes = WRITE_OUTSIDE[lang].replace("{path}", marker).replace("{{", "{").replace("}}", "}")
+            jobs.append((t["prompt"] + writes + solutions[lang], tests, TOOLCHAINS[lang]))
+    results = Sandbox({"workers": 2}).judge_many(jobs)
+    assert [r.status for r in results] == ["passed"] * 3, [(r.status, r.message) for r in results]
+    if os.geteuid() == 0:   # the private filesystem of the sandbox needs root (see test_eval_sandbox.py)
+        assert not os.path.exists(marker)
