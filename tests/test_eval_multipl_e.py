@@ -236,6 +236,8 @@ def test_pipeline_summary_and_preset_carry_multipl_e():
 def _multipl_e_rule(lang: str, program: str, folder) -> str:
     """MultiPL-E's evaluation container, as its rules read (written here, not its code): the program is compiled
     (a compile error fails it), run with a time limit (a timeout fails it), and passes when it exits 0."""
+    import os
+    import signal
     import subprocess
 
     source = {"cpp": "program.cpp", "sh": "program.sh", "js": "program.js", "php": "program.php"}[lang]
@@ -244,11 +246,18 @@ def _multipl_e_rule(lang: str, program: str, folder) -> str:
         if subprocess.run(["g++", "-std=c++17", "-o", "a.out", source], cwd=folder, capture_output=True).returncode:
             return "failed"
     command = {"cpp": ["./a.out"], "sh": ["bash", source], "js": ["node", source], "php": ["php", source]}[lang]
+    proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, timeout=2)
+        return "passed" if proc.wait(timeout=2) == 0 else "failed"
     except subprocess.TimeoutExpired:
         return "failed"
-    return "passed" if done.returncode == 0 else "failed"
+    finally:   # the whole group: Bash runs the endless candidate in a $(…) subshell that outlives its parent
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 PARITY_LANGS = [lang for lang in ("sh", "js", "cpp", "php") if not TOOLCHAINS[lang].missing()]
