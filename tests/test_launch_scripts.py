@@ -237,3 +237,58 @@ def test_sbatch_requeues_a_failure_after_progress(stubs):
     r = sbatch(env, "model=tiny")
     assert r.returncode == 0, r.stdout + r.stderr
     assert ["requeue", "4242"] in [c["args"] for c in calls(tmp_path, "scontrol")]
+
+
+def _ssh_to_localhost() -> str | None:
+    """Why the real DeepSpeed launcher cannot run here, or None: its runner reaches every host of a hostfile over
+    ssh (even localhost), and multinode.sh signals the ranks over pdsh."""
+    import shutil
+
+    if shutil.which("pdsh") is None:
+        return "pdsh is not installed"
+    probe = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "ConnectTimeout=3",
+                            "localhost", "true"], capture_output=True)
+    return None if probe.returncode == 0 else "no passwordless ssh to localhost"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_ssh_to_localhost() is not None, reason=f"the real DeepSpeed launcher: {_ssh_to_localhost()}")
+def test_sigterm_to_multinode_deepspeed_launcher_checkpoints_and_exits_0_then_resumes(tmp_path):
+    """The real DeepSpeed launcher (one host in a hostfile, 2 CPU ranks, a DataLoader worker each): SIGTERM to the
+    script, as a scheduler sends it, reaches the ranks through pdsh; they checkpoint and every process exits 0. The
+    same command with more steps resumes from that checkpoint."""
+    hostfile, run_dir = tmp_path / "hostfile", tmp_path / "run"
+    hostfile.write_text("localhost slots=2\n")
+    env = {**os.environ, "PDSH_RCMD_TYPE": "ssh", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0", "WANDB_MODE": "offline"}
+    args = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
+            "trainer.micro_batch_size=4", "trainer.progress_bar=false", "trainer.batch_tokens=256",
+            "trainer.checkpoint_every=0", "trainer.log_every=1", "trainer.val_every=0", "data.num_workers=1",
+            f"run_dir={run_dir}"]
+
+    def command(port, steps):
+        return [str(REPO / "launch" / "multinode.sh"), "--launcher", "deepspeed", "--hostfile", str(hostfile),
+                "--port", str(port), "--", *args, f"trainer.max_steps={steps}"]
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command(29741, 100000), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)          # the script only, as a scheduler does
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "asking the ranks on localhost to checkpoint" in text, text[-3000:]
+    assert "stopped by signal 15 at step" in text, text[-3000:]
+    step = int(text.split("stopped by signal 15 at step ")[1].split(";")[0])
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{step:08d}"
+    done = subprocess.run(command(29742, step + 2), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in done.stdout + done.stderr
+    assert (run_dir / "DONE.json").is_file()
