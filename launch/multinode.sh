@@ -106,7 +106,7 @@ case "$LAUNCHER" in
     # The stop signal goes straight to the ranks of every host (DeepSpeed's own launchers would kill them).
     forward() {
       echo "[multinode] $1: asking the ranks on $hosts to checkpoint and stop" >&2
-      pdsh -w "$hosts" "pkill -$1 -f '^[^ ]+ -u -m $ENTRY( |\$)'" || true
+      PDSH_RCMD_TYPE="${PDSH_RCMD_TYPE:-ssh}" pdsh -w "$hosts" "pkill -$1 -f '^[^ ]+ -u -m $ENTRY( |\$)'" || true
     }
     trap 'forward USR1' USR1
     trap 'forward TERM' TERM

@@ -259,7 +259,8 @@ def test_sigterm_to_multinode_deepspeed_launcher_checkpoints_and_exits_0_then_re
     same command with more steps resumes from that checkpoint."""
     hostfile, run_dir = tmp_path / "hostfile", tmp_path / "run"
     hostfile.write_text("localhost slots=2\n")
-    env = {**os.environ, "PDSH_RCMD_TYPE": "ssh", "DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0", "WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if k != "PDSH_RCMD_TYPE"}     # the script uses ssh by default
+    env.update(DS_ACCELERATOR="cpu", DS_BUILD_OPS="0", WANDB_MODE="offline")
     args = ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=32",
             "trainer.micro_batch_size=4", "trainer.progress_bar=false", "trainer.batch_tokens=256",
             "trainer.checkpoint_every=0", "trainer.log_every=1", "trainer.val_every=0", "data.num_workers=1",
