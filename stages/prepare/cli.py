@@ -19,12 +19,12 @@ from codellama_recipe.core.cli import refuse, run_hydra_command
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PrepareConfig
+from codellama_recipe.data.source_config import HUB_KEYS   # the keys a training source's hub mapping takes
 
 PROG = "codellama-prepare"
 SOURCES = ("code", "python", "nl_code", "nl")
 EXECUTORS = ("local", "slurm", "ray")
 PROGRESS_BAR = ("auto", "true", "false")
-HUB_KEYS = {"path", "name", "split", "data_files", "data_dir", "revision"}
 
 
 def check(cfg: DictConfig) -> None:
