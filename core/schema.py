@@ -572,7 +572,7 @@ class AblateConfig:
     common: List[str] = field(default_factory=list)   # codellama-train overrides for every arm
     # one run per arm; group null = "ablate-<basename of run_dir>"
     wandb: PipelineWandb = field(default_factory=PipelineWandb)
-    preset: str = "full"  # full | smoke | gpu: conf/ablate/<preset>.yaml, the sizes
+    preset: str = "full"  # full | smoke | gpu | fim_long: conf/ablate/<preset>.yaml, the sizes
     scale: AblateScale = field(default_factory=AblateScale)     # sizes of the arms (from the preset)
     eval: AblateEval = field(default_factory=AblateEval)        # sizes of the measurements (from the preset)
     # codellama-train keys shared by arms: general | base | continuation

@@ -183,6 +183,21 @@ def test_gpu_preset_composes_with_the_arms_of_the_cpu_presets():
     assert arms["lcft_theta1e6"].cfg.data.seq_len == 2048 and arms["lcft_theta1e6"].cfg.trainer.precision == "bf16"
 
 
+def test_fim_long_preset_is_full_with_eight_times_the_twins_tokens_and_a_curve_through_fulls_end():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.arms import compose_arms
+    from codellama_recipe.stages.ablate.measure import curve_steps
+
+    full = {a.name: a.cfg for a in compose_arms(compose_checked("ablate", ["run_dir=/tmp/x"]))}
+    acfg = compose_checked("ablate", ["ablate=fim_long", "run_dir=/tmp/x"])
+    long = {a.name: a.cfg for a in compose_arms(acfg)}
+    assert set(long) == set(full) and long["general"] == full["general"]
+    for twin in ("fim", "fim_psm_only", "ar"):
+        assert long[twin].trainer.max_steps == 8 * full[twin].trainer.max_steps
+        assert long[twin].model == full[twin].model and long[twin].data == full[twin].data
+    assert curve_steps(acfg)[0] == full["fim"].trainer.max_steps and curve_steps(acfg)[-1] == 3840
+
+
 # ------------------------------------------------------------------------------------------ smoke run
 def ablate_cmd(run_dir):
     return [sys.executable, "-m", "codellama_recipe.stages.ablate", "ablate=smoke", f"run_dir={run_dir}"]
