@@ -4,8 +4,9 @@ Run as a script (`torchrun … tests/helpers_engine.py [overrides]`) it is codel
 for through environment variables (`launch` sets them):
 - TEST_SYNTHETIC_DATA=1 (`synthetic=True`): a synthetic data loader, deterministic random batches with the data
   pipeline's interface, so that engine behaviour is tested independently of the data pipeline;
-- faults (`launch(..., inject_nan_steps=[2], hang_at_step=4, ...)`, see `install_faults`), injected by wrapping
-  the engine's functions at the points where they must happen: production code has no fault hooks.
+- faults (`launch(..., inject_nan_steps=[2], hang_at_step=4, ...)`, see `fault_callbacks`), injected through the
+  training loop's callbacks (train/callbacks.py), the interface any program that embeds codellama-train has:
+  production code has no fault hooks.
 """
 from __future__ import annotations
 
@@ -116,8 +117,9 @@ def _hang(run_dir, rank: int, where: str, until=lambda: False) -> None:
         time.sleep(0.05)
 
 
-def install_faults(env) -> None:
-    """The faults asked for in `env` (TEST_* variables, see `fault_env`):
+def fault_callbacks(env) -> list:
+    """The faults asked for in `env` (TEST_* variables, see `fault_env`), as callbacks of the training loop
+    (train/callbacks.py) and, for the compiler, a broken torch.compile backend:
     - inject_nan_steps (+ inject_nan_rank, -1 = every rank): the loss of every micro-batch of these steps is
       multiplied by NaN, on that rank, before the backward pass;
     - hang_at_step: after that step (its metrics and checkpoint written) every rank blocks until a stop signal
@@ -128,76 +130,49 @@ def install_faults(env) -> None:
     - export_delay_s: the final Hugging Face export (rank 0 alone) first waits that long (hang marker written);
     - sigterm_in_step=[S, K]: rank 0 sends itself SIGTERM during micro-batch K (1-based) of step S, as a signal
       arriving in the middle of a step under gradient accumulation would."""
-    from codellama_recipe.train import checkpoints, trainer
+    from codellama_recipe.train.callbacks import Callback
 
-    if env.get("TEST_BREAK_COMPILE"):
-        def compile_with_a_broken_backend(model):
-            def broken(gm, example_inputs):
-                raise RuntimeError("injected compiler failure")
-            for layer in model.layers:
-                layer.compile(backend=broken)
+    if env.get("TEST_BREAK_COMPILE"):   # torch's own entry point, as a failing compiler would break it
+        import torch
 
-        trainer.compile_blocks = compile_with_a_broken_backend
+        compile_module = torch.nn.Module.compile
+
+        def broken(gm, example_inputs):
+            raise RuntimeError("injected compiler failure")
+
+        torch.nn.Module.compile = lambda self, *args, **kwargs: compile_module(self, backend=broken)
 
     nan_steps = {int(s) for s in env.get("TEST_INJECT_NAN_STEPS", "").split(",") if s}
     nan_rank = int(env.get("TEST_INJECT_NAN_RANK", "-1"))
-    if nan_steps:
-        train_step, microbatch_loss = trainer.train_step, trainer.microbatch_loss
+    hang_step = int(env["TEST_HANG_AT_STEP"]) if "TEST_HANG_AT_STEP" in env else None
+    save_hang_step = int(env["TEST_HANG_IN_SAVE_AT_STEP"]) if "TEST_HANG_IN_SAVE_AT_STEP" in env else None
+    signal_at = tuple(int(x) for x in env["TEST_SIGTERM_IN_STEP"].split(",")) if env.get("TEST_SIGTERM_IN_STEP") \
+        else None
+    export_delay = float(env["TEST_EXPORT_DELAY_S"]) if "TEST_EXPORT_DELAY_S" in env else None
 
-        def nan_loss(ctx, batch):
-            losses, valid, loss = microbatch_loss(ctx, batch)
-            return losses, valid, loss * float("nan")
+    class Faults(Callback):
+        def on_microbatch_loss(self, ctx, index, loss):
+            step = ctx.state.step + 1
+            if signal_at == (step, index + 1) and ctx.rank == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            if step in nan_steps and nan_rank in (-1, ctx.rank):
+                return loss * float("nan")
+            return loss
 
-        def train_step_with_nan(ctx, *args):
-            poisoned = ctx.state.step + 1 in nan_steps and nan_rank in (-1, ctx.rank)
-            trainer.microbatch_loss = nan_loss if poisoned else microbatch_loss
-            return train_step(ctx, *args)
-
-        trainer.train_step = train_step_with_nan
-
-    if "TEST_HANG_AT_STEP" in env:
-        hang_step, maybe_save_checkpoint = int(env["TEST_HANG_AT_STEP"]), trainer.maybe_save_checkpoint
-
-        def maybe_save_checkpoint_then_hang(ctx):
-            maybe_save_checkpoint(ctx)
+        def on_step_end(self, ctx):
             if ctx.state.step == hang_step:
                 _hang(ctx.run_dir, ctx.rank, f"after step {hang_step}", until=lambda: ctx.stop.signum)
 
-        trainer.maybe_save_checkpoint = maybe_save_checkpoint_then_hang
+        def on_checkpoint_files_written(self, ctx, tmp_dir):
+            if ctx.state.step == save_hang_step:
+                _hang(ctx.run_dir, ctx.rank, f"in the save of step {save_hang_step}")
 
-    if env.get("TEST_SIGTERM_IN_STEP"):
-        signal_step, signal_micro = (int(x) for x in env["TEST_SIGTERM_IN_STEP"].split(","))
-        microbatch_loss_then_signal, seen = trainer.microbatch_loss, {}
+        def on_export_start(self, ctx):
+            if export_delay is not None:
+                hang_marker(ctx.run_dir, 0).write_text("in the export")
+                time.sleep(export_delay)
 
-        def microbatch_loss_with_signal(ctx, batch):
-            step = ctx.state.step + 1
-            seen[step] = seen.get(step, 0) + 1
-            if ctx.rank == 0 and (step, seen[step]) == (signal_step, signal_micro):
-                os.kill(os.getpid(), signal.SIGTERM)
-            return microbatch_loss_then_signal(ctx, batch)
-
-        trainer.microbatch_loss = microbatch_loss_with_signal
-
-    if "TEST_EXPORT_DELAY_S" in env:
-        delay, export_hf = float(env["TEST_EXPORT_DELAY_S"]), trainer.export_hf
-
-        def slow_export_hf(tag_dir, out_dir, *args, **kwargs):
-            run_dir = pathlib.Path(out_dir).parent
-            hang_marker(run_dir, 0).write_text("in the export")
-            time.sleep(delay)
-            return export_hf(tag_dir, out_dir, *args, **kwargs)
-
-        trainer.export_hf = slow_export_hf
-
-    if "TEST_HANG_IN_SAVE_AT_STEP" in env:
-        hang_step, write_files = int(env["TEST_HANG_IN_SAVE_AT_STEP"]), checkpoints.write_files
-
-        def write_files_then_hang(engine, tmp_dir, step, *args, rank, **kwargs):
-            write_files(engine, tmp_dir, step, *args, rank=rank, **kwargs)
-            if step == hang_step:
-                _hang(pathlib.Path(tmp_dir).parents[1], rank, f"in the save of step {step}")  # run_dir
-
-        checkpoints.write_files = write_files_then_hang
+    return [Faults()]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -218,7 +193,7 @@ def launch(overrides: list[str], nproc: int = 2, synthetic: bool = False, log_pa
     /dev/shm/deepspeed_allreduce_buffer_* file behind) in its own process group; stdout and stderr go to a log
     file (a pipe could fill up and block the ranks); `output(proc)` reads it.
 
-    synthetic: the synthetic data loader instead of the data pipeline; faults: see `install_faults`;
+    synthetic: the synthetic data loader instead of the data pipeline; faults: see `fault_callbacks`;
     exit_codes_dir: every rank writes its exit status to exit_codes_dir/rank<N> (`exit_codes`), which torchrun does
     not report when it was itself stopped by a signal. Any of them runs this file as the entry point, otherwise it
     is codellama-train itself."""
@@ -357,25 +332,26 @@ def hf_weights(run_dir) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
+    loaders = None
     if os.environ.get("TEST_SYNTHETIC_DATA") == "1":
-        from codellama_recipe.train import trainer
         from helpers_tokenizer import small_tokenizer_path
 
-        trainer.build_loaders = synthetic_loaders
-        trainer.resolve_tokenizer_path = lambda cfg: cfg.tokenizer_path or small_tokenizer_path()
+        loaders = synthetic_loaders
+        if not any(arg.startswith("tokenizer_path=") for arg in sys.argv[1:]):
+            sys.argv.append(f"tokenizer_path={small_tokenizer_path()}")
     if os.environ.get("TEST_RANK_LOG_DIR"):   # this rank's own output, apart from its launcher's
         rank_log = open(pathlib.Path(os.environ["TEST_RANK_LOG_DIR"]) / f"rank{os.environ.get('RANK', '0')}.log", "w")
         os.dup2(rank_log.fileno(), 1)
         os.dup2(rank_log.fileno(), 2)
-    install_faults(os.environ)
     from codellama_recipe.train.cli import main
 
+    callbacks = fault_callbacks(os.environ)
     if not os.environ.get("TEST_EXIT_CODES_DIR"):
-        main()
+        main(callbacks, loaders)
     else:
         status = 1   # an exception that escapes main() ends the process with 1
         try:
-            main()
+            main(callbacks, loaders)
             status = 0
         except SystemExit as e:
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

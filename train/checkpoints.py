@@ -102,8 +102,9 @@ def weights_are_finite(engine) -> bool:
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict, *, rank: int, keep_last: int,
-         model_config: dict) -> str:
-    """Write checkpoint `step` so that it appears complete or not at all. All ranks call this."""
+         model_config: dict, files_written=None) -> str:
+    """Write checkpoint `step` so that it appears complete or not at all. All ranks call this.
+    files_written(tmp_dir): called once this rank's files are written, before the folder is published."""
     ckpt_dir = Path(ckpt_dir)
     if not weights_are_finite(engine):
         raise NonFiniteWeights(f"step {step}: the weights contain inf/NaN; refusing to write a checkpoint "
@@ -120,6 +121,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, rank_state: dict
         write_files(engine, tmp_dir, step, client_state, rank_state, rank=rank, model_config=model_config)
     except (OSError, RuntimeError) as e:   # torch's writer reports a full disk as RuntimeError("file write failed")
         failure = write_failure(e, tmp_dir)
+    if failure is None and files_written is not None:
+        files_written(tmp_dir)
     if _any_rank(failure is not None):     # every rank's files are written, or every rank stops here
         if rank == 0:
             shutil.rmtree(tmp_dir, ignore_errors=True)

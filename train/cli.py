@@ -12,6 +12,7 @@ checkpoint refused, 3 too many non-finite steps in a row, 4 another rank stopped
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -39,15 +40,15 @@ def sweep_run_dir(cfg) -> None:
     print(f"[train] sweep job {job.job.num}: run_dir {cfg.run_dir}", flush=True)
 
 
-def _run(cfg) -> int:
+def _run(cfg, callbacks=(), loaders=None) -> int:
     from codellama_recipe.data.record_readers import BadInputError
     from codellama_recipe.train.peers import PeerLost, exit_lost
-    from codellama_recipe.train.trainer import TooManyNonFinite, run
+    from codellama_recipe.train.trainer import TooManyNonFinite, build_loaders, run
     from codellama_recipe.train.weight_formats import CheckpointError
 
     sweep_run_dir(cfg)
     try:
-        run(cfg)
+        run(cfg, callbacks=callbacks, loaders=loaders or build_loaders)
         return 0
     except (ConfigError, CheckpointError) as e:
         print(f"{PROG}: {e}", file=sys.stderr, flush=True)
@@ -68,13 +69,16 @@ def _check(cfg) -> None:
     check_config(cfg)
 
 
-def main() -> None:
+def main(callbacks=(), loaders=None) -> None:
+    """codellama-train; a program that embeds it may add callbacks (train/callbacks.py) and its own data loaders
+    (train/trainer.py's `build_loaders` signature)."""
     if not _has_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
     try:
-        code = run_hydra_command(PROG, "train", _run, check=_check)
+        code = run_hydra_command(PROG, "train", functools.partial(_run, callbacks=callbacks, loaders=loaders),
+                                 check=_check)
     finally:
         shutdown_distributed()  # once: the jobs of a -m sweep share the process group
     sys.exit(code)

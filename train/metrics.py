@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from codellama_recipe.core.atomic import write_json_atomic, write_text_atomic
+from codellama_recipe.train.callbacks import Callback
 from codellama_recipe.train.distributed import all_reduce
 
 METRICS_FILE = "metrics.jsonl"
@@ -239,8 +240,9 @@ def _new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-class MetricsLogger:
-    """Rank 0 writes; other ranks hold a logger that does nothing."""
+class MetricsLogger(Callback):
+    """metrics.jsonl and wandb, as a callback of the loop: rank 0 writes; other ranks hold a logger that does
+    nothing."""
 
     def __init__(self, run_dir: Path, *, rank: int, resume_step: int, wandb_cfg, config: dict,
                  run_id: str | None):
@@ -290,6 +292,12 @@ class MetricsLogger:
             self.run.log({"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
         return row
 
+    def on_metrics(self, ctx, metrics: dict) -> None:
+        self.log(ctx.state.step, metrics)
+
+    def on_train_end(self, ctx, exit_code: int) -> None:
+        self.close(exit_code)
+
     def summary(self, values: dict) -> None:
         if self.run is not None:
             for k, v in values.items():
@@ -304,21 +312,36 @@ class MetricsLogger:
             self.run = None
 
 
-class ProgressBar:
-    """tqdm on rank 0: steps, loss, tokens/s and the ETA of the remaining steps."""
+class ProgressBar(Callback):
+    """tqdm on rank 0, as a callback of the loop: steps, loss, tokens/s and the ETA of the remaining steps."""
 
-    def __init__(self, mode, *, total: int, initial: int):
+    def __init__(self, mode, *, rank: int = 0):
         """mode: "auto" (only when attached to a terminal), "true"/True or "false"/False."""
-        self.bar = None
-        mode = str(mode).lower()
-        if mode == "false":
+        self.mode, self.rank, self.bar, self.shown = str(mode).lower(), rank, None, 0
+
+    def on_train_start(self, ctx) -> None:
+        self.start(total=ctx.cfg.trainer.max_steps, initial=ctx.state.step)
+
+    def on_metrics(self, ctx, metrics: dict) -> None:
+        self.update(ctx.state.step - self.shown, loss=f"{metrics['train/loss']:.4f}",
+                    tok_s=f"{metrics['perf/tokens_per_s']:,.0f}")
+        if ctx.state.step >= ctx.cfg.trainer.max_steps:
+            self.close()
+
+    def on_train_end(self, ctx, exit_code: int) -> None:
+        self.close()
+
+    def start(self, *, total: int, initial: int) -> None:
+        self.shown = initial
+        if self.mode == "false" or self.rank != 0:
             return
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                        disable=None if mode == "auto" else False, desc="train")
+                        disable=None if self.mode == "auto" else False, desc="train")
 
     def update(self, n: int = 1, **postfix) -> None:
+        self.shown += n
         if self.bar is not None:
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
@@ -327,3 +350,4 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None

@@ -37,6 +37,7 @@ from codellama_recipe.train import checkpoint_identity as ckpt_identity
 from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
 from codellama_recipe.train import checkpoint_reading as ckpt_reading
 from codellama_recipe.train import checkpoints as ckpt
+from codellama_recipe.train.callbacks import Callback, Callbacks
 from codellama_recipe.train.config_checks import RunPlan, check_config
 from codellama_recipe.train.distributed import all_reduce
 from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, compile_blocks,
@@ -86,8 +87,20 @@ class TrainState:
 
 
 @dataclass
+class LoopState:
+    """What the loop keeps between steps of one session besides TrainState (which checkpoints carry)."""
+    last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
+    mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
+    compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
+    where: str = "at the start of training"    # named when a peer is lost
+    step_start: dict | None = None             # data position and RNG states at the start of the current step
+    abandoned: str | None = None               # a stop signal interrupted the current step (where)
+    backward_started: bool = False
+
+
+@dataclass
 class TrainContext:
-    """What the loop works with: built by `run`, handed to every step of `fit`."""
+    """What the loop works with: built by `run`, handed to every step of `fit` and to every callback."""
     cfg: DictConfig
     plan: RunPlan
     engine: Any                    # deepspeed.DeepSpeedEngine
@@ -95,6 +108,7 @@ class TrainContext:
     train_loader: Any              # data.pipeline's stateful loader (or a test's stand-in)
     val_loaders: dict
     logger: MetricsLogger
+    callbacks: Callbacks           # the logger, the progress bar and the caller's callbacks (train/callbacks.py)
     stop: StopFlag
     rank: int
     device: torch.device
@@ -106,14 +120,8 @@ class TrainContext:
     flops_per_token: float
     peak_flops: float              # per process; the MFU denominator
     tokenizer_path: str
-    last_saved_step: int | None = None         # the step whose checkpoint is the latest on disk, if known
-    mfu_warned: bool = False                   # MFU above 1 reported once (the peak is wrong)
     loss_chunk_size: int = 0                   # trainer.loss_chunk_size as used (null resolved)
-    compile_pending: bool = False              # the blocks are compiled and the first step has not run yet
-    where: str = "at the start of training"    # named when a peer is lost
-    step_start: dict | None = None             # data position and RNG states at the start of the current step
-    abandoned: str | None = None               # a stop signal interrupted the current step (where)
-    backward_started: bool = False
+    loop: LoopState = field(default_factory=LoopState)
     session_start: float = field(default_factory=time.time)
     elapsed_before: float = field(init=False)   # wall time of the earlier sessions
 
@@ -238,18 +246,20 @@ def validate(engine, val_loaders: dict, device, chunk_size: int, intra_doc: bool
 # Entry point of one stage
 # --------------------------------------------------------------------------------------------------------
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, callbacks: list[Callback] = (), loaders=build_loaders) -> dict:
     """Train one stage as configured; returns DONE.json's content (or {'stopped': signal} after SIGTERM).
 
     Everything that can be checked without a process group is checked first (ConfigError / ResumeRefused),
-    and the run_dir is held by this job alone (RunDirBusy, exit 2, when another process has it)."""
+    and the run_dir is held by this job alone (RunDirBusy, exit 2, when another process has it).
+    callbacks: hooks into the loop (train/callbacks.py) after the metrics logger and the progress bar;
+    loaders: what builds the data loaders, `build_loaders`'s signature (a caller's own data source)."""
     plan = check_config(cfg)
     run_dir = Path(str(cfg.run_dir)).absolute()
     with run_dir_lock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
-        return _run_locked(cfg, plan, run_dir)
+        return _run_locked(cfg, plan, run_dir, list(callbacks), loaders)
 
 
-def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
+def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path, callbacks: list[Callback], loaders) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     rank_env = int(os.environ.get("RANK", "0"))
 
@@ -284,7 +294,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
     progress = {"where": "while the process group started"}
     try:
         return _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
-                                device, backend, progress)
+                                device, backend, progress, callbacks, loaders)
     except Exception as e:
         if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
             latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
@@ -295,7 +305,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path) -> dict:
 
 
 def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer, device,
-                     backend, progress) -> dict:
+                     backend, progress, callbacks, loaders) -> dict:
     ckpt_dir, done_file = run_dir / "checkpoints", run_dir / DONE_FILE
     timeout_s = float(cfg.trainer.collective_timeout_s)
     rank, world_size = init_distributed(backend, timeout_s)
@@ -317,7 +327,7 @@ def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, f
     engine, optimizer = build_engine(cfg, plan, model, device)
     groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
     _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
-    train_loader, val_loaders = build_loaders(cfg, tokenizer, rank, world_size, plan)
+    train_loader, val_loaders = loaders(cfg, tokenizer, rank, world_size, plan)
 
     if rank == 0:
         removed = ckpt_integrity.remove_incomplete(ckpt_dir)
@@ -362,18 +372,20 @@ def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, f
     exit_code = 1
     ctx = TrainContext(
         cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
-        val_loaders=val_loaders, logger=logger, stop=stop, rank=rank, device=device, run_dir=run_dir,
+        val_loaders=val_loaders, logger=logger,
+        callbacks=Callbacks([logger, ProgressBar(cfg.trainer.progress_bar, rank=rank), *callbacks]),
+        stop=stop, rank=rank, device=device, run_dir=run_dir,
         state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
         flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
-        loss_chunk_size=chunk, compile_pending=compiled)
+        loss_chunk_size=chunk, loop=LoopState(compile_pending=compiled))
     try:
         result = fit(ctx)
         exit_code = 0
         return result
     finally:
-        progress["where"] = ctx.where
+        progress["where"] = ctx.loop.where
         stop.restore()
-        logger.close(exit_code)
+        ctx.callbacks.on_train_end(ctx, exit_code)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -385,23 +397,23 @@ def fit(ctx: TrainContext) -> dict:
     {'stopped': signal, ...} when a stop signal ended the session early (a checkpoint is written either way)."""
     t, state = ctx.cfg.trainer, ctx.state
     saved = ckpt_integrity.latest_tag(ctx.ckpt_dir) == ckpt_integrity.tag_for(state.step)
-    ctx.last_saved_step = state.step if saved else None
+    ctx.loop.last_saved_step = state.step if saved else None
     interval = IntervalMetrics(list(ctx.train_loader.source_names), ctx.device)
     nonfinite_in_row, grad_norm = 0, float("nan")
-    bar = ProgressBar(t.progress_bar if ctx.rank == 0 else False, total=t.max_steps, initial=state.step)
     batches = iter(ctx.train_loader)
     _log(ctx.rank, f"training steps {state.step + 1}..{t.max_steps}")
+    ctx.callbacks.on_train_start(ctx)
 
     while state.step < t.max_steps:
-        ctx.where = f"before step {state.step + 1} (the stop-signal check)"
+        ctx.loop.where = f"before step {state.step + 1} (the stop-signal check)"
         if stop_requested(ctx):
             break
 
-        ctx.where = f"in step {state.step + 1}"
+        ctx.loop.where = f"in step {state.step + 1}"
         started = time.perf_counter()
         lr = learning_rate(ctx.cfg, state.step)
         if ctx.plan.grad_accum > 1:   # what a checkpoint of an interrupted step must hold
-            ctx.step_start = {"data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+            ctx.loop.step_start = {"data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
         applied = train_step(ctx, batches, lr, interval)
         if applied is None:           # a stop signal between micro-batches: the step is abandoned
             break
@@ -418,32 +430,30 @@ def fit(ctx: TrainContext) -> dict:
                            f"({nonfinite_in_row} in a row, {state.nonfinite_skipped} in total)")
         interval.steps += 1
         interval.time_s += time.perf_counter() - started
-        ctx.where = f"after step {state.step} (metrics, validation or checkpoint)"
+        ctx.loop.where = f"after step {state.step} (metrics, validation or checkpoint)"
         too_many = nonfinite_in_row >= t.max_nonfinite_in_row
 
         is_last = state.step == t.max_steps
         validate_now = bool(ctx.val_loaders) and (state.step % t.val_every == 0 or is_last) and not too_many
         if state.step % t.log_every == 0 or validate_now or is_last or too_many:
-            metrics = log_interval(ctx, interval, lr=lr, grad_norm=grad_norm, with_validation=validate_now)
-            bar.update(interval.steps, loss=f"{metrics['train/loss']:.4f}",
-                       tok_s=f"{metrics['perf/tokens_per_s']:,.0f}")
+            ctx.callbacks.on_metrics(ctx, interval_metrics(ctx, interval, lr=lr, grad_norm=grad_norm,
+                                                           with_validation=validate_now))
             interval = IntervalMetrics(interval.sources, ctx.device)
 
         if too_many:
-            bar.close()
             raise TooManyNonFinite(
                 f"{nonfinite_in_row} consecutive updates had a non-finite loss or gradient norm (last at step "
                 f"{state.step}); stopping. The latest checkpoint ({ckpt_integrity.latest_tag(ctx.ckpt_dir)}) holds "
                 f"finite weights. Lower optim.lr, check the data, or raise trainer.max_nonfinite_in_row.")
         maybe_save_checkpoint(ctx)
-    bar.close()
+        ctx.callbacks.on_step_end(ctx)
 
-    ctx.where = f"at step {state.step} (its checkpoint, or the export)"
-    if ctx.last_saved_step != state.step:
+    ctx.loop.where = f"at step {state.step} (its checkpoint, or the export)"
+    if ctx.loop.last_saved_step != state.step:
         save_checkpoint(ctx)
     if state.step < t.max_steps:
-        interrupted = (f" (step {state.step + 1} was interrupted {ctx.abandoned}, before its update; the resumed "
-                       f"run redoes it)") if ctx.abandoned else ""
+        interrupted = (f" (step {state.step + 1} was interrupted {ctx.loop.abandoned}, before its update; the resumed "
+                       f"run redoes it)") if ctx.loop.abandoned else ""
         _log(ctx.rank, f"stopped {ctx.stop.reason} at step {state.step}{interrupted}; rerun the same command to "
                        f"resume")
         return {"stopped": int(ctx.stop.signum), "steps": state.step, "tokens": state.tokens_seen}
@@ -466,11 +476,11 @@ def learning_rate(cfg: DictConfig, step: int) -> float:
 def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics) -> bool | None:
     """One optimizer update over `grad_accum` micro-batches; False when it was skipped on every rank (a non-finite
     loss on any rank, or a non-finite gradient norm); None when a stop signal interrupted it between two
-    micro-batches (no update; `ctx.abandoned` says where). The first step of compiled blocks compiles them; if that
+    micro-batches (no update; `ctx.loop.abandoned` says where). The first step of compiled blocks compiles them; if that
     fails before any backward pass, the step runs again eagerly, after one warning."""
-    if not ctx.compile_pending:
+    if not ctx.loop.compile_pending:
         return _train_step(ctx, batches, lr, interval)
-    ctx.compile_pending = False
+    ctx.loop.compile_pending = False
     taken = []
 
     def recorded():
@@ -480,7 +490,7 @@ def train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics)
     try:
         return _train_step(ctx, recorded(), lr, interval)
     except Exception as e:
-        if not is_compile_failure(e) or ctx.backward_started:
+        if not is_compile_failure(e) or ctx.loop.backward_started:
             raise
         root = e   # dynamo keeps the compiler's own error as inner_exception (or the cause)
         while (getattr(root, "inner_exception", None) or root.__cause__) is not None:
@@ -500,14 +510,15 @@ def _train_step(ctx: TrainContext, batches, lr: float, interval: IntervalMetrics
         # Between two micro-batches every rank agrees on a stop request (one tiny all-reduce per micro-batch):
         # the step is abandoned before its update, so a stop waits one micro-batch, not one step.
         if i and stop_requested(ctx):
-            ctx.abandoned = f"after micro-batch {i} of {n}"
+            ctx.loop.abandoned = f"after micro-batch {i} of {n}"
             return None
         batch = {k: v.to(ctx.device, non_blocking=True) for k, v in next(batches).items()}
         losses, valid, loss = microbatch_loss(ctx, batch)
+        loss = ctx.callbacks.on_microbatch_loss(ctx, i, loss)
         finite = torch.isfinite(loss)
         # A non-finite loss must poison the gradients (an inf loss can have finite ones) so that the overflow
         # check skips the update on every rank; a finite loss is multiplied by exactly 1.
-        ctx.backward_started = True
+        ctx.loop.backward_started = True
         ctx.engine.backward(loss * torch.where(finite, 1.0, float("nan")).detach())
         ctx.engine.step()
         interval.add_microbatch(losses, valid, finite, batch["is_fim"], batch["source_ids"])
@@ -525,10 +536,10 @@ def global_grad_norm(engine) -> float:
     return float(norm) if norm is not None else float("nan")
 
 
-def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, grad_norm: float,
-                 with_validation: bool) -> dict:
+def interval_metrics(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, grad_norm: float,
+                     with_validation: bool) -> dict:
     """One line of metrics (all ranks take part): the interval's losses over all ranks, throughput, the data
-    pipeline's counters and, when due, the validation losses. Returns the line."""
+    pipeline's counters and, when due, the validation losses."""
     state, total = ctx.state, interval.all_reduced()
     tokens_per_s = ctx.plan.batch_tokens * total.steps / max(total.time_s, 1e-9)
     metrics = {
@@ -546,8 +557,8 @@ def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, gra
     }
     utilisation, problem = mfu_metrics(ctx.flops_per_token * tokens_per_s, ctx.peak_flops * ctx.plan.world_size)
     metrics.update(utilisation)
-    if problem and not ctx.mfu_warned:
-        ctx.mfu_warned = True
+    if problem and not ctx.loop.mfu_warned:
+        ctx.loop.mfu_warned = True
         _log(ctx.rank, problem)
     per_rank = [None] * ctx.plan.world_size
     dist.all_gather_object(per_rank, ctx.train_loader.metrics())
@@ -559,7 +570,6 @@ def log_interval(ctx: TrainContext, interval: IntervalMetrics, *, lr: float, gra
         metrics.update({f"val/loss/{s}": v for s, v in state.last_val.items()})
     if math.isfinite(metrics["train/loss"]):
         state.last_train_loss = metrics["train/loss"]
-    ctx.logger.log(state.step, metrics)
     return metrics
 
 
@@ -577,13 +587,14 @@ def save_checkpoint(ctx: TrainContext) -> None:
               "fingerprint": ckpt_identity.fingerprint(ctx.identity),
               "config": ckpt_identity.resolved(ctx.cfg), "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
-    if ctx.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
-        rank_state = {"rank": ctx.rank, **ctx.step_start}
+    if ctx.loop.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
+        rank_state = {"rank": ctx.rank, **ctx.loop.step_start}
     else:
         rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
     tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
-                    keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config)
-    ctx.last_saved_step = state.step
+                    keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config,
+                    files_written=lambda tmp_dir: ctx.callbacks.on_checkpoint_files_written(ctx, tmp_dir))
+    ctx.loop.last_saved_step = state.step
     _log(ctx.rank, f"checkpoint {ctx.ckpt_dir / tag}")
 
 
@@ -599,6 +610,7 @@ def finish(ctx: TrainContext) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def on_rank0():
+        ctx.callbacks.on_export_start(ctx)
         export_hf(last_checkpoint, ctx.run_dir / "hf", ctx.tokenizer_path, ctx.cfg.trainer.export_dtype)
         write_json_atomic(ctx.run_dir / DONE_FILE, done)
         ctx.logger.summary({"final/train_loss": state.last_train_loss, "final/steps": state.step,
