@@ -137,9 +137,10 @@ def _wandb_group(pcfg: DictConfig) -> str:
 def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
     """Hash of what the stage computes, chained with the previous stage's fingerprint (which stands for the
     weights it starts from, so the path in init_from is left out)."""
+    from codellama_recipe.train.checkpoint_identity import resolved
     from codellama_recipe.train.trainer import fingerprinted_config
 
-    config = fingerprinted_config(cfg)
+    config = fingerprinted_config(resolved(cfg))
     config.pop("init_from", None)
     return fingerprint({"config": config, "previous": previous}), config
 

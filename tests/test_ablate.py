@@ -136,11 +136,12 @@ def test_infill_loss_scores_the_same_middle_tokens_in_every_mode():
 
 # ------------------------------------------------------------------------------------------ arms
 def _differences(a, b):
-    from codellama_recipe.train.checkpoint_identity import config_differences
+    from codellama_recipe.train.checkpoint_identity import config_differences, resolved
     from codellama_recipe.train.trainer import fingerprinted_config
 
     skip = ("init_from", "wandb", "run_dir", "stage.name", "stage.token_budget")
-    return {d.split(":")[0] for d in config_differences(fingerprinted_config(a), fingerprinted_config(b))
+    changed = config_differences(fingerprinted_config(resolved(a)), fingerprinted_config(resolved(b)))
+    return {d.split(":")[0] for d in changed
             if not d.startswith(skip)}
 
 

@@ -14,7 +14,7 @@ from helpers_engine import TINY, compose
 from codellama_recipe.train import checkpoint_identity as ckpt_identity
 from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
 from codellama_recipe.train import checkpoints as ckpt
-from codellama_recipe.train.config_checks import check_config
+from codellama_recipe.train.config_checks import check_config, typed_train_config
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.train.loss import chunked_token_losses, mean_loss, token_losses, valid_tokens
 from codellama_recipe.train.metrics import IntervalMetrics, truncate_jsonl
@@ -157,25 +157,34 @@ def test_run_fails_before_any_process_group(tmp_path):
 
 
 # ---------------------------------------------------------------------------- resume checks
+def resolved_config(overrides):
+    return ckpt_identity.resolved(compose(overrides))
+
+
+def typed_config(overrides):
+    return typed_train_config(compose(overrides))
+
+
 def test_changed_model_or_data_config_is_refused_with_the_keys():
-    old = ckpt_identity.resume_identity(compose(TINY), 2)
-    new = ckpt_identity.resume_identity(compose(TINY + ["data.seq_len=64", "model.rope_theta=1e6"]), 2)
+    old = ckpt_identity.resume_identity(resolved_config(TINY), 2)
+    new = ckpt_identity.resume_identity(resolved_config(TINY + ["data.seq_len=64", "model.rope_theta=1e6"]), 2)
     with pytest.raises(ckpt_identity.ResumeRefused) as e:
         ckpt_identity.check_resumable({"identity": old, "step": 3}, new, allow_change=False)
     msg = str(e.value)
     assert "data.seq_len: 32 -> 64" in msg and "model.rope_theta" in msg and "allow_config_change" in msg
     assert len(ckpt_identity.check_resumable({"identity": old}, new, allow_change=True)) == 2
-    optim_only = ckpt_identity.resume_identity(compose(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
+    optim_only = ckpt_identity.resume_identity(
+        resolved_config(TINY + ["optim.lr=1e-3", "trainer.max_steps=1000"]), 2)
     assert ckpt_identity.check_resumable({"identity": old}, optim_only, allow_change=False) == []
-    moved = ckpt_identity.resume_identity(compose(TINY + ["cache_dir=/elsewhere"]), 2)   # data moved, same content
+    moved = ckpt_identity.resume_identity(resolved_config(TINY + ["cache_dir=/elsewhere"]), 2)   # data moved, same content
     assert ckpt_identity.check_resumable({"identity": old}, moved, allow_change=False) == []
     with pytest.raises(ckpt_identity.ResumeRefused, match="world_size: 2 -> 4"):
-        ckpt_identity.check_resumable({"identity": old}, ckpt_identity.resume_identity(compose(TINY), 4),
+        ckpt_identity.check_resumable({"identity": old}, ckpt_identity.resume_identity(resolved_config(TINY), 4),
                                       allow_change=False)
 
 
 def test_checkpoint_of_an_earlier_format_is_refused_saying_so():
-    current = ckpt_identity.resume_identity(compose(TINY), 2)
+    current = ckpt_identity.resume_identity(resolved_config(TINY), 2)
     earlier = {k: v for k, v in current.items() if k != "checkpoint_format"}   # what version 0.1 wrote
     with pytest.raises(ckpt_identity.ResumeRefused,
                        match=r"checkpoint format 1 .*writes format 2.*allow_config_change"):
@@ -260,7 +269,7 @@ def test_init_from_grows_vocab_and_applies_the_configured_rope_theta(tmp_path):
     from codellama_recipe.train.engine_setup import build_model, prepare_model
 
     path, original = _saved_hf(tmp_path)
-    setup = prepare_model(compose(TINY + [f"init_from={path}", "model.rope_theta=1000000.0"]), vocab_size=120)
+    setup = prepare_model(typed_config(TINY + [f"init_from={path}", "model.rope_theta=1000000.0"]), vocab_size=120)
     assert setup.config.vocab_size == 120 and setup.config.rope_theta == 1e6
     assert setup.config.max_seq_len >= 32
     assert any("rope_theta: 10000 in" in n and "-> 1e+06" in n for n in setup.notes)
@@ -281,7 +290,7 @@ def test_init_from_with_another_architecture_is_a_config_error(tmp_path):
 
     path, _ = _saved_hf(tmp_path)
     with pytest.raises(ConfigError) as e:
-        prepare_model(compose(TINY + [f"init_from={path}", "model.n_layers=3"]), vocab_size=100)
+        prepare_model(typed_config(TINY + [f"init_from={path}", "model.n_layers=3"]), vocab_size=100)
     assert e.value.key == "model.n_layers" and "n_layers=2" in str(e.value)
 
 

@@ -31,9 +31,11 @@ def run_pipeline(run_dir, *overrides, timeout=600, evaluate=False):
 def initial_weights(stage_cfg):
     """The weights the engine starts a stage from, built by the engine's own code path."""
     from codellama_recipe.data.tokenizer import Tokenizer
+    from codellama_recipe.train.config_checks import typed_train_config
     from codellama_recipe.train.engine_setup import build_model, prepare_model
     from codellama_recipe.train.trainer import resolve_tokenizer_path
 
+    stage_cfg = typed_train_config(stage_cfg)
     vocab = Tokenizer(resolve_tokenizer_path(stage_cfg)).vocab_size
     setup = prepare_model(stage_cfg, vocab)
     return setup.config, build_model(setup, seed=0, activation_checkpointing=False).state_dict()

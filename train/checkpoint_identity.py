@@ -2,6 +2,7 @@
 the number of processes and the checkpoint format, compared key by key."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -34,10 +35,9 @@ def fingerprint(obj) -> str:
 LOCATION_KEYS = ("paths", "val_paths", "hub", "val_hub")
 
 
-def resume_identity(cfg: DictConfig, world_size: int) -> dict:
-    """What a checkpoint must share with the run that resumes it."""
-    full = resolved(cfg)
-    identity = {k: full.get(k) for k in RESUME_SECTIONS}
+def resume_identity(full: dict, world_size: int) -> dict:
+    """What a checkpoint must share with the run that resumes it; `full`: the resolved config (`resolved`)."""
+    identity = {k: copy.deepcopy(full.get(k)) for k in RESUME_SECTIONS}
     sources = (identity.get("data") or {}).get("sources") or {}
     for spec in sources.values():
         if isinstance(spec, dict):

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.data.embedded.cache import ensure_corpus_for, in_embedded_corpus
 from codellama_recipe.data.pipeline import DataPlan
 from codellama_recipe.data.source_files import Location
@@ -178,6 +180,11 @@ def check_tokenizer(cfg: DictConfig) -> None:
         raise ConfigError("data.fim.enabled", True, f"the tokenizer {path} has no infilling pieces (<PRE> <SUF> "
                                                     f"<MID> <EOT>); extend it (codellama-tokenizer extend) or "
                                                     f"set data.fim.enabled=false")
+
+
+def typed_train_config(cfg: DictConfig) -> TrainConfig:
+    """The composed codellama-train config as the schema's dataclass: what the trainer and its components read."""
+    return typed(TrainConfig, cfg, "config")
 
 
 def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pending: bool = False) -> RunPlan:

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+import copy
+import dataclasses
+
 
 from codellama_recipe.train.config_checks import RunPlan
+from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.train.model import Llama, ModelConfig
 from codellama_recipe.train.optim import build_optimizer, param_groups
@@ -83,15 +86,15 @@ class ModelSetup:
     notes: list[str] = field(default_factory=list)
 
 
-def configured_model(cfg: DictConfig, vocab_size: int) -> ModelConfig:
-    d = OmegaConf.to_container(cfg.model, resolve=True)
+def configured_model(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    d = dataclasses.asdict(cfg.model)
     if d.get("vocab_size") is None:
         d["vocab_size"] = vocab_size
     d["max_seq_len"] = max(int(d.get("max_seq_len") or 0), int(cfg.data.seq_len))
     return ModelConfig.from_dict(d).validate()
 
 
-def prepare_model(cfg: DictConfig, vocab_size: int, load_weights: bool = True) -> ModelSetup:
+def prepare_model(cfg: TrainConfig, vocab_size: int, load_weights: bool = True) -> ModelSetup:
     """The run's ModelConfig, and the init_from weights adapted to it (vocab grown, RoPE base from config).
 
     load_weights=False (resuming from a checkpoint) only reads what is needed to build the same model."""
@@ -185,9 +188,9 @@ def build_model(setup: ModelSetup, *, seed: int, activation_checkpointing: bool)
 # DeepSpeed
 # --------------------------------------------------------------------------------------------------------
 
-def deepspeed_config(cfg: DictConfig, plan: RunPlan) -> dict:
+def deepspeed_config(cfg: TrainConfig, plan: RunPlan) -> dict:
     """The preset (conf/deepspeed/<name>.yaml) plus the values derived from trainer/optim."""
-    ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    ds = copy.deepcopy(cfg.deepspeed)
     guard = plan.zero_stage == 0 and plan.precision == "fp32"
     ds.update({
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
@@ -215,7 +218,7 @@ def deepspeed_config(cfg: DictConfig, plan: RunPlan) -> dict:
     return ds
 
 
-def build_engine(cfg: DictConfig, plan: RunPlan, model: Llama, device: torch.device):
+def build_engine(cfg: TrainConfig, plan: RunPlan, model: Llama, device: torch.device):
     """(engine, optimizer whose param_groups carry the learning rate)."""
     import deepspeed
 

@@ -14,6 +14,7 @@ One optimizer update ("step") consumes `trainer.batch_tokens` tokens: `grad_accu
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -31,6 +32,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from codellama_recipe.core.schema import TrainConfig
+
 from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic
 from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.train import checkpoint_identity as ckpt_identity
@@ -38,7 +41,7 @@ from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
 from codellama_recipe.train import checkpoint_reading as ckpt_reading
 from codellama_recipe.train import checkpoints as ckpt
 from codellama_recipe.train.callbacks import Callback, Callbacks
-from codellama_recipe.train.config_checks import RunPlan, check_config
+from codellama_recipe.train.config_checks import RunPlan, check_config, typed_train_config
 from codellama_recipe.train.distributed import all_reduce
 from codellama_recipe.train.engine_setup import (ModelSetup, build_engine, build_model, compile_blocks,
                                                  compile_wanted, device_and_backend, init_distributed,
@@ -101,7 +104,8 @@ class LoopState:
 @dataclass
 class TrainContext:
     """What the loop works with: built by `run`, handed to every step of `fit` and to every callback."""
-    cfg: DictConfig
+    cfg: TrainConfig               # the typed config (core/schema.py); the loop never reads the DictConfig
+    record: dict                   # the resolved config as written to config.yaml and every checkpoint
     plan: RunPlan
     engine: Any                    # deepspeed.DeepSpeedEngine
     optimizer: Any                 # its optimizer, whose param_groups carry the learning rate
@@ -145,9 +149,10 @@ def _log(rank: int, msg: str) -> None:
         print(f"[train] {msg}", flush=True)
 
 
-def fingerprinted_config(cfg: DictConfig) -> dict:
-    """The resolved config without the keys that only change how a run is observed (OBSERVATION_KEYS)."""
-    full = ckpt_identity.resolved(cfg)
+def fingerprinted_config(record: dict) -> dict:
+    """The resolved config (`ckpt_identity.resolved`) without the keys that only change how a run is observed
+    (OBSERVATION_KEYS)."""
+    full = copy.deepcopy(record)
     for dotted in OBSERVATION_KEYS:
         *parents, leaf = dotted.split(".")
         node = full
@@ -158,12 +163,12 @@ def fingerprinted_config(cfg: DictConfig) -> dict:
     return full
 
 
-def run_fingerprint(cfg: DictConfig) -> str:
+def run_fingerprint(record: dict) -> str:
     """Hash of everything that determines the result of the stage."""
-    return ckpt_identity.fingerprint(fingerprinted_config(cfg))
+    return ckpt_identity.fingerprint(fingerprinted_config(record))
 
 
-def resolve_tokenizer_path(cfg: DictConfig) -> str:
+def resolve_tokenizer_path(cfg: TrainConfig) -> str:
     """The stage's tokenizer by data.tokenizer_resolution's rule (tokenizer_path, else the one that comes with
     `init_from`, else the embedded default for a random initialisation). A stage that trains infilling from a
     Llama-2-style tokenizer of `init_from` without the infilling pieces gets it extended to Code Llama's layout
@@ -183,7 +188,7 @@ def resolve_tokenizer_path(cfg: DictConfig) -> str:
     return str(extended)
 
 
-def build_loaders(cfg: DictConfig, tokenizer, rank: int, world_size: int, plan: RunPlan):
+def build_loaders(cfg: TrainConfig, tokenizer, rank: int, world_size: int, plan: RunPlan):
     from codellama_recipe.data.pipeline import build_train_loader, build_val_loaders
 
     train_loader = build_train_loader(plan.data, tokenizer, rank, world_size, plan.micro_batch_size)
@@ -254,16 +259,19 @@ def run(cfg: DictConfig, callbacks: list[Callback] = (), loaders=build_loaders) 
     callbacks: hooks into the loop (train/callbacks.py) after the metrics logger and the progress bar;
     loaders: what builds the data loaders, `build_loaders`'s signature (a caller's own data source)."""
     plan = check_config(cfg)
+    record = ckpt_identity.resolved(cfg)
+    cfg = typed_train_config(cfg)   # from here on, every component reads its part of the typed config
     run_dir = Path(str(cfg.run_dir)).absolute()
     with run_dir_lock(run_dir, enabled=int(os.environ.get("RANK", "0")) == 0):
-        return _run_locked(cfg, plan, run_dir, list(callbacks), loaders)
+        return _run_locked(cfg, record, plan, run_dir, list(callbacks), loaders)
 
 
-def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path, callbacks: list[Callback], loaders) -> dict:
+def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, callbacks: list[Callback],
+                loaders) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     rank_env = int(os.environ.get("RANK", "0"))
 
-    identity = ckpt_identity.resume_identity(cfg, plan.world_size)
+    identity = ckpt_identity.resume_identity(record, plan.world_size)
     tag, damaged = ckpt_integrity.newest_intact_tag(ckpt_dir)
     if damaged and tag is None:
         raise ckpt_integrity.no_intact_checkpoint(ckpt_dir, damaged)
@@ -273,7 +281,7 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path, callbacks: list[C
     diffs = (ckpt_identity.check_resumable(resume_client, identity, cfg.trainer.allow_config_change)
              if resume_client else [])
 
-    fingerprint = run_fingerprint(cfg)
+    fingerprint = run_fingerprint(record)
     done_file = run_dir / DONE_FILE
     if done_file.is_file():
         done = json.loads(done_file.read_text())
@@ -293,8 +301,8 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path, callbacks: list[C
     device, backend = device_and_backend()
     progress = {"where": "while the process group started"}
     try:
-        return _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
-                                device, backend, progress, callbacks, loaders)
+        return _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint,
+                                tokenizer, device, backend, progress, callbacks, loaders)
     except Exception as e:
         if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
             latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
@@ -304,8 +312,8 @@ def _run_locked(cfg: DictConfig, plan: RunPlan, run_dir: Path, callbacks: list[C
         raise
 
 
-def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer, device,
-                     backend, progress, callbacks, loaders) -> dict:
+def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
+                     device, backend, progress, callbacks, loaders) -> dict:
     ckpt_dir, done_file = run_dir / "checkpoints", run_dir / DONE_FILE
     timeout_s = float(cfg.trainer.collective_timeout_s)
     rank, world_size = init_distributed(backend, timeout_s)
@@ -336,7 +344,7 @@ def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, f
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_marker(run_dir, "run", setup.config.to_dict())
         ckpt.write_marker(ckpt_dir, "checkpoints", setup.config.to_dict())
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(OmegaConf.create(record), run_dir / "config.yaml")
         done_file.unlink(missing_ok=True)  # trained again below: DONE.json describes the end of this run
     dist.barrier()
 
@@ -356,7 +364,7 @@ def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, f
         np.random.seed(int(cfg.seed) + rank)
 
     logger = MetricsLogger(run_dir, rank=rank, resume_step=state.step, wandb_cfg=cfg.wandb,
-                           config=ckpt_identity.resolved(cfg), run_id=state.wandb_run_id)
+                           config=record, run_id=state.wandb_run_id)
     state.wandb_run_id = logger.run_id
     peak, peak_source = (peak_flops_per_device(cfg.trainer.peak_flops_per_device, device, Path(str(cfg.cache_dir)))
                          if rank == 0 else (float("nan"), ""))
@@ -371,7 +379,7 @@ def _run_distributed(cfg, plan, run_dir, setup, diffs, tag, damaged, identity, f
     stop.install()
     exit_code = 1
     ctx = TrainContext(
-        cfg=cfg, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
+        cfg=cfg, record=record, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
         val_loaders=val_loaders, logger=logger,
         callbacks=Callbacks([logger, ProgressBar(cfg.trainer.progress_bar, rank=rank), *callbacks]),
         stop=stop, rank=rank, device=device, run_dir=run_dir,
@@ -467,7 +475,7 @@ def stop_requested(ctx: TrainContext) -> bool:
     return bool(all_reduce(torch.tensor([ctx.stop.signum]), dist.ReduceOp.MAX).item())
 
 
-def learning_rate(cfg: DictConfig, step: int) -> float:
+def learning_rate(cfg: TrainConfig, step: int) -> float:
     o = cfg.optim
     return lr_at(step, lr=o.lr, schedule=o.schedule, warmup_steps=o.warmup_steps, max_steps=cfg.trainer.max_steps,
                  final_lr_ratio=o.final_lr_ratio)
@@ -585,7 +593,7 @@ def save_checkpoint(ctx: TrainContext) -> None:
     state.elapsed_s = ctx.elapsed_s()
     client = {"train_state": asdict(state), "identity": ctx.identity,
               "fingerprint": ckpt_identity.fingerprint(ctx.identity),
-              "config": ckpt_identity.resolved(ctx.cfg), "model_config": ctx.model_config,
+              "config": ctx.record, "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
     if ctx.loop.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
         rank_state = {"rank": ctx.rank, **ctx.loop.step_start}
