@@ -314,7 +314,7 @@ def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, ca
 
 def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
                      device, backend, progress, callbacks, loaders) -> dict:
-    ckpt_dir, done_file = run_dir / "checkpoints", run_dir / DONE_FILE
+    ckpt_dir = run_dir / "checkpoints"
     timeout_s = float(cfg.trainer.collective_timeout_s)
     rank, world_size = init_distributed(backend, timeout_s)
     start_watch(timeout_s)
@@ -336,32 +336,11 @@ def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, ide
     groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
     _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
     train_loader, val_loaders = loaders(cfg, tokenizer, rank, world_size, plan)
-
     if rank == 0:
-        removed = ckpt_integrity.remove_incomplete(ckpt_dir)
-        if removed:
-            _log(rank, f"removed incomplete checkpoint folder(s) {removed} (a save was interrupted)")
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_marker(run_dir, "run", setup.config.to_dict())
-        ckpt.write_marker(ckpt_dir, "checkpoints", setup.config.to_dict())
-        OmegaConf.save(OmegaConf.create(record), run_dir / "config.yaml")
-        done_file.unlink(missing_ok=True)  # trained again below: DONE.json describes the end of this run
+        prepare_run_dir(run_dir, setup.config.to_dict(), record)
     dist.barrier()
-
-    state = TrainState()
-    if tag:
-        client, rank_state = ckpt.load(engine, ckpt_dir, tag, rank)
-        state = TrainState.from_client(client)
-        state.damaged_checkpoints_skipped += len(damaged)
-        if rank_state is not None and client.get("identity", {}).get("world_size") == world_size:
-            train_loader.load_state_dict(rank_state["data"])
-            ckpt.set_rng_state(rank_state["rng"])
-        else:
-            _log(rank, "the data pipeline starts from the beginning of its stream (other number of processes)")
-        _log(rank, f"resumed from {ckpt_dir / tag}: step {state.step}, {state.tokens_seen:,} tokens seen")
-    else:
-        random.seed(int(cfg.seed) + rank)
-        np.random.seed(int(cfg.seed) + rank)
+    state = resume_or_seed(engine, train_loader, ckpt_dir, tag, damaged, rank=rank, world_size=world_size,
+                           seed=int(cfg.seed))
 
     logger = MetricsLogger(run_dir, rank=rank, resume_step=state.step, wandb_cfg=cfg.wandb,
                            config=record, run_id=state.wandb_run_id)
@@ -396,6 +375,39 @@ def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, ide
         ctx.callbacks.on_train_end(ctx, exit_code)
 
 
+def prepare_run_dir(run_dir: Path, model_config: dict, record: dict) -> None:
+    """Rank 0, before training: leftovers of an interrupted save removed, the folder markers and config.yaml
+    written, an earlier DONE.json removed (it would describe another run)."""
+    ckpt_dir = run_dir / "checkpoints"
+    removed = ckpt_integrity.remove_incomplete(ckpt_dir)
+    if removed:
+        _log(0, f"removed incomplete checkpoint folder(s) {removed} (a save was interrupted)")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_marker(run_dir, "run", model_config)
+    ckpt.write_marker(ckpt_dir, "checkpoints", model_config)
+    OmegaConf.save(OmegaConf.create(record), run_dir / "config.yaml")
+    (run_dir / DONE_FILE).unlink(missing_ok=True)
+
+
+def resume_or_seed(engine, train_loader, ckpt_dir: Path, tag: str | None, damaged: list, *, rank: int,
+                   world_size: int, seed: int) -> TrainState:
+    """Every stateful part from checkpoint `tag` (the engine's, the TrainState, this rank's `rank_parts`), or,
+    with no checkpoint, Python's and NumPy's RNGs seeded per rank."""
+    if not tag:
+        random.seed(seed + rank)
+        np.random.seed(seed + rank)
+        return TrainState()
+    client, rank_state = ckpt.load(engine, ckpt_dir, tag, rank)
+    state = TrainState.from_client(client)
+    state.damaged_checkpoints_skipped += len(damaged)
+    if rank_state is not None and client.get("identity", {}).get("world_size") == world_size:
+        restore_rank_parts(train_loader, rank_state)
+    else:
+        _log(rank, "the data pipeline starts from the beginning of its stream (other number of processes)")
+    _log(rank, f"resumed from {ckpt_dir / tag}: step {state.step}, {state.tokens_seen:,} tokens seen")
+    return state
+
+
 # --------------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------------
@@ -421,7 +433,7 @@ def fit(ctx: TrainContext) -> dict:
         started = time.perf_counter()
         lr = learning_rate(ctx.cfg, state.step)
         if ctx.plan.grad_accum > 1:   # what a checkpoint of an interrupted step must hold
-            ctx.loop.step_start = {"data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+            ctx.loop.step_start = rank_parts(ctx.train_loader)
         applied = train_step(ctx, batches, lr, interval)
         if applied is None:           # a stop signal between micro-batches: the step is abandoned
             break
@@ -588,17 +600,29 @@ def maybe_save_checkpoint(ctx: TrainContext) -> None:
         save_checkpoint(ctx)
 
 
+def rank_parts(train_loader) -> dict:
+    """This rank's stateful parts besides the engine's (model, optimizer): the data pipeline's position and the
+    RNG states. `restore_rank_parts` is the inverse; a checkpoint holds them per rank (client/rank_N.json)."""
+    return {"data": train_loader.state_dict(), "rng": ckpt.rng_state()}
+
+
+def restore_rank_parts(train_loader, parts: dict) -> None:
+    train_loader.load_state_dict(parts["data"])
+    ckpt.set_rng_state(parts["rng"])
+
+
 def save_checkpoint(ctx: TrainContext) -> None:
+    """Every stateful part in one checkpoint: the engine's (model, optimizer) through DeepSpeed, the run's
+    TrainState and identity (client_state.json, rank 0), and each rank's `rank_parts`."""
     state = ctx.state
     state.elapsed_s = ctx.elapsed_s()
     client = {"train_state": asdict(state), "identity": ctx.identity,
               "fingerprint": ckpt_identity.fingerprint(ctx.identity),
               "config": ctx.record, "model_config": ctx.model_config,
               "world_size": ctx.plan.world_size, "step": state.step}
-    if ctx.loop.abandoned:   # the position and RNG states of the interrupted step's start: the resume redoes it
-        rank_state = {"rank": ctx.rank, **ctx.loop.step_start}
-    else:
-        rank_state = {"rank": ctx.rank, "data": ctx.train_loader.state_dict(), "rng": ckpt.rng_state()}
+    # After a stop between micro-batches: the parts at the interrupted step's start (the resume redoes it).
+    parts = ctx.loop.step_start if ctx.loop.abandoned else rank_parts(ctx.train_loader)
+    rank_state = {"rank": ctx.rank, **parts}
     tag = ckpt.save(ctx.engine, ctx.ckpt_dir, state.step, client, rank_state, rank=ctx.rank,
                     keep_last=ctx.cfg.trainer.keep_last, model_config=ctx.model_config,
                     files_written=lambda tmp_dir: ctx.callbacks.on_checkpoint_files_written(ctx, tmp_dir))
