@@ -22,11 +22,10 @@ import argparse
 import dataclasses
 import sys
 
-from omegaconf import OmegaConf
-
 from codellama_recipe.core.cli import compose_checked, refuse
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import ModelConfig
+from codellama_recipe.core.schema import ModelConfig, TrainConfig
+from codellama_recipe.train.config_checks import typed_train_config
 
 STAGES = ("code", "python", "long_context", "instruct")
 OVERHEAD_GB = 3.0
@@ -82,15 +81,15 @@ def model_states(params: int, precision: str, zero_stage: int, devices: int) -> 
     return weights, gradients, optimizer
 
 
-def estimate_stage(cfg, devices: int) -> Estimate:
+def estimate_stage(cfg: TrainConfig, devices: int) -> Estimate:
     from codellama_recipe.train.engine_setup import loss_chunk_tokens
 
-    m = ModelConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    m = ModelConfig.from_dict(dataclasses.asdict(cfg.model))
     vocab = m.vocab_size or CODE_LLAMA_VOCAB
     ffn = m.hidden_dim
     t, seq, b = cfg.trainer, int(cfg.data.seq_len), int(cfg.trainer.micro_batch_size)
     params = parameter_count(m.dim, m.n_layers, m.n_heads, m.kv_heads, vocab, ffn)
-    weights, gradients, optimizer = model_states(params, t.precision, int(cfg.deepspeed.zero_optimization.stage),
+    weights, gradients, optimizer = model_states(params, t.precision, int(cfg.deepspeed["zero_optimization"]["stage"]),
                                                  devices)
     act_bytes = 2 if t.precision == "bf16" else 4
     per_layer = activation_elements_per_layer(seq, b, m.dim, m.n_heads, m.kv_heads, ffn) * act_bytes
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     estimates = []
     try:
         for stage in STAGES:
-            cfg = compose_checked("train", [*args.overrides, f"stage={stage}"])
+            cfg = typed_train_config(compose_checked("train", [*args.overrides, f"stage={stage}"]))
             devices, device_gb = int(cfg.hardware.devices), float(cfg.hardware.device_memory_gb)
             if devices < 1 or device_gb <= 0:
                 raise ConfigError("hardware.devices / hardware.device_memory_gb", f"{devices} / {device_gb}",
