@@ -4,7 +4,8 @@ Each stage starts from the previous stage's Hugging Face export (fresh optimizer
 ``pipeline.init_from`` for the first one. A finished stage is recorded in ``<run_dir>/pipeline_state.json``
 with the fingerprint of its resolved config (chained with the previous stage's), so rerunning the same
 command skips it; an interrupted stage resumes from its latest checkpoint (the engine does that); a finished
-stage whose config changed is refused unless it is named in ``restart=[…]``.
+stage whose config changed is refused unless it is named in ``restart=[…]``. Planning, running and recording
+are stages/stage_runner.py's, shared with codellama-ablate.
 """
 from __future__ import annotations
 
@@ -19,24 +20,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import compose_checked, refuse, split_argv
 from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
-from codellama_recipe.train.checkpoint_identity import config_differences, fingerprint
-from codellama_recipe.train.peers import PeerLost, exit_lost, rank0_work
+from codellama_recipe.stages.stage_runner import Job, PipelineError, PlannedJob, plan_jobs, run_jobs
+from codellama_recipe.train.peers import PeerLost, exit_lost
 from codellama_recipe.train.stop_flag import held_stop_signals
 
 CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
-STATE_FORMAT = 2   # 2: typed configuration (codellama_recipe 0.2); earlier records are not comparable
 PROG = "codellama-pipeline"
-
-
-class PipelineError(RuntimeError):
-    pass
 
 
 def compose_pipeline(argv: list[str]) -> DictConfig:
@@ -134,17 +129,6 @@ def _wandb_group(pcfg: DictConfig) -> str:
     return pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
 
 
-def stage_fingerprint(cfg: DictConfig, previous: str) -> tuple[str, dict]:
-    """Hash of what the stage computes, chained with the previous stage's fingerprint (which stands for the
-    weights it starts from, so the path in init_from is left out)."""
-    from codellama_recipe.train.checkpoint_identity import resolved
-    from codellama_recipe.train.trainer import fingerprinted_config
-
-    config = fingerprinted_config(resolved(cfg))
-    config.pop("init_from", None)
-    return fingerprint({"config": config, "previous": previous}), config
-
-
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -157,48 +141,18 @@ def _wait_until(predicate, what: str, timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
-def _read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_state(run_dir: Path, state: dict) -> None:
-    write_json_atomic(run_dir / STATE_FILE, state)
-
-
-def plan(pcfg: DictConfig) -> list[dict]:
-    """Decide, before anything runs, what each stage does: skip (finished, same config) or run/resume."""
-    run_dir = Path(str(pcfg.run_dir))
-    state = _read_state(run_dir)
-    order = list(pcfg.pipeline.order)
-    restart_from = min((order.index(n) for n in pcfg.restart), default=len(order))
-    steps, previous_fp, init_from = [], "", pcfg.pipeline.init_from
-    for i, name in enumerate(order):
+def plan(pcfg: DictConfig) -> list[PlannedJob]:
+    """Decide, before anything runs, what each stage does: skip (finished, same config), run/resume, restart
+    (named in `restart`, or after one that is), or refuse (finished with another config)."""
+    run_dir, jobs, init_from, parent = Path(str(pcfg.run_dir)), [], pcfg.pipeline.init_from, None
+    for i, name in enumerate(pcfg.pipeline.order):
         cfg = compose_stage(pcfg, name, init_from)
         check_stage(cfg, name, first=i == 0)
-        fp, resolved = stage_fingerprint(cfg, previous_fp)
-        record = state.get(name)
-        if i >= restart_from:
-            action = "restart" if (run_dir / name).exists() else "run"
-        elif record and record.get("state_format", 1) != STATE_FORMAT:
-            raise PipelineError(
-                f"stage '{name}' in {run_dir / name} was finished by an earlier codellama-recipe (pipeline state "
-                f"format {record.get('state_format', 1)}, this version: {STATE_FORMAT}); its recorded configuration "
-                f"is not comparable. Rerun with restart=[{name}] to train it again, or use another run_dir.")
-        elif record and record["fingerprint"] == fp and (run_dir / name / "DONE.json").exists():
-            action = "skip"
-        elif record:
-            diffs = config_differences(record["config"], resolved)
-            diff = "\n  ".join(diffs[:8] + [f"… and {len(diffs) - 8} more"] * (len(diffs) > 8)) \
-                or "(an earlier stage changed)"
-            raise PipelineError(
-                f"stage '{name}' already finished in {run_dir / name} with a different configuration:\n  {diff}\n"
-                f"Rerun with restart=[{name}] to train it (and every stage after it) again, or use another run_dir.")
-        else:
-            action = "resume" if (run_dir / name / "checkpoints").exists() else "run"
-        steps.append({"name": name, "cfg": cfg, "fingerprint": fp, "resolved": resolved, "action": action})
-        previous_fp, init_from = fp, str(run_dir / name / "hf")
-    return steps
+        jobs.append(Job(name, cfg, parent))
+        init_from, parent = str(run_dir / name / "hf"), name
+    return plan_jobs(jobs, run_dir / STATE_FILE, noun="stage", restart=tuple(pcfg.restart),
+                     remedy="Rerun with restart=[{name}] to train it (and every stage after it) again, or use "
+                            "another run_dir.")
 
 
 def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
@@ -232,41 +186,19 @@ def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
 
 
 def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
-    from codellama_recipe.train.trainer import run as train_stage
-
-    steps = plan(pcfg)
-    for step in steps:
-        if step["action"] == "restart":
-            stage_dir = run_dir / step["name"]
+    planned = plan(pcfg)
+    for p in planned:
+        if p.action == "restart":
             if _rank() == 0:
-                shutil.rmtree(stage_dir)
-            _wait_until(lambda d=stage_dir: not d.exists(), f"removing {stage_dir}")
-    rows = []
-    for step in steps:
-        name, cfg = step["name"], step["cfg"]
-        if step["action"] == "skip":
-            print(f"[pipeline] stage '{name}': finished earlier with the same config, skipped", flush=True)
-        else:
-            print(f"[pipeline] stage '{name}': {step['action']} → {cfg.run_dir}"
-                  + (f" (from {cfg.init_from})" if cfg.init_from else ""), flush=True)
-            result = train_stage(cfg) or {}
-            if "stopped" in result:  # SIGTERM / SIGUSR1: checkpointed; the same command resumes here
-                print(f"[pipeline] stage '{name}' stopped by signal {result['stopped']} after its checkpoint; "
-                      "rerun the same command to resume", flush=True)
-                return None
-            def record_and_evaluate(name=name, step=step, cfg=cfg):
-                state = _read_state(run_dir)
-                state[name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
-                               "state_format": STATE_FORMAT,
-                               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                _write_state(run_dir, state)
-                if pcfg.eval.enabled:
-                    evaluate_stage(pcfg, name, Path(cfg.run_dir))
-            # The other ranks wait while rank 0 evaluates, as long as rank 0 is alive (train/peers.py): not in the
-            # next stage's first collective, whose timeout the evaluation could outlast.
-            rank0_work(record_and_evaluate, f"evaluating stage '{name}'")
-        rows.append(summary_row(name, Path(cfg.run_dir)))
-    return rows
+                shutil.rmtree(p.folder)
+            _wait_until(lambda d=p.folder: not d.exists(), f"removing {p.folder}")
+
+    def evaluate(p: PlannedJob) -> None:
+        if pcfg.eval.enabled:
+            evaluate_stage(pcfg, p.job.name, p.folder)
+    if not run_jobs(planned, run_dir / STATE_FILE, noun="stage", prefix="pipeline", after_finish=evaluate):
+        return None
+    return [summary_row(p.job.name, p.folder) for p in planned]
 
 
 def evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:

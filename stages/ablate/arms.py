@@ -1,6 +1,6 @@
 """The arms of an ablation as ordinary codellama-train stages: composed, checked, planned and run like the
 stages of a pipeline (stages/pipeline.py), except that an arm starts from the export of its `parent` arm, so
-the arms form a tree instead of a chain.
+the arms form a tree instead of a chain. Both run through stages/stage_runner.py.
 
 An arm's training config is the chosen `settings.<kind>` entry, `scale.model` (the architecture for every arm)
 and the arm's `set` keys on top, composed by the pipeline's `compose_stage`. Its fingerprint chains with its
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.schema import AblateArm, PipelineRunConfig
-from codellama_recipe.stages.pipeline import PipelineError, check_stage, compose_stage, stage_fingerprint
-from codellama_recipe.train.checkpoint_identity import config_differences
+from codellama_recipe.stages.pipeline import check_stage, compose_stage
+from codellama_recipe.stages.stage_runner import STATE_FORMAT, Job, PlannedJob, plan_jobs, run_jobs
 from codellama_recipe.train.stop_flag import StopFlag
 
 STATE_FILE = "ablate_state.json"
@@ -127,58 +124,20 @@ def seed_arm(name: str, seed: int) -> str:
     return f"{name}@seed{seed}"
 
 
-def read_state(run_dir: Path) -> dict:
-    path = run_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def plan(arms: list[Arm], run_dir: Path) -> list[dict]:
-    """Per arm: skip (finished with the same chained fingerprint) or run (the engine resumes a checkpoint)."""
-    state, fingerprints, steps = read_state(run_dir), {}, []
-    for arm in arms:
-        fp, resolved = stage_fingerprint(arm.cfg, fingerprints.get(arm.parent, ""))
-        fingerprints[arm.name] = fp
-        record = state.get(arm.name)
-        arm_dir = Path(str(arm.cfg.run_dir))
-        if record and record["fingerprint"] == fp and (arm_dir / "DONE.json").exists():
-            action = "skip"
-        elif record:
-            diffs = config_differences(record["config"], resolved)[:8] or ["(a parent arm changed)"]
-            raise PipelineError(f"arm '{arm.name}' already finished in {arm_dir} with a different "
-                                f"configuration:\n  " + "\n  ".join(diffs) + "\nUse another run_dir, or remove "
-                                f"{arm_dir} and every arm that starts from it.")
-        else:
-            action = "resume" if (arm_dir / "checkpoints").exists() else "run"
-        steps.append({"arm": arm, "fingerprint": fp, "resolved": resolved, "action": action})
-    return steps
+def plan(arms: list[Arm], run_dir: Path) -> list[PlannedJob]:
+    """Per arm: skip (finished with the same chained fingerprint), run or resume (the engine resumes a
+    checkpoint), or refuse (finished with another configuration)."""
+    jobs = [Job(arm.name, arm.cfg, arm.parent) for arm in arms]
+    # ablate_state.json records written before the shared runner carry no format; they are format 2.
+    return plan_jobs(jobs, run_dir / STATE_FILE, noun="arm", unversioned_format=STATE_FORMAT,
+                     remedy="Use another run_dir, or remove {folder} and every arm that starts from it.")
 
 
 def train_arms(arms: list[Arm], run_dir: Path, stop: StopFlag) -> dict[str, str] | None:
     """Train every arm that is not finished; the arms' fingerprints, or None when a stop signal ended the run
     (`stop` is the command's flag: a signal between two arms ends the run before the next one)."""
-    from codellama_recipe.train.trainer import run as train_stage
-
     run_dir.mkdir(parents=True, exist_ok=True)
-    fingerprints = {}
-    for step in plan(arms, run_dir):
-        arm = step["arm"]
-        fingerprints[arm.name] = step["fingerprint"]
-        if step["action"] == "skip":
-            print(f"[ablate] arm '{arm.name}': finished earlier with the same config, skipped", flush=True)
-            continue
-        if stop.signum:
-            print(f"[ablate] stopped {stop.reason} before arm '{arm.name}'; rerun the same command to resume",
-                  flush=True)
-            return None
-        print(f"[ablate] arm '{arm.name}': {step['action']} → {arm.cfg.run_dir}"
-              + (f" (from {arm.cfg.init_from})" if arm.cfg.init_from else " (random init)"), flush=True)
-        result = train_stage(arm.cfg) or {}
-        if "stopped" in result:
-            print(f"[ablate] arm '{arm.name}' stopped by signal {result['stopped']} after its checkpoint; "
-                  "rerun the same command to resume", flush=True)
-            return None
-        state = read_state(run_dir)
-        state[arm.name] = {"fingerprint": step["fingerprint"], "config": step["resolved"],
-                           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(run_dir / STATE_FILE, state)
-    return fingerprints
+    planned = plan(arms, run_dir)
+    if not run_jobs(planned, run_dir / STATE_FILE, noun="arm", prefix="ablate", stop=stop):
+        return None
+    return {p.job.name: p.fingerprint for p in planned}

@@ -24,7 +24,7 @@ from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
 from codellama_recipe.stages.ablate.report import across_seeds, claims, write_outputs
 from codellama_recipe.stages.ablate.statistics import curve_figures, fim_figures, lcft_figures, python_figures
-from codellama_recipe.stages.pipeline import PipelineError
+from codellama_recipe.stages.stage_runner import PipelineError
 
 PROG = "codellama-ablate"
 
