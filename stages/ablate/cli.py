@@ -8,7 +8,6 @@ one process (2 CPU threads); every arm is an ordinary codellama-train run (train
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.run_dir_lock import run_dir_lock
-from codellama_recipe.core.cli import refuse, run_hydra_command
+from codellama_recipe.core.cli import compose_checked, refuse, split_argv
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
@@ -110,31 +109,26 @@ def _run_ablations(acfg: DictConfig) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def hydra_compose_allowed():
-    """The arms' configs are composed with Hydra's compose API (as codellama-pipeline does), which refuses to
-    start while the @hydra.main job holds Hydra's global state; that state is set aside meanwhile."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    running = GlobalHydra.instance().hydra
-    GlobalHydra.instance().clear()
+def main(argv: list[str] | None = None) -> int:
+    """Composed with Hydra's compose API, like codellama-pipeline (not @hydra.main, whose global state would
+    refuse the compose calls that build each arm's config)."""
+    flags, overrides = split_argv(sys.argv[1:] if argv is None else list(argv))
+    names = {f.split("=", 1)[0] for f in flags}
+    if names & {"-h", "--help"}:
+        print(f"{__doc__}\nusage: {PROG} [--help] [--cfg job [--resolve]] [overrides ...]  (conf/ablate.yaml)")
+        return 0
+    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
+    if unknown:
+        return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
     try:
-        yield
-    finally:
-        if running is not None:
-            GlobalHydra.instance().initialize(running)
-
-
-def task(acfg: DictConfig) -> int:
-    try:
-        with hydra_compose_allowed():
-            return run_ablations(acfg)
+        acfg = compose_checked("ablate", overrides)
+        if names & {"--cfg", "-c"}:
+            print(OmegaConf.to_yaml(acfg, resolve="--resolve" in names))
+            return 0
+        check(acfg)
+        return run_ablations(acfg)
     except (ConfigError, PipelineError) as e:
         return refuse(PROG, str(e))
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_hydra_command(PROG, "ablate", task, check=check, argv=argv)
 
 
 if __name__ == "__main__":
