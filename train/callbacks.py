@@ -47,9 +47,12 @@ class Callbacks(Callback):
     def __init__(self, callbacks: Sequence[Callback] = ()):
         self.callbacks = list(callbacks)
 
-    def on_train_start(self, ctx):
+    def _each(self, hook: str, *args) -> None:
         for c in self.callbacks:
-            c.on_train_start(ctx)
+            getattr(c, hook)(*args)
+
+    def on_train_start(self, ctx):
+        self._each("on_train_start", ctx)
 
     def on_microbatch_loss(self, ctx, index, loss):
         for c in self.callbacks:
@@ -57,21 +60,16 @@ class Callbacks(Callback):
         return loss
 
     def on_metrics(self, ctx, metrics):
-        for c in self.callbacks:
-            c.on_metrics(ctx, metrics)
+        self._each("on_metrics", ctx, metrics)
 
     def on_step_end(self, ctx):
-        for c in self.callbacks:
-            c.on_step_end(ctx)
+        self._each("on_step_end", ctx)
 
     def on_checkpoint_files_written(self, ctx, tmp_dir):
-        for c in self.callbacks:
-            c.on_checkpoint_files_written(ctx, tmp_dir)
+        self._each("on_checkpoint_files_written", ctx, tmp_dir)
 
     def on_export_start(self, ctx):
-        for c in self.callbacks:
-            c.on_export_start(ctx)
+        self._each("on_export_start", ctx)
 
     def on_train_end(self, ctx, exit_code):
-        for c in self.callbacks:
-            c.on_train_end(ctx, exit_code)
+        self._each("on_train_end", ctx, exit_code)
