@@ -77,8 +77,11 @@ def main(callbacks=(), loaders=None) -> None:
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
     try:
+        # A single run is checked once, by trainer.run before any process group starts; the jobs of a -m sweep
+        # are all checked before the first one runs.
+        sweep = any(a.split("=", 1)[0] in ("-m", "--multirun") for a in sys.argv[1:])
         code = run_hydra_command(PROG, "train", functools.partial(_run, callbacks=callbacks, loaders=loaders),
-                                 check=_check)
+                                 check=_check if sweep else None)
     finally:
         shutdown_distributed()  # once: the jobs of a -m sweep share the process group
     sys.exit(code)
