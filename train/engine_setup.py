@@ -6,18 +6,17 @@ DeepSpeed op), unless `optim.impl=deepspeed` asks DeepSpeed to build its own (Fu
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import copy
-import dataclasses
 
-
-from codellama_recipe.train.config_checks import RunPlan
-from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import TrainConfig
+from codellama_recipe.train.config_checks import RunPlan
 from codellama_recipe.train.model import Llama, ModelConfig
 from codellama_recipe.train.optim import build_optimizer, param_groups
 

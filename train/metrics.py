@@ -317,37 +317,26 @@ class ProgressBar(Callback):
 
     def __init__(self, mode, *, rank: int = 0):
         """mode: "auto" (only when attached to a terminal), "true"/True or "false"/False."""
-        self.mode, self.rank, self.bar, self.shown = str(mode).lower(), rank, None, 0
+        self.mode, self.rank, self.bar = str(mode).lower(), rank, None
 
     def on_train_start(self, ctx) -> None:
-        self.start(total=ctx.cfg.trainer.max_steps, initial=ctx.state.step)
-
-    def on_metrics(self, ctx, metrics: dict) -> None:
-        self.update(ctx.state.step - self.shown, loss=f"{metrics['train/loss']:.4f}",
-                    tok_s=f"{metrics['perf/tokens_per_s']:,.0f}")
-        if ctx.state.step >= ctx.cfg.trainer.max_steps:
-            self.close()
-
-    def on_train_end(self, ctx, exit_code: int) -> None:
-        self.close()
-
-    def start(self, *, total: int, initial: int) -> None:
-        self.shown = initial
         if self.mode == "false" or self.rank != 0:
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                        disable=None if self.mode == "auto" else False, desc="train")
+        self.bar = tqdm(total=ctx.cfg.trainer.max_steps, initial=ctx.state.step, unit="step", dynamic_ncols=True,
+                        mininterval=1.0, disable=None if self.mode == "auto" else False, desc="train")
 
-    def update(self, n: int = 1, **postfix) -> None:
-        self.shown += n
-        if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
+    def on_metrics(self, ctx, metrics: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.set_postfix({"loss": f"{metrics['train/loss']:.4f}",
+                              "tok_s": f"{metrics['perf/tokens_per_s']:,.0f}"}, refresh=False)
+        self.bar.update(ctx.state.step - self.bar.n)
+        if ctx.state.step >= ctx.cfg.trainer.max_steps:
+            self.on_train_end(ctx, 0)
 
-    def close(self) -> None:
+    def on_train_end(self, ctx, exit_code: int) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -32,10 +32,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from codellama_recipe.core.schema import TrainConfig
-
 from codellama_recipe.core.atomic import replace_dir_atomic, write_json_atomic
 from codellama_recipe.core.run_dir_lock import run_dir_lock
+from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.train import checkpoint_identity as ckpt_identity
 from codellama_recipe.train import checkpoint_integrity as ckpt_integrity
 from codellama_recipe.train import checkpoint_reading as ckpt_reading
