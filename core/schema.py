@@ -581,6 +581,9 @@ class AblateConfig:
     # each value is an AblateArm, checked by stages/ablate/arms.py (a typed Dict[str, AblateArm] refuses an arm
     # added on the command line, +arms.<name>={...}, before its keys could be checked)
     arms: Dict[str, Any] = field(default_factory=dict)          # the arms by name, each an AblateArm
+    # per ablation (fim | lcft | python), the arm of each role its figures compare (stages/ablate/roles.py); an
+    # ablation left out is not reported
+    ablations: Dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -307,3 +307,68 @@ def test_a_claim_holds_across_seeds_only_when_it_holds_in_every_seed():
                          1: [claim(0.8, True, True), claim(1.1, False, False)]})
     assert [(r["direction_every_seed"], r["met_every_seed"]) for r in rows] == [(True, True), (False, False)]
     assert (rows[1]["min"], rows[1]["max"], rows[1]["values"]) == (0.9, 1.1, {"0": 0.9, "1": 1.1})
+
+
+def test_each_ablation_reads_its_arms_through_roles_that_are_checked_against_the_arms():
+    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.core.errors import ConfigError
+    from codellama_recipe.stages.ablate.arms import compose_arms
+    from codellama_recipe.stages.ablate.cli import roles_of
+
+    def roles(*overrides):
+        acfg = compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x", *overrides])
+        return roles_of(acfg, compose_arms(acfg))
+
+    assert roles()["fim"] == {"fim": "fim", "ar": "ar", "psm_only": "fim_psm_only"}
+    assert set(roles("~ablations.python", "~arms.python")) == {"fim", "lcft"}
+    assert roles("ablations.fim.psm_only=null", "~arms.fim_psm_only")["fim"] == {"fim": "fim", "ar": "ar"}
+    with pytest.raises(ConfigError, match=r"ablations\.python\.python='python'.*~ablations\.python"):
+        roles("~arms.python")
+    with pytest.raises(ConfigError, match=r"arms\.ar\.measure=.*\['exact:ar'\].*ablations\.fim\.ar"):
+        roles('arms.ar.measure=["infill:ar", val_loss]')
+    with pytest.raises(ConfigError, match=r"ablations\.fim\.twin=.*the roles of fim"):
+        roles("+ablations.fim.twin=fim")
+
+
+def _synthetic_fim_measurements(rng: random.Random, docs: int, scale: float) -> dict:
+    def sums(factor):
+        return {"sums": [factor * scale * (3 + rng.random()) for _ in range(docs)], "counts": [10] * docs}
+    out = {f"infill:{m}": sums(f) for m, f in (("psm", 1.0), ("psm_nosuffix", 1.1), ("psm_othersuffix", 1.05),
+                                                ("spm", 1.0), ("spm_nosuffix", 1.02), ("spm_othersuffix", 1.01),
+                                                ("ar", 1.0))}
+    for mode in ("psm", "spm", "ar"):
+        out[f"exact:{mode}"] = {"hits": [rng.randint(0, 2) for _ in range(docs)], "n": [2] * docs,
+                                "examples": [{"line": "x = 1", "completion": "x = 2"}]}
+    out["val_loss"] = {s: sums(1.0) for s in ("code", "nl")}
+    return out
+
+
+def test_an_ablation_left_out_is_not_reported_and_renamed_arms_are_found_by_role(tmp_path):
+    from omegaconf import OmegaConf
+
+    from codellama_recipe.stages.ablate.cli import ablation_figures
+    from codellama_recipe.stages.ablate.report import write_outputs
+
+    rng = random.Random(0)
+    measured = {"twin": _synthetic_fim_measurements(rng, 12, 1.0),
+                "left_to_right": _synthetic_fim_measurements(rng, 12, 1.2)}
+    roles = {"fim": {"fim": "twin", "ar": "left_to_right"}}
+    acfg = OmegaConf.create({"eval": {"bootstrap_samples": 200}, "seed": 0, "scale": {"seq_len": 64}})
+    figures = ablation_figures(measured, roles, acfg)
+    assert set(figures) == {"fim"}
+    twin, ar = measured["twin"]["infill:psm"], measured["left_to_right"]["infill:ar"]
+    expected = (sum(twin["sums"]) / sum(twin["counts"])) / (sum(ar["sums"]) / sum(ar["counts"]))
+    assert figures["fim"]["infill_loss_ratio"]["fim_psm/ar"]["value"] == pytest.approx(expected)
+
+    arms = {name: {"parent": parent, "settings": "base", "set": {}, "steps": 4, "tokens": 256, "time_s": 1.0}
+            for name, parent in (("base_model", None), ("twin", "base_model"), ("left_to_right", "base_model"))}
+    results = {"setup": {"preset": "test", "seq_len": 64, "batch_tokens": 64, "corpus_fingerprint": "f",
+                         "model": {"dim": 8, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1}},
+               "arms": arms, "roles": roles, "fim_curve": {}, **figures}
+    lines = write_outputs(results, tmp_path)
+    assert lines and all(line.startswith("fim: ") for line in lines)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["fim_infilling.png", "training_curves.png",
+                                                               "val_loss_by_source.png"]
+    report = (tmp_path / "report.md").read_text()
+    assert "## 1. FIM" in report and "Long context" not in report and "Python specialization" not in report
+    assert [c["ablation"] for c in json.loads((tmp_path / "results.json").read_text())["claims"]] == ["fim"] * 4

@@ -22,6 +22,7 @@ from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
 from codellama_recipe.stages.ablate.report import across_seeds, claims, write_outputs
+from codellama_recipe.stages.ablate.roles import ablation_roles
 from codellama_recipe.stages.ablate.statistics import curve_figures, fim_figures, lcft_figures, python_figures
 from codellama_recipe.stages.stage_runner import PipelineError
 
@@ -29,7 +30,14 @@ PROG = "codellama-ablate"
 
 
 def check(acfg: DictConfig) -> None:
-    check_measurements(compose_arms(acfg), acfg)
+    roles_of(acfg, compose_arms(acfg))
+
+
+def roles_of(acfg: DictConfig, arms) -> dict[str, dict[str, str]]:
+    """The arms' measurements checked, and each ablation's {role: arm} (stages/ablate/roles.py)."""
+    check_measurements(arms, acfg)
+    return ablation_roles(OmegaConf.to_container(acfg.ablations, resolve=True),
+                          {arm.name: arm.measure for arm in arms})
 
 
 def corpus_fingerprint(acfg: DictConfig) -> str | None:
@@ -39,12 +47,30 @@ def corpus_fingerprint(acfg: DictConfig) -> str | None:
     return json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
 
 
-def ablation_figures(measured: dict, acfg: DictConfig) -> dict:
-    """The three ablations' figures from one seed's measurements (keyed by arm name)."""
+def ablation_figures(measured: dict, roles: dict, acfg: DictConfig) -> dict:
+    """The figures of each declared ablation from one seed's measurements (keyed by arm name)."""
     n, seed = acfg.eval.bootstrap_samples, acfg.seed
-    return {"fim": fim_figures(measured["fim"], measured["ar"], n, seed, measured.get("fim_psm_only")),
-            "lcft": lcft_figures(measured, n, seed, acfg.scale.seq_len),
-            "python": python_figures(measured["python"], measured["code_more"], n, seed)}
+    by_role = {ablation: {role: measured[arm] for role, arm in arms.items()} for ablation, arms in roles.items()}
+    out = {}
+    if "fim" in by_role:
+        fim = by_role["fim"]
+        out["fim"] = fim_figures(fim["fim"], fim["ar"], n, seed, fim.get("psm_only"))
+    if "lcft" in by_role:
+        out["lcft"] = lcft_figures(by_role["lcft"], n, seed, acfg.scale.seq_len)
+    if "python" in by_role:
+        out["python"] = python_figures(by_role["python"]["python"], by_role["python"]["code"], n, seed)
+    return out
+
+
+def fim_curves(measured: dict, roles: dict, arms, acfg: DictConfig) -> dict:
+    """The learning curves of the FIM ablation's arms declared with `curve: true`."""
+    fim = roles.get("fim")
+    if fim is None:
+        return {}
+    with_curve = {arm.name for arm in arms if arm.curve}
+    curved = {name: measured[name] for role, name in fim.items() if role != "ar" and name in with_curve}
+    return curve_figures(curved, measured[fim["ar"]], acfg.scale.batch_tokens, acfg.eval.bootstrap_samples,
+                         acfg.seed)
 
 
 def arm_summary(arm, declared: dict) -> dict:
@@ -66,7 +92,7 @@ def _run_ablations(acfg: DictConfig) -> int:
 
     started = time.time()
     arms = compose_arms(acfg)
-    check_measurements(arms, acfg)
+    roles = roles_of(acfg, arms)
     run_dir = Path(str(acfg.run_dir))
     with held_stop_signals() as stop:
         try:
@@ -75,8 +101,8 @@ def _run_ablations(acfg: DictConfig) -> int:
             shutdown_distributed()
         if fingerprints is None:
             return 0
-        by_name = {arm.name: arm for arm in arms}
-        tokenizer = Tokenizer(Path(str(by_name["ar"].cfg.run_dir)) / "hf" / "tokenizer.model")
+        root = arms[0]      # every arm shares the root arm's tokenizer and its model shape (scale.model)
+        tokenizer = Tokenizer(Path(str(root.cfg.run_dir)) / "hf" / "tokenizer.model")
         held = held_out(acfg, tokenizer)
         measured = {}
         for arm in (a for a in arms if a.measure):
@@ -85,23 +111,23 @@ def _run_ablations(acfg: DictConfig) -> int:
                       "command to resume", flush=True)
                 return 0
             measured[arm.name] = measure_arm(arm, fingerprints[arm.name], acfg, held)
-    n, seed = acfg.eval.bootstrap_samples, acfg.seed
     declared = OmegaConf.to_container(acfg.arms, resolve=True)
     results = {
         "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
-                  "model": OmegaConf.to_container(by_name["ar"].cfg.model, resolve=True),
+                  "model": OmegaConf.to_container(root.cfg.model, resolve=True),
                   "eval": OmegaConf.to_container(acfg.eval, resolve=True),
                   "corpus_fingerprint": corpus_fingerprint(acfg), "seeds": [acfg.seed, *acfg.more_seeds]},
         "arms": {arm.name: arm_summary(arm, declared[arm.name.split("@")[0]]) for arm in arms},
-        **ablation_figures(measured, acfg),
-        "fim_curve": curve_figures(measured, acfg.scale.batch_tokens, n, seed),
+        "roles": roles,
+        **ablation_figures(measured, roles, acfg),
+        "fim_curve": fim_curves(measured, roles, arms, acfg),
     }
     if acfg.more_seeds:
         by_seed = {acfg.seed: claims(results)}
         for s in acfg.more_seeds:
             of_seed = {name.split("@")[0]: m for name, m in measured.items() if "@" not in name}
             of_seed.update({name.split("@")[0]: m for name, m in measured.items() if name.endswith(f"@seed{s}")})
-            by_seed[s] = claims(ablation_figures(of_seed, acfg))
+            by_seed[s] = claims(ablation_figures(of_seed, roles, acfg))
         results["seeds"] = across_seeds(by_seed)
     lines = write_outputs(results, run_dir)
     print(f"[ablate] report: {run_dir / 'report.md'} (this session: {time.time() - started:.0f}s)", flush=True)

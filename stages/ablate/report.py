@@ -15,15 +15,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from codellama_recipe.core.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from codellama_recipe.stages.ablate.statistics import LCFT_ARMS  # noqa: E402
 
-CURVE_GROUPS = {"FIM twins": ["general", "fim", "fim_psm_only", "ar"], "long context": ["code_more", "lcft_theta1e4", "lcft_theta1e6"],
-                "Python": ["python", "code_more"]}
+GROUP_TITLES = {"fim": "FIM twins", "lcft": "long context", "python": "Python"}
 
 
 def summary_lines(results: dict) -> list[str]:
-    """The lines the command prints last (scripts parse them)."""
-    fim, lcft, py = results["fim"], results["lcft"], results["python"]
+    """The lines the command prints last (scripts parse them), for the ablations that were run."""
+    lines = []
+    if "fim" in results:
+        lines += _fim_lines(results["fim"])
+    if "lcft" in results:
+        r = results["lcft"]["ratios"]
+        lines += [f"lcft: {k} = {v['value']:.4f}" for k, v in r.items()]
+    if "python" in results:
+        lines.append(f"python: python_val_loss python/code = "
+                     f"{results['python']['val_loss']['python']['python/code']['value']:.4f}")
+    if results.get("seeds"):
+        rows, seeds = results["seeds"], list(results["seeds"][0]["values"])
+        lines.append(f"seeds: {len(seeds)} ({', '.join(seeds)}); direction holds in every seed for "
+                     f"{sum(r['direction_every_seed'] for r in rows)} of {len(rows)} claims, target met in every "
+                     f"seed for {sum(r['met_every_seed'] for r in rows)}")
+    return lines
+
+
+def _fim_lines(fim: dict) -> list[str]:
     em = fim["exact_match"]
     gain = fim["suffix_gain"]
     lines = [f"fim: infill_loss fim_psm/ar = {fim['infill_loss_ratio']['fim_psm/ar']['value']:.4f}",
@@ -31,16 +46,7 @@ def summary_lines(results: dict) -> list[str]:
             f"ar = {em['ar']['value']:.4f}",
             f"fim: suffix_gain psm = {gain['psm']['value']:.4f} spm = {gain['spm']['value']:.4f} "
             f"(other file's suffix: psm = {gain['psm_other']['value']:.4f} spm = {gain['spm_other']['value']:.4f})",
-            f"fim: ar_val_loss fim/ar = {fim['val_loss']['code']['fim/ar']['value']:.4f}",
-            f"lcft: ppl@16T theta1e6/theta1e4 = {lcft['ratios']['ppl@16T theta1e6/theta1e4']['value']:.4f}",
-            f"lcft: ppl@16T theta1e6/none = {lcft['ratios']['ppl@16T theta1e6/none']['value']:.4f}",
-            f"lcft: ppl@4T theta1e6/none = {lcft['ratios']['ppl@4T theta1e6/none']['value']:.4f}",
-            f"python: python_val_loss python/code = {py['val_loss']['python']['python/code']['value']:.4f}"]
-    if results.get("seeds"):
-        rows, seeds = results["seeds"], list(results["seeds"][0]["values"])
-        lines.append(f"seeds: {len(seeds)} ({', '.join(seeds)}); direction holds in every seed for "
-                     f"{sum(r['direction_every_seed'] for r in rows)} of {len(rows)} claims, target met in every "
-                     f"seed for {sum(r['met_every_seed'] for r in rows)}")
+            f"fim: ar_val_loss fim/ar = {fim['val_loss']['code']['fim/ar']['value']:.4f}"]
     only = fim.get("psm_only")
     if only:
         lines.insert(3, f"fim: psm_only infill_loss psm/ar = {only['infill_loss_ratio']['psm/ar']['value']:.4f} "
@@ -51,15 +57,19 @@ def summary_lines(results: dict) -> list[str]:
 
 
 def claims(results: dict) -> list[dict]:
-    """Each paper claim with the miniature measurement, the direction and the issue's target."""
-    fim, lcft, py = results["fim"], results["lcft"], results["python"]
+    """Each paper claim of the ablations that were run, with the miniature measurement, the direction and the
+    issue's target."""
+    makers = {"fim": _fim_claims, "lcft": _lcft_claims, "python": _python_claims}
+    return [c for ablation, make in makers.items() if ablation in results for c in make(results[ablation])]
+
+
+def _fim_claims(fim: dict) -> list[dict]:
     em = fim["exact_match"]
     fim_em, ar_em = em["fim_psm"]["value"], em["ar"]["value"]
     em_ratio = fim_em / ar_em if ar_em else (float("inf") if fim_em else float("nan"))
     infill = fim["infill_loss_ratio"]["fim_psm/ar"]
     gain = fim["suffix_gain"]["psm"]
     cost = max(row["fim/ar"]["value"] for row in fim["val_loss"].values())
-    r = lcft["ratios"]
     return [
         {"ablation": "fim", "claim": "FIM training lets the model use the suffix: the middle is predicted better "
                                      "than from the prefix alone (paper §2.3, Table 5)",
@@ -82,6 +92,12 @@ def claims(results: dict) -> list[dict]:
          "note": "largest over sources " + f"{cost:.4f} (" + ", ".join(
              f"{k} {v['fim/ar']['value']:.3f}" for k, v in fim["val_loss"].items()) + ")",
          "direction": cost <= 1.05, "target": "≤ 1.03 on every source", "met": cost <= 1.03},
+    ]
+
+
+def _lcft_claims(lcft: dict) -> list[dict]:
+    r = lcft["ratios"]
+    return [
         {"ablation": "lcft", "claim": "raising θ to 1e6 for LCFT extrapolates beyond the trained length; θ = 1e4 "
                                       "does not (paper §2.4, Fig. 4a, Table 18)",
          "figure": "ppl@16T theta1e6/theta1e4", "interval": r["ppl@16T theta1e6/theta1e4"],
@@ -95,6 +111,11 @@ def claims(results: dict) -> list[dict]:
          "figure": "ppl@4T theta1e6/none", "interval": r["ppl@4T theta1e6/none"],
          "direction": r["ppl@4T theta1e6/none"]["value"] < 1, "target": "< 1 (no number in the issue)",
          "met": r["ppl@4T theta1e6/none"]["value"] < 1},
+    ]
+
+
+def _python_claims(py: dict) -> list[dict]:
+    return [
         {"ablation": "python", "claim": "more Python tokens make a better Python model (paper §2.2, Table 2: "
                                         "Code Llama - Python 7B 38.4 vs 33.5 HumanEval pass@1)",
          "figure": "python val loss python/code", "interval": py["val_loss"]["python"]["python/code"],
@@ -123,14 +144,38 @@ def _ci(d: dict, digits: int = 4) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ plots
+def plot_names(results: dict) -> list[str]:
+    """The PNG files the ablations that were run have figures for."""
+    names = ["training_curves.png"]
+    if "fim" in results:
+        names += ["fim_infilling.png"] + (["fim_curve.png"] if any(results["fim_curve"].values()) else [])
+    if "fim" in results or "python" in results:
+        names.append("val_loss_by_source.png")
+    if "lcft" in results:
+        names += ["lcft_perplexity.png", "lcft_key_retrieval.png"]
+    return names
+
+
 def _metrics(run_dir: Path, arm: str) -> list[dict]:
     path = run_dir / arm / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def plot_training_curves(run_dir: Path, out: Path) -> None:
-    fig, axes = plt.subplots(1, len(CURVE_GROUPS), figsize=(5 * len(CURVE_GROUPS), 3.8))
-    for ax, (title, arms) in zip(axes, CURVE_GROUPS.items()):
+def training_groups(results: dict) -> dict[str, list[str]]:
+    """Per ablation, its arms and the root arm they start from (the general base): one training-curve panel each."""
+    arms, groups = results["arms"], {}
+    for ablation, roles in results["roles"].items():
+        names = list(dict.fromkeys(roles.values()))
+        parents = [arms[n]["parent"] for n in names if arms[n]["parent"] is not None]
+        roots = [p for p in parents if arms[p]["parent"] is None]
+        groups[GROUP_TITLES[ablation]] = list(dict.fromkeys(roots + names))
+    return groups
+
+
+def plot_training_curves(results: dict, run_dir: Path, out: Path) -> None:
+    groups = training_groups(results)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    for ax, (title, arms) in zip(axes[0], groups.items()):
         for arm in arms:
             rows = [r for r in _metrics(run_dir, arm) if "train/loss" in r]
             ax.plot([r["train/tokens_seen"] for r in rows], [r["train/loss"] for r in rows], label=arm)
@@ -170,10 +215,10 @@ def plot_fim_curve(results: dict, out: Path) -> None:
               (axes[1], "infill_loss_ratio", "infill loss / AR twin's (prefix only)", 0.8),
               (axes[2], "exact_match", "single-line exact match", 0.10))
     for ax, key, title, target in panels:
-        for arm, points in curves.items():
+        for i, (arm, points) in enumerate(curves.items()):
             series = sorted({k for p in points for k in p[key]})
             for name in series:
-                if arm == "fim_psm_only" and name == "ar":
+                if name == "ar" and i > 0:      # the AR twin's points are the same for every FIM arm
                     continue
                 pts = [p for p in points if name in p[key]]
                 x = [p["tokens"] for p in pts]
@@ -193,16 +238,16 @@ def plot_fim_curve(results: dict, out: Path) -> None:
 
 
 def plot_perplexity(results: dict, seq_len: int, out: Path) -> None:
-    lcft = results["lcft"]
+    lcft, names = results["lcft"], results["roles"]["lcft"]
     lengths = lcft["context_lengths"]
     fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4))
     for role, points in lcft["ppl"].items():
-        ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]}")
+        ax.plot(lengths, [p["value"] for p in points], marker="o", label=names[role])
         ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
     ax.set_ylabel("perplexity of positions [0, L)")
     ax.set_title(f"perplexity by context length ({lcft['files']} held-out files)")
     for role, points in lcft["ppl_ratio_to_none"].items():
-        ratio_ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{LCFT_ARMS[role]} / code_more")
+        ratio_ax.plot(lengths, [p["value"] for p in points], marker="o", label=f"{names[role]} / {names['none']}")
         ratio_ax.fill_between(lengths, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
     ratio_ax.axhline(1.0, color="black", linewidth=0.8)
     ratio_ax.set_ylabel("perplexity ratio to no LCFT (paired)")
@@ -221,14 +266,14 @@ def plot_perplexity(results: dict, seq_len: int, out: Path) -> None:
 
 
 def plot_retrieval(results: dict, out: Path) -> None:
-    grids = results["lcft"]["key_retrieval"]
+    grids, names = results["lcft"]["key_retrieval"], results["roles"]["lcft"]
     fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids) + 1, 3.6), constrained_layout=True)
     for ax, (role, g) in zip(axes, grids.items()):
         image = ax.imshow(np.array(g["accuracy"]), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(g["positions"])), [f"{p:g}" for p in g["positions"]])
         ax.set_yticks(range(len(g["lengths"])), [str(L) for L in g["lengths"]])
         ax.set_xlabel("key position")
-        ax.set_title(LCFT_ARMS[role], fontsize=9)
+        ax.set_title(names[role], fontsize=9)
         for (row, column), accuracy in np.ndenumerate(np.array(g["accuracy"])):
             ax.text(column, row, f"{accuracy:.2f}", ha="center", va="center", fontsize=7, color="white")
     axes[0].set_ylabel("length (tokens)")
@@ -239,10 +284,10 @@ def plot_retrieval(results: dict, out: Path) -> None:
 
 
 def plot_val_loss(results: dict, out: Path) -> None:
-    panels = {"FIM twins": (results["fim"]["val_loss"], ["fim", "ar"]),
-              "Python": (results["python"]["val_loss"], ["python", "code"])}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (title, (table, arms)) in zip(axes, panels.items()):
+    panels = {title: (results[ablation]["val_loss"], columns) for ablation, title, columns in
+              (("fim", "FIM twins", ["fim", "ar"]), ("python", "Python", ["python", "code"])) if ablation in results}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, (table, arms)) in zip(axes[0], panels.items()):
         sources = list(table)
         width = 0.8 / len(arms)
         for i, arm in enumerate(arms):
@@ -261,14 +306,13 @@ def plot_val_loss(results: dict, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ report
 def markdown(results: dict) -> str:
-    fim, lcft, py, setup = results["fim"], results["lcft"], results["python"], results["setup"]
+    setup = results["setup"]
     T = setup["seq_len"]
     model_text = ", ".join(f"{k} {setup['model'][k]}" for k in ("dim", "n_layers", "n_heads", "n_kv_heads"))
     lines = [f"# Ablations of the Code Llama recipe in miniature ({setup['preset']})", "",
              f"Model: Llama, {model_text}; T = {T} tokens; every arm {setup['batch_tokens']:,}-token batches. "
              "Intervals: bootstrap 95% over evaluation documents (paired between the arms of an ablation). "
-             "Plots: training_curves.png, fim_infilling.png, fim_curve.png, val_loss_by_source.png, "
-             "lcft_perplexity.png, lcft_key_retrieval.png.", "",
+             "Plots: " + ", ".join(plot_names(results)) + ".", "",
              f"Embedded corpus fingerprint: `{setup.get('corpus_fingerprint')}`.", "", "## Arms", "",
              "| arm | starts from | differs by | steps | tokens | time |", "|---|---|---|---|---|---|"]
     for name, arm in results["arms"].items():
@@ -293,7 +337,18 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['ablation']} | {r['figure']} | " + " | ".join(f"{v:.4f}" for v in r["values"].values())
                          + f" | {r['min']:.4f} – {r['max']:.4f} | {'yes' if r['direction_every_seed'] else 'no'} | "
                          f"{'yes' if r['met_every_seed'] else 'no'} |")
-    lines += ["", f"## 1. FIM ({fim['documents']} pieces of the held-out infilling set that fit in T)", "",
+    if "fim" in results:
+        lines += _fim_section(results["fim"], results["fim_curve"])
+    if "lcft" in results:
+        lines += _lcft_section(results["lcft"], results["roles"]["lcft"], T)
+    if "python" in results:
+        lines += _python_section(results["python"], results["roles"]["python"])
+    lines += ["", "## Summary lines", "", "```", *summary_lines(results), "```", ""]
+    return "\n".join(lines)
+
+
+def _fim_section(fim: dict, fim_curve: dict) -> list[str]:
+    lines = ["", f"## 1. FIM ({fim['documents']} pieces of the held-out infilling set that fit in T)", "",
               "| | infilling loss (middle tokens) | single-line exact match |", "|---|---|---|"]
     for k in ("fim_psm", "fim_spm", "ar"):
         lines.append(f"| {k} | {_ci(fim['infill_loss'][k])} | {_ci(fim['exact_match'][k], 3)} |")
@@ -314,7 +369,7 @@ def markdown(results: dict) -> str:
               "another file's suffix in its place.", "",
               "| arm | step | tokens | gain psm (empty) | gain psm (other) | gain spm (empty) | gain spm (other) | "
               "psm/ar | exact psm | exact spm | exact ar |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for arm, points in results["fim_curve"].items():
+    for arm, points in fim_curve.items():
         for p in points:
             cell = lambda d, k, digits=3: _ci(d[k], digits) if k in d else "-"   # noqa: E731
             lines.append(f"| {arm} | {p['step']} | {p['tokens']:,} | {cell(p['suffix_gain'], 'psm')} | "
@@ -326,38 +381,47 @@ def markdown(results: dict) -> str:
     for k, examples in fim["exact_match_examples"].items():
         for e in examples[:3]:
             lines.append(f"- {k}: `{e['line'].strip()[:70]}` → `{e['completion'].split(chr(10))[0].strip()[:70]}`")
-    lines += ["", f"## 2. Long context ({lcft['files']} held-out files of ≥ {lcft['context_lengths'][-1]} tokens)", "",
-              "| context length | " + " | ".join(LCFT_ARMS[r] for r in lcft["ppl"]) + " |",
+    return lines
+
+
+def _lcft_section(lcft: dict, names: dict, T: int) -> list[str]:
+    lines = ["", f"## 2. Long context ({lcft['files']} held-out files of ≥ {lcft['context_lengths'][-1]} tokens)", "",
+              "| context length | " + " | ".join(names[r] for r in lcft["ppl"]) + " |",
               "|---|" + "---|" * len(lcft["ppl"])]
     for i, L in enumerate(lcft["context_lengths"]):
         lines.append(f"| {L} ({L / T:g}T) | " + " | ".join(_ci(points[i], 2) for points in lcft["ppl"].values()) + " |")
     lines += ["", "Ratios: " + "; ".join(f"{k} {_ci(v)}" for k, v in lcft["ratios"].items()), "",
               "Key retrieval accuracy by length (all positions pooled):", "",
-              "| length | " + " | ".join(LCFT_ARMS[r] for r in lcft["key_retrieval"]) + " |",
+              "| length | " + " | ".join(names[r] for r in lcft["key_retrieval"]) + " |",
               "|---|" + "---|" * len(lcft["key_retrieval"])]
     first = next(iter(lcft["key_retrieval"].values()))
     for L in first["lengths"]:
         lines.append(f"| {L} | " + " | ".join(_ci(g["by_length"][str(L)], 3) for g in lcft["key_retrieval"].values())
                      + " |")
-    lines += ["", "## 3. Python specialization (both arms from the AR twin, the same tokens)", "",
-              "| source | python | code (code_more) | python/code | documents |", "|---|---|---|---|---|"]
+    return lines
+
+
+def _python_section(py: dict, names: dict) -> list[str]:
+    lines = ["", "## 3. Python specialization (both arms from the AR twin, the same tokens)", "",
+              f"| source | python ({names['python']}) | code ({names['code']}) | python/code | documents |",
+              "|---|---|---|---|---|"]
     for s, row in py["val_loss"].items():
         lines.append(f"| {s} | {_ci(row['python'])} | {_ci(row['code'])} | {_ci(row['python/code'])} | "
                      f"{row['documents']} |")
-    lines += ["", "## Summary lines", "", "```", *summary_lines(results), "```", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_outputs(results: dict, run_dir: Path) -> list[str]:
     """results.json, the plots and report.md under run_dir; returns the summary lines."""
     results = {**results, "claims": claims(results), "lines": summary_lines(results)}
     write_json_atomic(run_dir / "results.json", results)
-    plot_training_curves(run_dir, run_dir / "training_curves.png")
-    plot_fim(results, run_dir / "fim_infilling.png")
-    if any(results["fim_curve"].values()):
-        plot_fim_curve(results, run_dir / "fim_curve.png")
-    plot_val_loss(results, run_dir / "val_loss_by_source.png")
-    plot_perplexity(results, results["setup"]["seq_len"], run_dir / "lcft_perplexity.png")
-    plot_retrieval(results, run_dir / "lcft_key_retrieval.png")
+    plotters = {"training_curves": lambda out: plot_training_curves(results, run_dir, out),
+                "fim_infilling": lambda out: plot_fim(results, out),
+                "fim_curve": lambda out: plot_fim_curve(results, out),
+                "val_loss_by_source": lambda out: plot_val_loss(results, out),
+                "lcft_perplexity": lambda out: plot_perplexity(results, results["setup"]["seq_len"], out),
+                "lcft_key_retrieval": lambda out: plot_retrieval(results, out)}
+    for name in plot_names(results):
+        plotters[name.removesuffix(".png")](run_dir / name)
     write_text_atomic(run_dir / "report.md", markdown(results))
     return results["lines"]

@@ -1,9 +1,8 @@
 """From the arms' per-document measurements to the ablations' figures, each with a bootstrap 95% interval
 over evaluation documents (paired: the arms of one ablation are scored on the same documents).
 
-The arms play fixed roles, named as in conf/ablate.yaml: the FIM twins `fim` / `ar` (and, when declared, the
-PSM-only twin `fim_psm_only`); the long-context arms
-`code_more` (no LCFT), `lcft_theta1e4`, `lcft_theta1e6`; the Python arms `python` / `code_more`.
+Each function receives the measurements of the arms by their role in the ablation (stages/ablate/roles.py), never
+by arm name.
 """
 from __future__ import annotations
 
@@ -11,18 +10,12 @@ import numpy as np
 
 from codellama_recipe.evaluation.bootstrap import bootstrap_interval, pooled_mean, pooled_ratio
 
-LCFT_ARMS = {"none": "code_more", "theta1e4": "lcft_theta1e4", "theta1e6": "lcft_theta1e6"}
-
-
 def _pooled(sums, counts, n, seed) -> dict:
     return bootstrap_interval(pooled_mean, [sums, counts], n, seed)
 
 
 def _ratio(a: dict, b: dict, n, seed, sums="sums", counts="counts") -> dict:
     return bootstrap_interval(pooled_ratio, [a[sums], a[counts], b[sums], b[counts]], n, seed)
-
-
-PSM_ONLY = "fim_psm_only"
 
 
 def suffix_gains(measured: dict, n: int, seed: int) -> dict:
@@ -50,13 +43,13 @@ def infill_point(fim: dict, ar: dict, n: int, seed: int) -> dict:
     return out
 
 
-def curve_figures(measured: dict, batch_tokens: int, n: int, seed: int) -> dict:
-    """{FIM arm: [{step, tokens, suffix_gain, infill_loss_ratio, exact_match}, ...]} at the steps where both the
-    arm and the AR twin were measured."""
-    ar_curve = measured["ar"].get("curve", {})
+def curve_figures(fim_arms: dict[str, dict], ar: dict, batch_tokens: int, n: int, seed: int) -> dict:
+    """{FIM arm: [{step, tokens, suffix_gain, infill_loss_ratio, exact_match}, ...]} for each FIM arm (by name) at
+    its curve steps, against the AR twin `ar` where it was measured at the same step."""
+    ar_curve = ar.get("curve", {})
     out = {}
-    for arm in ("fim", PSM_ONLY):
-        curve = measured.get(arm, {}).get("curve", {})
+    for arm, measured in fim_arms.items():
+        curve = measured.get("curve", {})
         out[arm] = [{"step": int(step), "tokens": int(step) * batch_tokens,
                      **infill_point(curve[step], ar_curve.get(step, {}), n, seed)}
                     for step in sorted(curve, key=int)]
@@ -95,9 +88,10 @@ def _log_ppl_at(column: int, length: int):
     return lambda sums: float(np.mean(sums[:, column]) / length)
 
 
-def lcft_figures(measured: dict, n: int, seed: int, seq_len: int) -> dict:
-    ppl = {role: np.asarray(measured[arm]["perplexity"]["sums"]) for role, arm in LCFT_ARMS.items()}
-    lengths = measured[LCFT_ARMS["none"]]["perplexity"]["lengths"]
+def lcft_figures(by_role: dict[str, dict], n: int, seed: int, seq_len: int) -> dict:
+    """The long-context figures from the arms in the roles `none`, `theta1e4`, `theta1e6`."""
+    ppl = {role: np.asarray(by_role[role]["perplexity"]["sums"]) for role in ("none", "theta1e4", "theta1e6")}
+    lengths = by_role["none"]["perplexity"]["lengths"]
     curves = {}
     for role, sums in ppl.items():
         points = []
@@ -115,7 +109,7 @@ def lcft_figures(measured: dict, n: int, seed: int, seq_len: int) -> dict:
     missing = {4 * seq_len, 16 * seq_len} - set(lengths)
     if missing:
         raise ValueError(f"perplexity was measured at {lengths}; the figures need 4T and 16T = {sorted(missing)}")
-    retrieval = {role: retrieval_figures(measured[arm]["key_retrieval"], n, seed) for role, arm in LCFT_ARMS.items()}
+    retrieval = {role: retrieval_figures(by_role[role]["key_retrieval"], n, seed) for role in ppl}
     return {"context_lengths": lengths, "files": int(ppl["none"].shape[0]), "ppl": curves,
             "ppl_ratio_to_none": {role: [ratio(role, "none", L) for L in lengths] for role in ("theta1e4", "theta1e6")},
             "ratios": {"ppl@16T theta1e6/theta1e4": ratio("theta1e6", "theta1e4", 16 * seq_len),
