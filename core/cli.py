@@ -10,6 +10,7 @@ flags work as usual: --help, --cfg job|hydra|all, --resolve, --package, -m/--mul
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from typing import Callable
@@ -141,6 +142,37 @@ def compose_checked(config_name: str, overrides: list[str]):
 # --------------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ComposedCommandLine:
+    """What a command composed with the compose API (codellama-pipeline, codellama-ablate) reads from its
+    arguments: Hydra-style overrides, and --cfg job [--resolve] to print the composed config instead of running."""
+    overrides: list[str]
+    show_config: bool
+    resolve: bool
+
+    def print_config(self, cfg) -> None:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=self.resolve))
+
+
+def read_composed_command_line(prog: str, argv: list[str], usage: Callable[[], str],
+                               one_run: str) -> ComposedCommandLine | int:
+    """The command's overrides and flags, or its exit code: --help prints usage() (0); -m is refused with
+    `one_run` (such a command runs once, it does not sweep) and any other flag is refused by name (2)."""
+    flags, overrides = split_argv(argv)
+    names = {f.split("=", 1)[0] for f in flags}
+    if names & {"-h", "--help"}:
+        print(usage())
+        return 0
+    if names & {"-m", "--multirun"}:
+        return refuse(prog, f"config error: -m: {one_run}")
+    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
+    if unknown:
+        return refuse(prog, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
+    return ComposedCommandLine(overrides, bool(names & {"--cfg", "-c"}), "--resolve" in names)
+
 
 def refuse(prog: str, message: str) -> int:
     print(f"{prog}: {message}", file=sys.stderr, flush=True)

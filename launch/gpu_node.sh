@@ -13,7 +13,7 @@ ENTRY=codellama_recipe.train.cli
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --launcher) LAUNCHER=${2:?}; shift 2 ;;
-    --pipeline) ENTRY=codellama_recipe.stages.pipeline; shift ;;
+    --pipeline) ENTRY=codellama_recipe.stages.pipeline_cli; shift ;;
     -h|--help) usage ;;
     *) break ;;
   esac

@@ -35,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --master) MASTER=${2:?--master needs a value}; shift 2 ;;
     --port) PORT=${2:?--port needs a value}; shift 2 ;;
     --nproc) NPROC=${2:?--nproc needs a value}; GIVEN+=" --nproc"; shift 2 ;;
-    --pipeline) ENTRY=codellama_recipe.stages.pipeline; shift ;;
+    --pipeline) ENTRY=codellama_recipe.stages.pipeline_cli; shift ;;
     -h|--help) usage ;;
     --) shift; break ;;
     --*) refuse "unknown option '$1' (see --help)" ;;

@@ -9,54 +9,25 @@ are stages/stage_runner.py's, shared with codellama-ablate.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from codellama_recipe.core.run_dir_lock import run_dir_lock
-from codellama_recipe.core.cli import compose_checked, refuse, split_argv
+from codellama_recipe.core.cli import compose_checked
 from codellama_recipe.core.config import allowed_keys, conf_dir
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
+from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.stages.stage_runner import Job, PipelineError, PlannedJob, plan_jobs, run_jobs
-from codellama_recipe.train.peers import PeerLost, exit_lost
 from codellama_recipe.train.stop_flag import held_stop_signals
 
 CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
-PROG = "codellama-pipeline"
-
-
-def compose_pipeline(argv: list[str]) -> DictConfig:
-    """Overrides of the pipeline's own keys (conf/run_pipeline.yaml), ``stages.<stage>.<key>=value`` for one
-    stage, and any other override (``deepspeed=zero3``, ``trainer.precision=bf16``, ``corpus.code.paths=[…]``)
-    for every stage's training config. Every stage's config is composed and checked here, before anything
-    runs."""
-    own = {f.name for f in dataclasses.fields(PipelineRunConfig)} | {"hydra"}
-    top = lambda a: a.lstrip("+~").split("=", 1)[0].split(".", 1)[0]  # noqa: E731
-    per_stage = [a for a in argv if top(a) == "stages"]
-    every_stage = [a for a in argv if top(a) not in own]
-    cfg = compose_checked("run_pipeline", [a for a in argv if top(a) in own and top(a) != "stages"])
-    cfg.common = [*cfg.common, *every_stage, *per_stage]   # per-stage ones are kept to rank them above the rest
-    for override in per_stage:
-        key, _, value = override.lstrip("+~").partition("=")
-        name = key.split(".")[1] if key.count(".") >= 1 else ""
-        if name not in cfg.stages:
-            raise ConfigError(key, value, f"no stage '{name}' in pipeline '{cfg.pipeline.name}'; its stages: "
-                                          f"{', '.join(cfg.stages)}")
-    if per_stage:
-        with open_dict(cfg.stages):   # a stage's keys are checked against codellama-train's schema below
-            cfg.stages = OmegaConf.merge(cfg.stages, OmegaConf.from_dotlist(
-                [a.lstrip("+").removeprefix("stages.") for a in per_stage]))
-    validate_pipeline(cfg)
-    return cfg
 
 
 def validate_pipeline(cfg: DictConfig) -> None:
@@ -129,7 +100,7 @@ def _wandb_group(pcfg: DictConfig) -> str:
     return pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
 
 
-def _rank() -> int:
+def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
@@ -181,7 +152,7 @@ def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
     run_dir = Path(str(pcfg.run_dir))
     # A signal between two stages is held and handed to the next stage's trainer, whose ranks agree to stop at
     # its first step boundary (with a checkpoint); without this the default action would kill the command.
-    with run_dir_lock(run_dir, enabled=_rank() == 0), held_stop_signals():
+    with run_dir_lock(run_dir, enabled=process_rank() == 0), held_stop_signals():
         return _run_stages(pcfg, run_dir)
 
 
@@ -189,7 +160,7 @@ def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
     planned = plan(pcfg)
     for p in planned:
         if p.action == "restart":
-            if _rank() == 0:
+            if process_rank() == 0:
                 shutil.rmtree(p.folder)
             _wait_until(lambda d=p.folder: not d.exists(), f"removing {p.folder}")
 
@@ -285,57 +256,6 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    flags, overrides = split_argv(argv)
-    names = {f.split("=", 1)[0] for f in flags}
-    if names & {"-h", "--help"}:
-        print(usage())
-        return 0
-    if names & {"-m", "--multirun"}:
-        return refuse(PROG, "config error: -m: a pipeline runs one chain; sweep one stage with codellama-train -m")
-    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
-    if unknown:
-        return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
-    from codellama_recipe.data.record_readers import BadInputError
-    from codellama_recipe.train.engine_setup import shutdown_distributed
-    from codellama_recipe.train.weight_formats import CheckpointError
 
-    try:
-        pcfg = compose_pipeline(overrides)
-        if names & {"--cfg", "-c"}:
-            print(OmegaConf.to_yaml(pcfg, resolve="--resolve" in names))
-            return 0
-        if pcfg.eval.enabled:
-            check_eval(pcfg)
-        rows = run_pipeline(pcfg)
-    except (ConfigError, PipelineError, CheckpointError) as e:
-        return refuse(PROG, str(e))
-    except BadInputError as e:
-        return refuse(PROG, e.one_line())
-    except PeerLost as e:   # a frozen or dead rank: one line, the process ends at once
-        exit_lost(PROG, e, 4)
-    finally:
-        shutdown_distributed()  # the stages share one process group; it ends with the pipeline
-    if rows is None:
-        return 0
-    if _rank() == 0:
-        table = format_summary(rows, Path(str(pcfg.run_dir)))
-        (Path(str(pcfg.run_dir)) / "summary.md").write_text(table + "\n")
-        print("\n" + table, flush=True)
-    return 0
-
-
-def usage() -> str:
-    pipelines = ", ".join(sorted(p.stem for p in (CONF_DIR / "pipeline").glob("*.yaml")))
-    return (f"{__doc__}\nusage: {PROG} [--help] [--cfg job [--resolve]] [overrides ...]\n\n"
-            f"pipeline=<name>   one of: {pipelines}\n"
-            f"stages.<stage>.<key>=<value>   one stage's codellama-train key, e.g. "
-            f"stages.long_context.trainer.max_steps=100\n"
-            f"any other codellama-train override goes to every stage, e.g. deepspeed=zero3 "
-            f"trainer.precision=bf16\n\nthe pipeline's own keys:\n"
-            + OmegaConf.to_yaml(OmegaConf.structured(PipelineRunConfig)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":   # the command line moved to its own module; say so rather than do nothing
+    raise SystemExit("codellama-pipeline: run `codellama-pipeline` or `python -m codellama_recipe.stages.pipeline_cli`")

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from codellama_recipe.stages.pipeline import compose_pipeline, compose_stage
+from codellama_recipe.stages.pipeline import compose_stage
+from codellama_recipe.stages.pipeline_cli import compose_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pipeline_cmd(run_dir, *overrides, evaluate=False):
-    return [sys.executable, "-m", "codellama_recipe.stages.pipeline", "pipeline=smoke", f"run_dir={run_dir}",
+    return [sys.executable, "-m", "codellama_recipe.stages.pipeline_cli", "pipeline=smoke", f"run_dir={run_dir}",
             f"eval.enabled={str(evaluate).lower()}", *overrides]
 
 

@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from codellama_recipe.core.config import compose as _compose
-from codellama_recipe.stages.pipeline import compose_pipeline, compose_stage
+from codellama_recipe.stages.pipeline import compose_stage
+from codellama_recipe.stages.pipeline_cli import compose_pipeline
 
 M = 1 << 20
 # Paper §2.6 (docs/recipe.md#optimisation): peak LR of the code stage, LCFT batch (tokens), LCFT steps (Code

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.run_dir_lock import run_dir_lock
-from codellama_recipe.core.cli import compose_checked, refuse, split_argv
+from codellama_recipe.core.cli import compose_checked, read_composed_command_line, refuse
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
@@ -138,23 +138,23 @@ def _run_ablations(acfg: DictConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Composed with Hydra's compose API, like codellama-pipeline (not @hydra.main, whose global state would
     refuse the compose calls that build each arm's config)."""
-    flags, overrides = split_argv(sys.argv[1:] if argv is None else list(argv))
-    names = {f.split("=", 1)[0] for f in flags}
-    if names & {"-h", "--help"}:
-        print(f"{__doc__}\nusage: {PROG} [--help] [--cfg job [--resolve]] [overrides ...]  (conf/ablate.yaml)")
-        return 0
-    unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
-    if unknown:
-        return refuse(PROG, f"config error: unknown flag {unknown[0]}; allowed: --help, --cfg job, --resolve")
+    line = read_composed_command_line(PROG, sys.argv[1:] if argv is None else list(argv), usage,
+                                      "an ablation runs once; give more training seeds with more_seeds=[...]")
+    if isinstance(line, int):
+        return line
     try:
-        acfg = compose_checked("ablate", overrides)
-        if names & {"--cfg", "-c"}:
-            print(OmegaConf.to_yaml(acfg, resolve="--resolve" in names))
+        acfg = compose_checked("ablate", line.overrides)
+        if line.show_config:
+            line.print_config(acfg)
             return 0
         check(acfg)
         return run_ablations(acfg)
     except (ConfigError, PipelineError) as e:
         return refuse(PROG, str(e))
+
+
+def usage() -> str:
+    return f"{__doc__}\nusage: {PROG} [--help] [--cfg job [--resolve]] [overrides ...]  (conf/ablate.yaml)"
 
 
 if __name__ == "__main__":
