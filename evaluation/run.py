@@ -22,6 +22,7 @@ from codellama_recipe.evaluation.humaneval import default_humaneval_path, load_h
 from codellama_recipe.evaluation.infilling import INFILLING_FILES, MODES, load_infilling
 from codellama_recipe.core.jsonl import read_jsonl, write_jsonl
 from codellama_recipe.evaluation.mbpp import load_mbpp
+from codellama_recipe.evaluation.model_loading import ModelToLoad, load_model_and_tokenizer
 from codellama_recipe.evaluation.problems import Problem, score_completions
 from codellama_recipe.evaluation.samples_file import read_samples
 from codellama_recipe.core.config import conf_dir, typed
@@ -101,32 +102,6 @@ def _limit(cfg: DictConfig, section: str):
 
 
 # ------------------------------------------------------------------ model
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model_and_tokenizer(cfg: DictConfig):
-    from codellama_recipe.data.tokenizer import Tokenizer
-    from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
-    from codellama_recipe.train.pretrained import load_pretrained
-    from codellama_recipe.train.model import Llama
-
-    if not cfg.model_path:
-        raise ConfigError("model_path", None, "give an HF export, a Meta folder or a project checkpoint")
-    tokenizer = Tokenizer(resolve_tokenizer(cfg.tokenizer_path, cfg.model_path, weights_key="model_path",
-                                            cache_dir=cfg.cache_dir))   # before the weights: a missing one fails fast
-    model_cfg, state_dict = load_pretrained(cfg.model_path)
-    if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ConfigError("tokenizer_path", tokenizer.path,
-                          f"{tokenizer.vocab_size} pieces but the model has vocab_size {model_cfg.vocab_size}")
-    model = Llama(model_cfg)
-    model.load_state_dict(state_dict)
-    model.to(device=resolve_device(cfg.device), dtype=DTYPES[cfg.dtype]).eval()
-    return model, tokenizer
-
-
 # ------------------------------------------------------------------ benchmarks
 def load_problems(name: str, cfg: DictConfig) -> list[Problem]:
     if name == "humaneval":
@@ -321,7 +296,7 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
-        model, tokenizer = load_model_and_tokenizer(cfg)
+        model, tokenizer = load_model_and_tokenizer(ModelToLoad.of(cfg))
     elif tokenizer is None:
         raise ValueError("evaluate(model=...) needs tokenizer= too")
     generator = Generator(model, tokenizer, batch_size=cfg.batch_size)

@@ -47,8 +47,7 @@ def write_jsonl(path, n, seed):
 @pytest.mark.timeout(900)
 def test_a_fim_trained_model_uses_the_suffix_on_a_control_task(tmp_path):
     from codellama_recipe.evaluation.corpus_infilling import fitting_files, infill_loss_sums
-    from codellama_recipe.evaluation.run import load_model_and_tokenizer
-    from omegaconf import OmegaConf
+    from codellama_recipe.evaluation.model_loading import ModelToLoad, load_model_and_tokenizer
 
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", 30_000, seed=0)
@@ -66,9 +65,7 @@ def test_a_fim_trained_model_uses_the_suffix_on_a_control_task(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
-    model, tokenizer = load_model_and_tokenizer(OmegaConf.create({
-        "model_path": str(run_dir / "hf"), "tokenizer_path": None, "cache_dir": None, "device": "cpu",
-        "dtype": "float32"}))
+    model, tokenizer = load_model_and_tokenizer(ModelToLoad(str(run_dir / "hf")))
     texts = [json.loads(line)["text"] for line in (data / "val.jsonl").read_text().splitlines()]
     docs = fitting_files(texts, tokenizer, 1500, 128, 64)
 

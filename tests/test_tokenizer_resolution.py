@@ -12,7 +12,8 @@ from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.data.embedded import cache as embedded
 from codellama_recipe.data.tokenizer import Tokenizer
 from codellama_recipe.data.tokenizer_resolution import resolve_tokenizer
-from codellama_recipe.evaluation.run import load_config, load_model_and_tokenizer
+from codellama_recipe.evaluation.model_loading import ModelToLoad, load_model_and_tokenizer
+from codellama_recipe.evaluation.run import load_config
 from codellama_recipe.train.trainer import resolve_tokenizer_path
 from helpers_tokenizer import llama_style_model_path, small_tokenizer_path
 
@@ -187,6 +188,6 @@ def test_evaluation_of_weights_without_a_tokenizer_fails_before_loading_them(tmp
     size_folder = meta_download(tmp_path / "llama-2", tokenizer=False)   # empty "weights": never read
     cfg = load_config({"model_path": str(size_folder), "cache_dir": str(tmp_path / "cache")})
     with pytest.raises(ConfigError) as e:
-        load_model_and_tokenizer(cfg)
+        load_model_and_tokenizer(ModelToLoad.of(cfg))
     assert e.value.key == "model_path" and "set tokenizer_path=" in str(e.value)
     assert embedded_default[1] == []

@@ -23,7 +23,7 @@ from codellama_recipe.evaluation.generation import Generator, GenerationParams
 from codellama_recipe.evaluation.key_retrieval import build_examples, parse_answer
 from codellama_recipe.evaluation.long_files import corpus_dir_for, corpus_texts
 from codellama_recipe.evaluation.perplexity import loss_sums_by_context_length
-from codellama_recipe.evaluation.run import load_model_and_tokenizer
+from codellama_recipe.evaluation.model_loading import ModelToLoad, load_model_and_tokenizer
 from codellama_recipe.train.checkpoint_identity import fingerprint
 from codellama_recipe.train.checkpoint_integrity import tag_for
 
@@ -132,9 +132,9 @@ def measure_key_retrieval(model, tokenizer, acfg, held: HeldOut) -> dict:
 
 
 def _load(model_path: Path, acfg: DictConfig, tokenizer_path: Path | None = None):
-    return load_model_and_tokenizer(OmegaConf.create({
-        "model_path": str(model_path), "tokenizer_path": None if tokenizer_path is None else str(tokenizer_path),
-        "cache_dir": acfg.cache_dir, "device": acfg.eval.device, "dtype": "float32"}))
+    return load_model_and_tokenizer(ModelToLoad(
+        model_path=str(model_path), tokenizer_path=None if tokenizer_path is None else str(tokenizer_path),
+        cache_dir=acfg.cache_dir, device=acfg.eval.device, dtype="float32"))
 
 
 def _measure_one(name, model, tokenizer, acfg, held):

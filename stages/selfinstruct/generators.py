@@ -31,14 +31,11 @@ class LocalModel:
 
     def __init__(self, model_path: str, *, cache_dir: str, device: str = "auto", dtype: str = "float32",
                  batch_size: int = 8):
-        from omegaconf import OmegaConf
-
         from codellama_recipe.evaluation.generation import Generator
-        from codellama_recipe.evaluation.run import load_model_and_tokenizer
+        from codellama_recipe.evaluation.model_loading import ModelToLoad, load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(OmegaConf.create({
-            "model_path": model_path, "tokenizer_path": None, "cache_dir": cache_dir, "device": device,
-            "dtype": dtype}))
+        model, tokenizer = load_model_and_tokenizer(ModelToLoad(model_path, cache_dir=cache_dir, device=device,
+                                                                dtype=dtype))
         self.generator, self.name = Generator(model, tokenizer, batch_size=batch_size), model_path
 
     def complete(self, requests: Sequence[tuple[str, int]], sampling: Sampling) -> list[str]:
