@@ -146,6 +146,19 @@ def test_gradient_accumulation_is_derived_from_tokens():
         check_config(compose(TINY + ["trainer.batch_tokens=1024"]), world_size=3)
 
 
+def test_value_checks_read_no_file_and_input_checks_refuse_what_is_missing(tmp_path):
+    from codellama_recipe.train.config_checks import check_inputs, check_values
+
+    cache = tmp_path / "cache"      # the embedded corpus would be built here by an input check
+    cfg = compose(TINY + ["trainer.batch_tokens=1024", f"cache_dir={cache}", f"run_dir={tmp_path / 'run'}",
+                          f"corpus.code.paths=[{tmp_path / 'missing'}/*.jsonl]"])
+    plan = check_values(cfg, world_size=2)
+    assert plan.grad_accum == 4 and not cache.exists() and not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError) as e:
+        check_inputs(cfg, plan)
+    assert e.value.key == "data.sources.code.paths"
+
+
 def test_run_fails_before_any_process_group(tmp_path):
     from codellama_recipe.train.trainer import run
 

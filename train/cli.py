@@ -64,9 +64,10 @@ def _run(cfg, callbacks=(), loaders=None) -> int:
 
 
 def _check(cfg) -> None:
-    from codellama_recipe.train.config_checks import check_config
+    """A -m sweep's up-front check of every job: the values only (each job checks its inputs where it starts)."""
+    from codellama_recipe.train.config_checks import check_values
 
-    check_config(cfg)
+    check_values(cfg)
 
 
 def main(callbacks=(), loaders=None) -> None:

@@ -5,8 +5,9 @@ choices, the rules between values (the batch in tokens must split into whole mic
 process), and what the file system must hold (data paths that match files, the fields the sources name,
 init_from and tokenizer_path). It all runs before any process group, model or data loader exists, so a bad
 command fails in a second with one `ConfigError` naming the key, the value and what is allowed.
-`check_config` also derives the values the engine needs (gradient accumulation, the typed data plan), so
-they are computed in exactly one place.
+Two parts: `check_values` is pure (no file is read; a `-m` sweep runs it for every job up front) and derives the
+values the engine needs (gradient accumulation, the typed data plan) in exactly one place; `check_inputs` looks
+at what the run will read, where the run starts. `check_config` is both.
 """
 from __future__ import annotations
 
@@ -187,12 +188,10 @@ def typed_train_config(cfg: DictConfig) -> TrainConfig:
     return typed(TrainConfig, cfg, "config")
 
 
-def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pending: bool = False) -> RunPlan:
-    """Raise ConfigError for the first invalid value; return the derived RunPlan. `init_from_pending`: the
-    weights to start from do not exist yet (a later stage of a pipeline), so init_from and the tokenizer that
-    comes with it are not checked."""
+def check_values(cfg: DictConfig, world_size: int | None = None) -> RunPlan:
+    """The pure part of the checks: values, choices and the rules between them; no file is read or written.
+    Raise ConfigError for the first invalid value; return the derived RunPlan."""
     world_size = world_size_from_env() if world_size is None else world_size
-    check_paths(cfg, init_from_pending)
     check_trainer(cfg.trainer)
     check_optim(cfg.optim)
     _one_of(cfg.wandb, "mode", WANDB_MODES, "wandb")
@@ -208,9 +207,24 @@ def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pe
             f"must be a multiple of data.seq_len × trainer.micro_batch_size × world size = "
             f"{data.seq_len} × {t.micro_batch_size} × {world_size} = {per_pass} (gradient accumulation = "
             f"batch_tokens / that); nearest valid values: {lower} or {lower + per_pass}")
-    check_data_files(cfg, data)
-    if not init_from_pending:
-        check_tokenizer(cfg)
     return RunPlan(world_size=world_size, seq_len=data.seq_len, micro_batch_size=t.micro_batch_size,
                    grad_accum=t.batch_tokens // per_pass, batch_tokens=t.batch_tokens, zero_stage=stage,
                    precision=t.precision, data=data)
+
+
+def check_inputs(cfg: DictConfig, plan: RunPlan, *, init_from_pending: bool = False) -> None:
+    """What the run will read: run_dir, init_from, tokenizer_path, the data files and fields (the embedded demo
+    corpus is built here when the paths point at it; a hub dataset is opened). Done where a run starts, still
+    before any process group. `init_from_pending`: the weights to start from do not exist yet (a later stage of a
+    pipeline), so init_from and the tokenizer that comes with it are not checked."""
+    check_paths(cfg, init_from_pending)
+    check_data_files(cfg, plan.data)
+    if not init_from_pending:
+        check_tokenizer(cfg)
+
+
+def check_config(cfg: DictConfig, world_size: int | None = None, *, init_from_pending: bool = False) -> RunPlan:
+    """check_values, then check_inputs: everything a run needs before it starts."""
+    plan = check_values(cfg, world_size)
+    check_inputs(cfg, plan, init_from_pending=init_from_pending)
+    return plan
