@@ -12,6 +12,16 @@ import os
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Under torchrun or the deepspeed launcher a worker's parent is the launcher. torchrun starts each worker in a
+# session of its own, so a killed launcher (kill -9, a lost ssh session) would leave the workers training.
+_LAUNCHER = os.getppid() if "LOCAL_RANK" in os.environ else None
+
+
+def launcher_gone() -> str:
+    """'because its launcher (pid N) is gone' when this worker's launcher died, else ''."""
+    if _LAUNCHER is not None and os.getppid() != _LAUNCHER:
+        return f"because its launcher (pid {_LAUNCHER}) is gone"
+    return ""
 
 
 class StopFlag:
@@ -20,14 +30,12 @@ class StopFlag:
     def __init__(self):
         self.signum = 0
         self._previous = {}
-        # Under torchrun or the deepspeed launcher the parent is the launcher. torchrun starts each worker in a
-        # session of its own, so a killed launcher (kill -9, a lost ssh session) would leave the workers training.
-        self._launcher = os.getppid() if "LOCAL_RANK" in os.environ else None
 
     def check_launcher(self) -> None:
-        if self._launcher is not None and not self.signum and os.getppid() != self._launcher:
+        gone = launcher_gone()
+        if gone and not self.signum:
             self.signum = self.LAUNCHER_GONE
-            self.reason = f"because its launcher (pid {self._launcher}) is gone"
+            self.reason = gone
 
     @property
     def reason(self) -> str:

@@ -53,7 +53,7 @@ from codellama_recipe.train.model import ModelConfig
 from codellama_recipe.train.optim import lr_at, set_lr
 from codellama_recipe.train.peers import (PeerLost, apply_collective_timeout, describe_lost, is_lost_peer,
                                           rank0_work, start_watch)
-from codellama_recipe.train.stop_flag import StopFlag
+from codellama_recipe.train.stop_flag import StopFlag, launcher_gone
 from codellama_recipe.train.weight_formats import DTYPES, save_hf
 
 # DeepSpeed calls torch.distributed's deprecated collective names on every step; one warning per rank and call
@@ -305,7 +305,10 @@ def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, ca
     except Exception as e:
         if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
             latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
+            # A killed launcher takes torchrun's store with it: the collective that fails then is its symptom.
+            cause = launcher_gone()
             raise PeerLost(f"{describe_lost(e, progress['where'])}; "
+                           + (f"this rank stopped {cause}; " if cause else "")
                            + (f"the latest checkpoint {latest} is intact and rerunning the same command resumes "
                               f"from it" if latest else "no checkpoint written yet")) from None
         raise
