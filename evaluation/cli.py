@@ -13,6 +13,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.cli import run_hydra_command
+from codellama_recipe.core.schema import EvalConfig
 from codellama_recipe.evaluation.run import evaluate, load_config, score_samples_file
 
 
@@ -22,12 +23,12 @@ def run(cfg: DictConfig) -> int:
     from codellama_recipe.train.weight_formats import CheckpointError
 
     try:
-        return _run(_plain(cfg))
+        return _run(load_config(_plain(cfg)))
     except (ConfigError, CheckpointError) as e:   # a model folder that cannot be used: one line, exit 2
         return refuse("codellama-eval", str(e))
 
 
-def _run(cfg: DictConfig) -> int:
+def _run(cfg: EvalConfig) -> int:
     if cfg.report_from:
         from codellama_recipe.evaluation.report import write_report
         print(f"report: {write_report(list(cfg.report_from), cfg.out_dir)}")
@@ -52,13 +53,13 @@ def _run(cfg: DictConfig) -> int:
     return 0
 
 
-def check(cfg: DictConfig) -> None:
+def check(composed: DictConfig) -> None:
     """What can be refused before a model is loaded (exit 2 with one line)."""
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.evaluation.run import validate_config
 
-    typed_cfg = load_config(_plain(cfg))
-    validate_config(typed_cfg)
+    cfg = load_config(_plain(composed))
+    validate_config(cfg)
     if cfg.samples and not cfg.benchmark:
         raise ConfigError("benchmark", None, "samples=FILE needs benchmark=NAME")
     if cfg.samples:
@@ -66,7 +67,7 @@ def check(cfg: DictConfig) -> None:
         from codellama_recipe.evaluation.samples_file import read_samples
 
         try:
-            problems = every_problem(cfg.benchmark, typed_cfg)
+            problems = every_problem(cfg.benchmark, cfg)
         except FileNotFoundError as e:
             raise ConfigError.from_message(f"benchmark={cfg.benchmark}: {e}") from None
         read_samples(cfg.samples, cfg.benchmark, [p.task_id for p in problems])

@@ -39,19 +39,19 @@ def user_texts(patterns: Sequence[str]) -> Iterator[tuple[str, str]]:
             yield p, Path(p).read_text(encoding="utf-8", errors="replace")
 
 
-def select_texts(section, cache_dir=None, min_bytes: int = 0, max_files: int | None = None) -> list[tuple[str, str]]:
+def select_texts(section, cache_dir=None, min_bytes: int = 0, max_files: int | None = None,
+                 corpus_dir: Path | None = None) -> list[tuple[str, str]]:
     """(name, text) pairs with at least min_bytes (UTF-8), from section.files (globs, in path order) when
-    set, else from the embedded corpus source section.source, splits in the order given (held-out `val`
-    first; the corpus stores files in a hashed, deterministic order)."""
-    files = section.get("files")
+    set, else from the embedded corpus source section.source (in corpus_dir, or built in cache_dir), splits in
+    the order given (held-out `val` first; the corpus stores files in a hashed, deterministic order)."""
+    files = section.files
     if files:
         texts = user_texts([files] if isinstance(files, str) else list(files))
     else:
-        corpus_dir = section.get("corpus_dir") or corpus_dir_for(cache_dir)
-        texts = corpus_texts(corpus_dir, section.get("source", "python"), list(section.get("splits", ["val"])))
+        texts = corpus_texts(corpus_dir or corpus_dir_for(cache_dir), section.source, list(section.splits))
     long_enough = ((name, text) for name, text in texts if len(text.encode("utf-8")) >= min_bytes)
     chosen = list(itertools.islice(long_enough, max_files))
     if not chosen:
-        where = files or f"corpus source {section.get('source')!r} splits {list(section.get('splits', []))}"
+        where = files or f"corpus source {section.source!r} splits {list(section.splits)}"
         raise ConfigError("min_bytes", min_bytes, f"no text of {where} is that long")
     return chosen

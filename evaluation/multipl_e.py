@@ -56,7 +56,7 @@ def check_multipl_e_config(me) -> None:
     if not 0 < me.top_p <= 1:
         raise ConfigError("multipl_e.top_p", me.top_p, "must be in (0, 1]")
     for key in ("compile_s", "run_s", "memory_mb"):
-        for lang, value in (me[key] or {}).items():
+        for lang, value in (getattr(me, key) or {}).items():
             if lang not in LANGUAGES:
                 raise ConfigError(f"multipl_e.{key}", dict(me[key]), f"keys each one of {allowed}")
             if value is not None and value <= 0:

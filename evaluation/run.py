@@ -7,6 +7,8 @@ with its verdict), and the report (report.md + PNGs, see evaluation.report). Met
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -27,7 +29,7 @@ from codellama_recipe.evaluation.problems import Problem, score_completions
 from codellama_recipe.evaluation.samples_file import read_samples
 from codellama_recipe.core.config import conf_dir, typed
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import EvalConfig, SandboxConfig
+from codellama_recipe.core.schema import EvalConfig
 from codellama_recipe.train.weight_formats import DTYPES
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,12 @@ SCORED_BENCHMARKS = CODE_BENCHMARKS + ("multipl_e",)   # what a samples file may
 
 
 # ------------------------------------------------------------------ config
-def load_config(overrides=None, preset: str | None = None) -> DictConfig:
+def load_config(overrides=None, preset: str | None = None) -> EvalConfig:
     """conf/eval.yaml, then conf/eval/<preset>.yaml (e.g. "fast"), then `overrides` (dict / DictConfig /
-    list of "key=value") on top, checked against the schema (core.schema.EvalConfig)."""
+    list of "key=value") on top, as the typed EvalConfig (core/schema.py) every evaluation function reads; an
+    EvalConfig without a preset is used as it is."""
+    if isinstance(overrides, EvalConfig) and preset is None:
+        return copy.deepcopy(overrides)
     layers = [OmegaConf.load(CONF_DIR / "eval.yaml")]
     if preset is not None:
         path = CONF_DIR / "eval" / f"{preset}.yaml"
@@ -56,10 +61,10 @@ def load_config(overrides=None, preset: str | None = None) -> DictConfig:
     merged = OmegaConf.merge(*layers)
     for key in ("hydra", "defaults"):
         merged.pop(key, None)
-    return OmegaConf.structured(typed(EvalConfig, merged, "eval"))
+    return typed(EvalConfig, merged, "eval")
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: EvalConfig) -> None:
     """The values an evaluation config may not take (its types are the schema's)."""
     unknown = [b for b in cfg.benchmarks if b not in BENCHMARKS]
     if unknown:
@@ -83,8 +88,8 @@ def validate_config(cfg: DictConfig) -> None:
     if not ci.modes or any(m not in CORPUS_INFILLING_MODES for m in ci.modes):
         raise ConfigError("corpus_infilling.modes", list(ci.modes), f"each one of {list(CORPUS_INFILLING_MODES)}")
     for key in ("max_files", "max_chars", "spans_per_doc", "max_span_lines", "lines_per_doc", "max_new_tokens"):
-        if ci[key] < 1:
-            raise ConfigError(f"corpus_infilling.{key}", ci[key], "must be >= 1")
+        if getattr(ci, key) < 1:
+            raise ConfigError(f"corpus_infilling.{key}", getattr(ci, key), "must be >= 1")
     if ci.max_tokens is not None and ci.max_tokens < 8:
         raise ConfigError("corpus_infilling.max_tokens", ci.max_tokens, "null (the model's max_seq_len) or >= 8")
     if cfg.benchmark is not None and cfg.benchmark not in SCORED_BENCHMARKS:
@@ -93,17 +98,17 @@ def validate_config(cfg: DictConfig) -> None:
     from codellama_recipe.evaluation.sandbox import check_sandbox_config
 
     check_multipl_e_config(cfg.multipl_e)
-    check_sandbox_config(typed(SandboxConfig, cfg.sandbox, "sandbox"))
+    check_sandbox_config(cfg.sandbox)
 
 
-def _limit(cfg: DictConfig, section: str):
-    own = cfg.get(section, {}).get("limit") if section in cfg else None
-    return own if own is not None else cfg.get("limit")
+def _limit(cfg: EvalConfig, section: str):
+    own = getattr(cfg, section).limit
+    return own if own is not None else cfg.limit
 
 
 # ------------------------------------------------------------------ model
 # ------------------------------------------------------------------ benchmarks
-def load_problems(name: str, cfg: DictConfig) -> list[Problem]:
+def load_problems(name: str, cfg: EvalConfig) -> list[Problem]:
     if name == "humaneval":
         return load_humaneval(cfg.humaneval.path, _limit(cfg, "humaneval"), tuple(cfg.humaneval.stop))
     if name == "mbpp":
@@ -117,7 +122,7 @@ def load_problems(name: str, cfg: DictConfig) -> list[Problem]:
     raise ConfigError("benchmark", name, f"one of {list(CODE_BENCHMARKS)}")
 
 
-def _params(cfg: DictConfig, stop, max_new_tokens=None) -> GenerationParams:
+def _params(cfg: EvalConfig, stop, max_new_tokens=None) -> GenerationParams:
     g = cfg.generation
     return GenerationParams(max_new_tokens=max_new_tokens or g.max_new_tokens, temperature=g.temperature,
                             top_p=g.top_p, stop=tuple(stop), seed=cfg.seed)
@@ -303,7 +308,7 @@ def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: s
     label = cfg.label or (Path(cfg.model_path).name if cfg.model_path else "model")
     results = {"label": label, "model_path": cfg.model_path, "created": datetime.datetime.now().isoformat(),
                "metrics": {}, "details": {}, "skipped": {}, "timings_s": {},
-               "config": OmegaConf.to_container(cfg, resolve=True)}
+               "config": dataclasses.asdict(cfg)}
     sandbox = None
     for name in cfg.benchmarks:
         started = time.time()
@@ -350,9 +355,9 @@ def make_sandbox(cfg):
     return Sandbox(cfg.sandbox)
 
 
-def every_problem(benchmark: str, cfg: DictConfig) -> list[Problem]:
+def every_problem(benchmark: str, cfg: EvalConfig) -> list[Problem]:
     """All the benchmark's problems, whatever limits cfg sets (a samples file may complete any of them)."""
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.limit = None
     cfg.humaneval.limit = cfg.mbpp.limit = cfg.infilling.limit = None
     if benchmark == "multipl_e":   # every configured language's, judged or not (score_samples_file says which)

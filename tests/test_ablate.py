@@ -146,10 +146,10 @@ def _differences(a, b):
 
 
 def test_arms_differ_only_where_declared():
-    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.cli import load_ablate_config
     from codellama_recipe.stages.ablate.arms import compose_arms
 
-    arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x"]))}
+    arms = {a.name: a for a in compose_arms(load_ablate_config(["ablate=smoke", "run_dir=/tmp/x"]))}
     assert _differences(arms["fim"].cfg, arms["ar"].cfg) == {"data.fim.rate"}
     assert _differences(arms["fim"].cfg, arms["fim_psm_only"].cfg) == {"data.fim.spm_rate"}
     assert _differences(arms["lcft_theta1e4"].cfg, arms["lcft_theta1e6"].cfg) == {"model.rope_theta"}
@@ -168,14 +168,14 @@ def test_arms_differ_only_where_declared():
 
 
 def test_gpu_preset_composes_with_the_arms_of_the_cpu_presets():
-    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.cli import load_ablate_config
     from codellama_recipe.stages.ablate.arms import compose_arms
     from codellama_recipe.stages.ablate.measure import check_measurements, curve_steps
 
-    acfg = compose_checked("ablate", ["ablate=gpu", "run_dir=/tmp/x"])
+    acfg = load_ablate_config(["ablate=gpu", "run_dir=/tmp/x"])
     arms = {a.name: a for a in compose_arms(acfg)}
     check_measurements(list(arms.values()), acfg)
-    smoke = {a.name for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x"]))}
+    smoke = {a.name for a in compose_arms(load_ablate_config(["ablate=smoke", "run_dir=/tmp/x"]))}
     assert set(arms) == smoke
     fim = arms["fim"].cfg
     assert (fim.model.dim, fim.model.n_layers, fim.trainer.precision) == (512, 8, "bf16")
@@ -185,12 +185,12 @@ def test_gpu_preset_composes_with_the_arms_of_the_cpu_presets():
 
 
 def test_fim_long_preset_is_full_with_eight_times_the_twins_tokens_and_a_curve_through_fulls_end():
-    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.cli import load_ablate_config
     from codellama_recipe.stages.ablate.arms import compose_arms
     from codellama_recipe.stages.ablate.measure import curve_steps
 
-    full = {a.name: a.cfg for a in compose_arms(compose_checked("ablate", ["run_dir=/tmp/x"]))}
-    acfg = compose_checked("ablate", ["ablate=fim_long", "run_dir=/tmp/x"])
+    full = {a.name: a.cfg for a in compose_arms(load_ablate_config(["run_dir=/tmp/x"]))}
+    acfg = load_ablate_config(["ablate=fim_long", "run_dir=/tmp/x"])
     long = {a.name: a.cfg for a in compose_arms(acfg)}
     assert set(long) == set(full) and long["general"] == full["general"]
     for twin in ("fim", "fim_psm_only", "ar"):
@@ -267,25 +267,25 @@ def test_smoke_ablation_resumes_and_writes_the_report_and_the_summary_lines(tmp_
 
 
 def test_an_arm_added_on_the_command_line_is_composed_and_its_keys_checked():
-    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.cli import load_ablate_config
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.stages.ablate.arms import compose_arms
 
     extra = '+arms.fim_spm_only={parent: general, settings: base, set: {data.fim.spm_rate: 1.0}, measure: ["infill:spm"]}'
-    arms = {a.name: a for a in compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x", extra]))}
+    arms = {a.name: a for a in compose_arms(load_ablate_config(["ablate=smoke", "run_dir=/tmp/x", extra]))}
     assert arms["fim_spm_only"].cfg.data.fim.spm_rate == 1.0 and arms["fim_spm_only"].measure == ["infill:spm"]
     assert _differences(arms["fim"].cfg, arms["fim_spm_only"].cfg) == {"data.fim.spm_rate"}
     with pytest.raises(ConfigError, match=r"arms\.bad\.parentt.*unknown key"):
-        compose_arms(compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x",
+        compose_arms(load_ablate_config(["ablate=smoke", "run_dir=/tmp/x",
                                                 "+arms.bad={parentt: null, settings: base}"]))
 
 
 def test_more_seeds_repeat_every_arm_below_the_general_base_from_the_same_base():
-    from codellama_recipe.core.cli import compose_checked
+    from codellama_recipe.stages.ablate.cli import load_ablate_config
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.stages.ablate.arms import compose_arms
 
-    acfg = compose_checked("ablate", ["ablate=smoke", "run_dir=/r", "more_seeds=[5]"])
+    acfg = load_ablate_config(["ablate=smoke", "run_dir=/r", "more_seeds=[5]"])
     arms = {a.name: a for a in compose_arms(acfg)}
     assert "general@seed5" not in arms and {"fim@seed5", "ar@seed5", "lcft_theta1e6@seed5"} <= set(arms)
     fim, lcft = arms["fim@seed5"], arms["lcft_theta1e6@seed5"]
@@ -294,7 +294,7 @@ def test_more_seeds_repeat_every_arm_below_the_general_base_from_the_same_base()
     assert (lcft.parent, lcft.cfg.init_from) == ("ar@seed5", "/r/seed5/ar/hf")
     assert arms["fim"].curve and not fim.curve and arms["fim"].cfg.seed == 0
     with pytest.raises(ConfigError, match="more_seeds"):
-        compose_arms(compose_checked("ablate", ["ablate=smoke", "more_seeds=[0]"]))
+        compose_arms(load_ablate_config(["ablate=smoke", "more_seeds=[0]"]))
 
 
 def test_a_claim_holds_across_seeds_only_when_it_holds_in_every_seed():
@@ -310,13 +310,12 @@ def test_a_claim_holds_across_seeds_only_when_it_holds_in_every_seed():
 
 
 def test_each_ablation_reads_its_arms_through_roles_that_are_checked_against_the_arms():
-    from codellama_recipe.core.cli import compose_checked
     from codellama_recipe.core.errors import ConfigError
     from codellama_recipe.stages.ablate.arms import compose_arms
-    from codellama_recipe.stages.ablate.cli import roles_of
+    from codellama_recipe.stages.ablate.cli import load_ablate_config, roles_of
 
     def roles(*overrides):
-        acfg = compose_checked("ablate", ["ablate=smoke", "run_dir=/tmp/x", *overrides])
+        acfg = load_ablate_config(["ablate=smoke", "run_dir=/tmp/x", *overrides])
         return roles_of(acfg, compose_arms(acfg))
 
     assert roles()["fim"] == {"fim": "fim", "ar": "ar", "psm_only": "fim_psm_only"}
@@ -344,8 +343,7 @@ def _synthetic_fim_measurements(rng: random.Random, docs: int, scale: float) -> 
 
 
 def test_an_ablation_left_out_is_not_reported_and_renamed_arms_are_found_by_role(tmp_path):
-    from omegaconf import OmegaConf
-
+    from codellama_recipe.core.schema import AblateConfig, AblateEval, AblateScale
     from codellama_recipe.stages.ablate.cli import ablation_figures
     from codellama_recipe.stages.ablate.report import write_outputs
 
@@ -353,7 +351,7 @@ def test_an_ablation_left_out_is_not_reported_and_renamed_arms_are_found_by_role
     measured = {"twin": _synthetic_fim_measurements(rng, 12, 1.0),
                 "left_to_right": _synthetic_fim_measurements(rng, 12, 1.2)}
     roles = {"fim": {"fim": "twin", "ar": "left_to_right"}}
-    acfg = OmegaConf.create({"eval": {"bootstrap_samples": 200}, "seed": 0, "scale": {"seq_len": 64}})
+    acfg = AblateConfig(eval=AblateEval(bootstrap_samples=200), seed=0, scale=AblateScale(seq_len=64))
     figures = ablation_figures(measured, roles, acfg)
     assert set(figures) == {"fim"}
     twin, ar = measured["twin"]["infill:psm"], measured["left_to_right"]["infill:ar"]

@@ -97,8 +97,7 @@ def test_perplexity_by_context_length_matches_direct_forward(tok, texts):
 def test_long_file_selection_from_corpus_layout_and_user_globs(tmp_path):
     import json as _json
 
-    from omegaconf import OmegaConf
-
+    from codellama_recipe.core.schema import PerplexityConfig
     from codellama_recipe.evaluation.long_files import select_texts
     corpus = tmp_path / "corpus"
     (corpus / "python").mkdir(parents=True)
@@ -107,13 +106,13 @@ def test_long_file_selection_from_corpus_layout_and_user_globs(tmp_path):
         with open(corpus / "python" / f"{split}-00000.jsonl", "w") as f:
             for path, size in files:
                 f.write(_json.dumps({"text": "x" * size, "path": path}) + "\n")
-    section = OmegaConf.create({"source": "python", "splits": ["val", "train"], "corpus_dir": str(corpus)})
-    names = [n for n, _ in select_texts(section, min_bytes=500, max_files=2)]
+    section = PerplexityConfig(source="python", splits=["val", "train"])
+    names = [n for n, _ in select_texts(section, min_bytes=500, max_files=2, corpus_dir=corpus)]
     assert names == ["python/val:v_long.py", "python/train:t_long1.py"]     # held-out split first
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.py").write_text("y" * 1000)
     (tmp_path / "mine" / "b.py").write_text("y" * 10)
-    user = OmegaConf.create({"files": str(tmp_path / "mine" / "*.py")})
+    user = PerplexityConfig(files=str(tmp_path / "mine" / "*.py"))
     assert [n for n, _ in select_texts(user, min_bytes=500)] == [str(tmp_path / "mine" / "a.py")]
     with pytest.raises(ValueError, match="min_bytes"):
         select_texts(user, min_bytes=10_000)

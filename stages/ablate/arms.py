@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.schema import AblateArm, PipelineRunConfig
+from codellama_recipe.core.schema import AblateArm, AblateConfig, PipelineRunConfig
 from codellama_recipe.stages.pipeline import check_stage, compose_stage
 from codellama_recipe.stages.stage_runner import STATE_FORMAT, Job, PlannedJob, plan_jobs, run_jobs
 from codellama_recipe.train.stop_flag import StopFlag
@@ -59,9 +59,9 @@ def arm_order(arms: dict) -> list[str]:
     return order
 
 
-def arm_entries(acfg: DictConfig) -> dict[str, dict]:
-    """Each arm's codellama-train keys (as a pipeline stage entry), interpolations resolved."""
-    resolved = OmegaConf.to_container(acfg, resolve=True)
+def arm_entries(acfg: AblateConfig) -> dict[str, dict]:
+    """Each arm's codellama-train keys (as a pipeline stage entry)."""
+    resolved = dataclasses.asdict(acfg)
     settings, entries = resolved["settings"], {}
     for name, raw in resolved["arms"].items():
         arm = dataclasses.asdict(typed(AblateArm, raw, f"arms.{name}"))
@@ -75,23 +75,23 @@ def arm_entries(acfg: DictConfig) -> dict[str, dict]:
     return entries
 
 
-def pipeline_view(acfg: DictConfig, entries: dict, order: list[str], run_dir: Path | None = None,
+def pipeline_view(acfg: AblateConfig, entries: dict, order: list[str], run_dir: Path | None = None,
                   seed: int | None = None) -> DictConfig:
     """The arms seen as the stages of a pipeline config, for the pipeline's compose_stage."""
     view = OmegaConf.structured(PipelineRunConfig)
     return OmegaConf.merge(view, {
         "run_dir": str(run_dir or acfg.run_dir), "seed": acfg.seed if seed is None else seed,
         "cache_dir": acfg.cache_dir, "common": list(acfg.common),
-        "wandb": OmegaConf.to_container(acfg.wandb, resolve=True),
+        "wandb": dataclasses.asdict(acfg.wandb),
         "pipeline": {"name": PIPELINE_NAME, "model": MODEL_PRESET, "order": order}, "stages": entries})
 
 
-def compose_arms(acfg: DictConfig) -> list[Arm]:
+def compose_arms(acfg: AblateConfig) -> list[Arm]:
     """Every arm's training config, checked by codellama-train's checks (nothing runs). With `more_seeds`, every
     arm below a root arm is repeated per seed as `<arm>@seed<k>` in run_dir/seed<k>/<arm>, trained with that seed
     from the same root arms (the general base is one model, as Llama 2 is for the real recipe)."""
     resolved_arms = {name: dataclasses.asdict(typed(AblateArm, arm, f"arms.{name}"))
-                     for name, arm in OmegaConf.to_container(acfg.arms, resolve=True).items()}
+                     for name, arm in acfg.arms.items()}
     order = arm_order(resolved_arms)
     entries = arm_entries(acfg)
     run_dir = Path(str(acfg.run_dir))

@@ -8,16 +8,19 @@ one process (2 CPU threads); every arm is an ordinary codellama-train run (train
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import compose_checked, read_composed_command_line, refuse
+from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import AblateConfig
 from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
@@ -29,25 +32,25 @@ from codellama_recipe.stages.stage_runner import PipelineError
 PROG = "codellama-ablate"
 
 
-def check(acfg: DictConfig) -> None:
-    roles_of(acfg, compose_arms(acfg))
+def load_ablate_config(overrides: list[str]) -> AblateConfig:
+    """conf/ablate.yaml composed with the overrides, checked against its schema, as the typed AblateConfig."""
+    return typed(AblateConfig, compose_checked("ablate", overrides), "ablate")
 
 
-def roles_of(acfg: DictConfig, arms) -> dict[str, dict[str, str]]:
+def roles_of(acfg: AblateConfig, arms) -> dict[str, dict[str, str]]:
     """The arms' measurements checked, and each ablation's {role: arm} (stages/ablate/roles.py)."""
     check_measurements(arms, acfg)
-    return ablation_roles(OmegaConf.to_container(acfg.ablations, resolve=True),
-                          {arm.name: arm.measure for arm in arms})
+    return ablation_roles(acfg.ablations, {arm.name: arm.measure for arm in arms})
 
 
-def corpus_fingerprint(acfg: DictConfig) -> str | None:
+def corpus_fingerprint(acfg: AblateConfig) -> str | None:
     from codellama_recipe.evaluation.long_files import corpus_dir_for
 
     manifest = Path(corpus_dir_for(acfg.cache_dir)) / "manifest.json"
     return json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
 
 
-def ablation_figures(measured: dict, roles: dict, acfg: DictConfig) -> dict:
+def ablation_figures(measured: dict, roles: dict, acfg: AblateConfig) -> dict:
     """The figures of each declared ablation from one seed's measurements (keyed by arm name)."""
     n, seed = acfg.eval.bootstrap_samples, acfg.seed
     by_role = {ablation: {role: measured[arm] for role, arm in arms.items()} for ablation, arms in roles.items()}
@@ -62,7 +65,7 @@ def ablation_figures(measured: dict, roles: dict, acfg: DictConfig) -> dict:
     return out
 
 
-def fim_curves(measured: dict, roles: dict, arms, acfg: DictConfig) -> dict:
+def fim_curves(measured: dict, roles: dict, arms, acfg: AblateConfig) -> dict:
     """The learning curves of the FIM ablation's arms declared with `curve: true`."""
     fim = roles.get("fim")
     if fim is None:
@@ -81,19 +84,18 @@ def arm_summary(arm, declared: dict) -> dict:
             "train_loss": done.get("train_loss")}
 
 
-def run_ablations(acfg: DictConfig) -> int:
-    with run_dir_lock(Path(str(acfg.run_dir))):
-        return _run_ablations(acfg)
+def run_ablations(acfg: AblateConfig, arms, roles: dict) -> int:
+    """Train the arms (composed and checked by compose_arms and roles_of), measure them, write the report."""
+    with run_dir_lock(Path(acfg.run_dir)):
+        return _run_ablations(acfg, arms, roles)
 
 
-def _run_ablations(acfg: DictConfig) -> int:
+def _run_ablations(acfg: AblateConfig, arms, roles: dict) -> int:
     from codellama_recipe.data.tokenizer import Tokenizer
     from codellama_recipe.train.engine_setup import shutdown_distributed
 
     started = time.time()
-    arms = compose_arms(acfg)
-    roles = roles_of(acfg, arms)
-    run_dir = Path(str(acfg.run_dir))
+    run_dir = Path(acfg.run_dir)
     with held_stop_signals() as stop:
         try:
             fingerprints = train_arms(arms, run_dir, stop)
@@ -111,11 +113,11 @@ def _run_ablations(acfg: DictConfig) -> int:
                       "command to resume", flush=True)
                 return 0
             measured[arm.name] = measure_arm(arm, fingerprints[arm.name], acfg, held)
-    declared = OmegaConf.to_container(acfg.arms, resolve=True)
+    declared = acfg.arms
     results = {
         "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
                   "model": OmegaConf.to_container(root.cfg.model, resolve=True),
-                  "eval": OmegaConf.to_container(acfg.eval, resolve=True),
+                  "eval": dataclasses.asdict(acfg.eval),
                   "corpus_fingerprint": corpus_fingerprint(acfg), "seeds": [acfg.seed, *acfg.more_seeds]},
         "arms": {arm.name: arm_summary(arm, declared[arm.name.split("@")[0]]) for arm in arms},
         "roles": roles,
@@ -143,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(line, int):
         return line
     try:
-        acfg = compose_checked("ablate", line.overrides)
         if line.show_config:
-            line.print_config(acfg)
+            line.print_config(compose_checked("ablate", line.overrides))
             return 0
-        check(acfg)
-        return run_ablations(acfg)
+        acfg = load_ablate_config(line.overrides)
+        arms = compose_arms(acfg)
+        return run_ablations(acfg, arms, roles_of(acfg, arms))
     except (ConfigError, PipelineError) as e:
         return refuse(PROG, str(e))
 

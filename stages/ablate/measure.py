@@ -13,10 +13,9 @@ import itertools
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from codellama_recipe.core.atomic import write_json_atomic
 from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.schema import AblateConfig
 from codellama_recipe.evaluation.corpus_infilling import exact_match_hits, fitting_files, infill_loss_sums
 from codellama_recipe.evaluation.document_loss import document_losses
 from codellama_recipe.evaluation.generation import Generator, GenerationParams
@@ -45,7 +44,7 @@ class HeldOut:
     haystacks: list[str]
 
 
-def check_measurements(arms, acfg: DictConfig | None = None) -> None:
+def check_measurements(arms, acfg: AblateConfig | None = None) -> None:
     for arm in arms:
         for name in arm.measure:
             if name not in KNOWN:
@@ -57,7 +56,7 @@ def check_measurements(arms, acfg: DictConfig | None = None) -> None:
             curve_steps(acfg)
 
 
-def curve_steps(acfg: DictConfig) -> list[int]:
+def curve_steps(acfg: AblateConfig) -> list[int]:
     """The twins' steps at eval.curve_fractions; each must be a checkpoint (a multiple of scale.checkpoint_every,
     or the last step)."""
     steps, every = acfg.scale.base_steps, acfg.scale.checkpoint_every
@@ -72,11 +71,11 @@ def curve_steps(acfg: DictConfig) -> list[int]:
     return sorted(set(out))
 
 
-def context_lengths(acfg: DictConfig, factors) -> list[int]:
+def context_lengths(acfg: AblateConfig, factors) -> list[int]:
     return [max(1, int(round(float(f) * acfg.scale.seq_len))) for f in factors]
 
 
-def held_out(acfg: DictConfig, tokenizer) -> HeldOut:
+def held_out(acfg: AblateConfig, tokenizer) -> HeldOut:
     ev, seq_len = acfg.eval, acfg.scale.seq_len
     corpus_dir = corpus_dir_for(acfg.cache_dir)
     infill_docs = fitting_files((text for _, text in corpus_texts(corpus_dir, INFILLING_SOURCE, [INFILLING_SPLIT])),
@@ -89,7 +88,7 @@ def held_out(acfg: DictConfig, tokenizer) -> HeldOut:
     long_files = list(itertools.islice(long_enough, ev.ppl_files))
     haystacks = [t for _, t in itertools.islice(corpus_texts(corpus_dir, "python", ["val", "train"]), 300)]
     if not infill_docs or not long_files:
-        raise ConfigError("eval", OmegaConf.to_container(ev), f"no held-out code file fits in {seq_len} tokens, or "
+        raise ConfigError("eval", dataclasses.asdict(ev), f"no held-out code file fits in {seq_len} tokens, or "
                                                                f"none has {longest} tokens")
     return HeldOut(infill_docs, val_docs, long_files, haystacks)
 
@@ -131,7 +130,7 @@ def measure_key_retrieval(model, tokenizer, acfg, held: HeldOut) -> dict:
     return {"lengths": lengths, "positions": positions, "hits": hits}
 
 
-def _load(model_path: Path, acfg: DictConfig, tokenizer_path: Path | None = None):
+def _load(model_path: Path, acfg: AblateConfig, tokenizer_path: Path | None = None):
     return load_model_and_tokenizer(ModelToLoad(
         model_path=str(model_path), tokenizer_path=None if tokenizer_path is None else str(tokenizer_path),
         cache_dir=acfg.cache_dir, device=acfg.eval.device, dtype="float32"))
@@ -150,7 +149,7 @@ def _measure_one(name, model, tokenizer, acfg, held):
     return measure_key_retrieval(model, tokenizer, acfg, held)
 
 
-def measure_curve(arm, acfg: DictConfig, held: HeldOut, results: dict, save, log=print) -> dict:
+def measure_curve(arm, acfg: AblateConfig, held: HeldOut, results: dict, save, log=print) -> dict:
     """{step: {measure: per-document values}} for the arm's infill:/exact: measures at its curve steps: the
     retained checkpoints along training (the last step is the arm's export, measured already)."""
     run_dir = Path(str(arm.cfg.run_dir))
@@ -178,11 +177,11 @@ def measure_curve(arm, acfg: DictConfig, held: HeldOut, results: dict, save, log
     return curve
 
 
-def measure_arm(arm, arm_fingerprint: str, acfg: DictConfig, held: HeldOut, log=print) -> dict:
+def measure_arm(arm, arm_fingerprint: str, acfg: AblateConfig, held: HeldOut, log=print) -> dict:
     """The arm's measurements (and, for an arm with `curve`, those along its checkpoints), computing only those
     not saved under the same key."""
     path = Path(str(arm.cfg.run_dir)) / MEASUREMENTS_FILE
-    key = fingerprint({"arm": arm_fingerprint, "eval": OmegaConf.to_container(acfg.eval, resolve=True),
+    key = fingerprint({"arm": arm_fingerprint, "eval": dataclasses.asdict(acfg.eval),
                        "seq_len": acfg.scale.seq_len, "seed": acfg.seed})
     saved = json.loads(path.read_text()) if path.exists() else {}
     results = saved.get("results", {}) if saved.get("key") == key else {}
