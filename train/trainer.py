@@ -265,43 +265,38 @@ def run(cfg: DictConfig, callbacks: list[Callback] = (), loaders=build_loaders) 
         return _run_locked(cfg, record, plan, run_dir, list(callbacks), loaders)
 
 
+@dataclass
+class RunStart:
+    """What is settled before the process group starts: where the run resumes, what it is, its model."""
+    record: dict                  # the resolved config (config.yaml, checkpoints, wandb)
+    plan: RunPlan
+    run_dir: Path
+    identity: dict                # what a checkpoint must match to be resumed
+    fingerprint: str              # DONE.json's: the same command on a finished run does nothing
+    tag: str | None               # the intact checkpoint to resume from; None: a fresh start
+    damaged: list                 # [(tag, problem)] of damaged checkpoints skipped
+    diffs: list[str]              # config changes since that checkpoint (trainer.allow_config_change)
+    resume_client: dict | None    # that checkpoint's client state (read without unpickling)
+    setup: ModelSetup | None = None
+    tokenizer: Any = None
+
+
 def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, callbacks: list[Callback],
                 loaders) -> dict:
-    ckpt_dir = run_dir / "checkpoints"
-    rank_env = int(os.environ.get("RANK", "0"))
-
-    identity = ckpt_identity.resume_identity(record, plan.world_size)
-    tag, damaged = ckpt_integrity.newest_intact_tag(ckpt_dir)
-    if damaged and tag is None:
-        raise ckpt_integrity.no_intact_checkpoint(ckpt_dir, damaged)
-    for bad, problem in damaged:
-        _log(rank_env, f"checkpoint {bad} is damaged ({problem}); skipped, resuming from {tag}")
-    resume_client = ckpt_integrity.read_client_state(ckpt_dir, tag) if tag else None
-    diffs = (ckpt_identity.check_resumable(resume_client, identity, cfg.trainer.allow_config_change)
-             if resume_client else [])
-
-    fingerprint = run_fingerprint(record)
+    start = resume_point(cfg, record, plan, run_dir)
     done_file = run_dir / DONE_FILE
     if done_file.is_file():
         done = json.loads(done_file.read_text())
-        if done.get("fingerprint") == fingerprint:
-            _log(rank_env, f"{run_dir} already finished with this configuration ({DONE_FILE}); nothing to do")
+        if done.get("fingerprint") == start.fingerprint:
+            _log(int(os.environ.get("RANK", "0")),
+                 f"{run_dir} already finished with this configuration ({DONE_FILE}); nothing to do")
             return done
-
-    from codellama_recipe.data.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer(resolve_tokenizer_path(cfg))
-    if resume_client and not diffs:
-        setup = ModelSetup(ModelConfig.from_dict(resume_client["model_config"]).validate())
-    else:
-        setup = prepare_model(cfg, tokenizer.vocab_size, load_weights=resume_client is None)
+    start.tokenizer, start.setup = tokenizer_and_model(cfg, start)
 
     # ---- the process group starts here ----
-    device, backend = device_and_backend()
     progress = {"where": "while the process group started"}
     try:
-        return _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint,
-                                tokenizer, device, backend, progress, callbacks, loaders)
+        return _run_distributed(cfg, start, progress, callbacks, loaders)
     except Exception as e:
         if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
             latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
@@ -314,9 +309,36 @@ def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, ca
         raise
 
 
-def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, identity, fingerprint, tokenizer,
-                     device, backend, progress, callbacks, loaders) -> dict:
+def resume_point(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path) -> RunStart:
+    """The newest intact checkpoint and whether this configuration may resume it (refused otherwise)."""
     ckpt_dir = run_dir / "checkpoints"
+    identity = ckpt_identity.resume_identity(record, plan.world_size)
+    tag, damaged = ckpt_integrity.newest_intact_tag(ckpt_dir)
+    if damaged and tag is None:
+        raise ckpt_integrity.no_intact_checkpoint(ckpt_dir, damaged)
+    for bad, problem in damaged:
+        _log(int(os.environ.get("RANK", "0")), f"checkpoint {bad} is damaged ({problem}); skipped, resuming from {tag}")
+    client = ckpt_integrity.read_client_state(ckpt_dir, tag) if tag else None
+    diffs = ckpt_identity.check_resumable(client, identity, cfg.trainer.allow_config_change) if client else []
+    return RunStart(record=record, plan=plan, run_dir=run_dir, identity=identity, fingerprint=run_fingerprint(record),
+                    tag=tag, damaged=damaged, diffs=diffs, resume_client=client)
+
+
+def tokenizer_and_model(cfg: TrainConfig, start: RunStart):
+    """The tokenizer, and the model: the checkpoint's shape when resuming it unchanged, else as configured (with
+    the init_from weights on a fresh start)."""
+    from codellama_recipe.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(resolve_tokenizer_path(cfg))
+    client = start.resume_client
+    if client and not start.diffs:
+        return tokenizer, ModelSetup(ModelConfig.from_dict(client["model_config"]).validate())
+    return tokenizer, prepare_model(cfg, tokenizer.vocab_size, load_weights=client is None)
+
+
+def _run_distributed(cfg: TrainConfig, start: RunStart, progress: dict, callbacks: list[Callback], loaders) -> dict:
+    plan, run_dir, setup = start.plan, start.run_dir, start.setup
+    device, backend = device_and_backend()
     timeout_s = float(cfg.trainer.collective_timeout_s)
     rank, world_size = init_distributed(backend, timeout_s)
     start_watch(timeout_s)
@@ -324,7 +346,7 @@ def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, ide
         raise RuntimeError(f"process group has {world_size} ranks but WORLD_SIZE said {plan.world_size}")
     for note in setup.notes:
         _log(rank, note)
-    for d in diffs:
+    for d in start.diffs:
         _log(rank, f"config changed since the checkpoint (trainer.allow_config_change=true): {d}")
 
     model = build_model(setup, seed=int(cfg.seed), activation_checkpointing=cfg.trainer.activation_checkpointing)
@@ -337,15 +359,15 @@ def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, ide
     engine, optimizer = build_engine(cfg, plan, model, device)
     groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
     _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
-    train_loader, val_loaders = loaders(cfg, tokenizer, rank, world_size, plan)
+    train_loader, val_loaders = loaders(cfg, start.tokenizer, rank, world_size, plan)
     if rank == 0:
-        prepare_run_dir(run_dir, setup.config.to_dict(), record)
+        prepare_run_dir(run_dir, setup.config.to_dict(), start.record)
     dist.barrier()
-    state = resume_or_seed(engine, train_loader, ckpt_dir, tag, damaged, rank=rank, world_size=world_size,
-                           seed=int(cfg.seed))
+    state = resume_or_seed(engine, train_loader, run_dir / "checkpoints", start.tag, start.damaged, rank=rank,
+                           world_size=world_size, seed=int(cfg.seed))
 
     logger = MetricsLogger(run_dir, rank=rank, resume_step=state.step, wandb_cfg=cfg.wandb,
-                           config=record, run_id=state.wandb_run_id)
+                           config=start.record, run_id=state.wandb_run_id)
     state.wandb_run_id = logger.run_id
     peak, peak_source = (peak_flops_per_device(cfg.trainer.peak_flops_per_device, device, Path(str(cfg.cache_dir)))
                          if rank == 0 else (float("nan"), ""))
@@ -360,12 +382,12 @@ def _run_distributed(cfg, record, plan, run_dir, setup, diffs, tag, damaged, ide
     stop.install()
     exit_code = 1
     ctx = TrainContext(
-        cfg=cfg, record=record, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
+        cfg=cfg, record=start.record, plan=plan, engine=engine, optimizer=optimizer, train_loader=train_loader,
         val_loaders=val_loaders, logger=logger,
         callbacks=Callbacks([logger, ProgressBar(cfg.trainer.progress_bar, rank=rank), *callbacks]),
         stop=stop, rank=rank, device=device, run_dir=run_dir,
-        state=state, model_config=setup.config.to_dict(), identity=identity, fingerprint=fingerprint,
-        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
+        state=state, model_config=setup.config.to_dict(), identity=start.identity, fingerprint=start.fingerprint,
+        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=start.tokenizer.path,
         loss_chunk_size=chunk, loop=LoopState(compile_pending=compiled))
     try:
         result = fit(ctx)
