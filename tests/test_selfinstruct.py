@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from codellama_recipe.core.config import compose
+from codellama_recipe.core.config import compose, typed
+from codellama_recipe.core.schema import SelfInstructConfig
 from codellama_recipe.evaluation.humaneval import load_humaneval
 from codellama_recipe.evaluation.sandbox import Sandbox, SandboxConfig
 from codellama_recipe.stages.selfinstruct.decontamination import Decontaminator, benchmark_prompts
@@ -116,7 +116,7 @@ def sandbox():
 def config(out_dir, url):
     cfg = compose("selfinstruct", [f"out_dir={out_dir}", f"generator.url={url}", f"questions.batches={len(QUESTIONS)}",
                                    f"solutions.n={N_SOLUTIONS}", "chunk=2"])
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return typed(SelfInstructConfig, cfg, "selfinstruct")
 
 
 def expected_counts():

@@ -55,15 +55,16 @@ def make_generator(g):
                     api_key=os.environ.get(g.api_key_env) if g.api_key_env else None)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(composed: DictConfig) -> dict:
     from codellama_recipe.evaluation.sandbox import Sandbox
     from codellama_recipe.stages.selfinstruct.decontamination import Decontaminator, benchmark_prompts
     from codellama_recipe.stages.selfinstruct.steps import SelfInstruct, stats_table
 
+    cfg = typed(SelfInstructConfig, composed, "selfinstruct")
     d = cfg.decontamination
     decontaminator = (Decontaminator(benchmark_prompts(d.humaneval_path, d.mbpp_path), d.ngram, d.threshold)
                       if d.enabled else None)
-    with run_dir_lock(Path(str(cfg.out_dir))):
+    with run_dir_lock(Path(cfg.out_dir)):
         sandbox = Sandbox(cfg.sandbox)
         runner = SelfInstruct(cfg, make_generator(cfg.generator), sandbox.judge_many, decontaminator)
         stats = runner.run()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from codellama_recipe.core.atomic import write_json_atomic, write_text_atomic
+from codellama_recipe.core.schema import SelfInstructConfig
 from codellama_recipe.stages.selfinstruct.decontamination import Decontaminator
 from codellama_recipe.stages.selfinstruct.generators import Sampling
 from codellama_recipe.stages.selfinstruct.journal import Journal
@@ -59,10 +60,11 @@ def _in_chunks(items: Sequence, size: int):
 
 
 class SelfInstruct:
-    def __init__(self, cfg, generator, judge_many: Callable, decontaminator: Decontaminator | None, log=print):
+    def __init__(self, cfg: SelfInstructConfig, generator, judge_many: Callable, decontaminator: Decontaminator | None,
+                 log=print):
         self.cfg, self.generator, self.judge_many, self.decontaminator, self.log = (
             cfg, generator, judge_many, decontaminator, log)
-        self.out = Path(str(cfg.out_dir))
+        self.out = Path(cfg.out_dir)
         self.stats: collections.Counter = collections.Counter()
 
     def _sampling(self, step) -> Sampling:
