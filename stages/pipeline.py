@@ -118,21 +118,26 @@ def plan(pcfg: DictConfig) -> list[PlannedJob]:
     run_dir, jobs, init_from, parent = Path(str(pcfg.run_dir)), [], pcfg.pipeline.init_from, None
     for i, name in enumerate(pcfg.pipeline.order):
         cfg = compose_stage(pcfg, name, init_from)
-        check_stage(cfg, name, first=i == 0)
+        check_stage(cfg, name, first=i == 0, inputs=False)
         jobs.append(Job(name, cfg, parent))
         init_from, parent = str(run_dir / name / "hf"), name
+    for i, job in enumerate(jobs):     # every stage's values first (pure), then what each stage will read
+        check_stage(job.cfg, job.name, first=i == 0)
     return plan_jobs(jobs, run_dir / STATE_FILE, noun="stage", restart=tuple(pcfg.restart),
                      remedy="Rerun with restart=[{name}] to train it (and every stage after it) again, or use "
                             "another run_dir.")
 
 
-def check_stage(cfg: DictConfig, name: str, first: bool) -> None:
-    """codellama-train's checks, before anything runs. A later stage starts from weights the pipeline has
-    not written yet, so its init_from is left out of the check."""
-    from codellama_recipe.train.config_checks import check_config
+def check_stage(cfg: DictConfig, name: str, first: bool, *, inputs: bool = True) -> None:
+    """codellama-train's checks, before anything runs: the values (pure), and with `inputs` what the stage will
+    read (files, tokenizer; the embedded corpus is built here). A later stage starts from weights the pipeline
+    has not written yet, so its init_from is left out of the check."""
+    from codellama_recipe.train.config_checks import check_inputs, check_values
 
     try:
-        check_config(cfg, init_from_pending=not first)
+        plan = check_values(cfg)
+        if inputs:
+            check_inputs(cfg, plan, init_from_pending=not first)
     except ConfigError as e:
         raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 

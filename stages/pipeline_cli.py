@@ -49,8 +49,6 @@ def compose_pipeline(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     line = read_composed_command_line(PROG, sys.argv[1:] if argv is None else argv, usage,
                                       "a pipeline runs one chain; sweep one stage with codellama-train -m")

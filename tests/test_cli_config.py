@@ -69,6 +69,18 @@ def test_every_mistake_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()   # nothing started
 
 
+def test_a_value_mistake_in_any_stage_or_arm_is_refused_before_anything_is_read_or_built(tmp_path):
+    """Every stage's (every arm's) values are checked before the first stage's inputs: the embedded corpus, which
+    the first stage reads, is not built for a run that a later stage's value refuses."""
+    cases = [("codellama-pipeline", ["pipeline=tiny", "stages.instruct.optim.lr=-1"], "stage 'instruct': optim.lr"),
+             ("codellama-ablate", ["ablate=smoke", "eval.device=tpu"], "eval.device='tpu' is invalid")]
+    for i, (prog, args, expected) in enumerate(cases):
+        cache = tmp_path / f"cache{i}"
+        proc = command(prog, *args, f"cache_dir={cache}", f"run_dir={tmp_path / f'run{i}'}", cwd=tmp_path)
+        assert proc.returncode == 2 and expected in proc.stderr, (prog, proc.stderr[-2000:])
+        assert not cache.exists(), f"{prog} built {sorted(p.name for p in cache.iterdir())} before refusing"
+
+
 @pytest.mark.parametrize("prog", ["codellama-train", "codellama-pipeline", "codellama-eval", "codellama-preview"])
 def test_cfg_job_and_help(prog, tmp_path):
     shown = command(prog, "--cfg", "job", cwd=tmp_path)

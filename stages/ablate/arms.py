@@ -87,7 +87,7 @@ def pipeline_view(acfg: AblateConfig, entries: dict, order: list[str], run_dir: 
 
 
 def compose_arms(acfg: AblateConfig) -> list[Arm]:
-    """Every arm's training config, checked by codellama-train's checks (nothing runs). With `more_seeds`, every
+    """Every arm's training config, its values checked by codellama-train's checks (nothing is read or runs). With `more_seeds`, every
     arm below a root arm is repeated per seed as `<arm>@seed<k>` in run_dir/seed<k>/<arm>, trained with that seed
     from the same root arms (the general base is one model, as Llama 2 is for the real recipe)."""
     resolved_arms = {name: dataclasses.asdict(typed(AblateArm, arm, f"arms.{name}"))
@@ -114,10 +114,17 @@ def compose_arms(acfg: AblateConfig) -> list[Arm]:
                 parent = parent if seed is None or parent in roots else seed_arm(parent, seed)
             cfg = compose_stage(view, name, init_from)
             label = name if seed is None else seed_arm(name, seed)
-            check_stage(cfg, label, first=parent is None)
+            check_stage(cfg, label, first=parent is None, inputs=False)
             # the learning curve is read along the first seed's checkpoints only
             arms.append(Arm(label, parent, cfg, list(declared["measure"]), bool(declared["curve"]) and seed is None))
     return arms
+
+
+def check_arm_inputs(arms: list[Arm]) -> None:
+    """What every arm will read (files, tokenizer; the embedded corpus is built here), before any arm trains;
+    compose_arms checked their values."""
+    for arm in arms:
+        check_stage(arm.cfg, arm.name, first=arm.parent is None)
 
 
 def seed_arm(name: str, seed: int) -> str:

@@ -21,7 +21,7 @@ from codellama_recipe.core.cli import compose_checked, read_composed_command_lin
 from codellama_recipe.core.config import typed
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import AblateConfig
-from codellama_recipe.stages.ablate.arms import compose_arms, train_arms
+from codellama_recipe.stages.ablate.arms import check_arm_inputs, compose_arms, train_arms
 from codellama_recipe.train.stop_flag import held_stop_signals
 from codellama_recipe.stages.ablate.measure import check_measurements, held_out, measure_arm
 from codellama_recipe.stages.ablate.report import across_seeds, claims, write_outputs
@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         acfg = load_ablate_config(line.overrides)
         arms = compose_arms(acfg)
-        return run_ablations(acfg, arms, roles_of(acfg, arms))
+        roles = roles_of(acfg, arms)
+        check_arm_inputs(arms)
+        return run_ablations(acfg, arms, roles)
     except (ConfigError, PipelineError) as e:
         return refuse(PROG, str(e))
 
