@@ -289,8 +289,8 @@ def run_perplexity(cfg, model, tokenizer) -> tuple[dict, dict]:
 def evaluate(model_path=None, cfg=None, *, model=None, tokenizer=None, preset: str | None = None) -> dict:
     """Evaluate a checkpoint (or an in-memory model + tokenizer) on cfg.benchmarks.
 
-    cfg: overrides of conf/eval.yaml (dict, DictConfig or ["key=value", ...]) applied after the preset
-    (conf/eval/<preset>.yaml, e.g. "fast"); model_path overrides cfg.model_path. Returns the results dict
+    cfg: an EvalConfig, or overrides of conf/eval.yaml (dict, DictConfig or ["key=value", ...]) applied after
+    the preset (conf/eval/<preset>.yaml, e.g. "fast"); model_path overrides cfg.model_path. Returns the results dict
     that is also written to <out_dir>/results.json.
     """
     cfg = load_config(cfg, preset)
