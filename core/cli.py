@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import sys
 from typing import Callable
 
@@ -154,7 +155,10 @@ class ComposedCommandLine:
     def print_config(self, cfg) -> None:
         from omegaconf import OmegaConf
 
-        print(OmegaConf.to_yaml(cfg, resolve=self.resolve))
+        try:
+            print(OmegaConf.to_yaml(cfg, resolve=self.resolve), flush=True)
+        except BrokenPipeError:   # `--cfg job | head`: the reader stopped early, which is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def read_composed_command_line(prog: str, argv: list[str], usage: Callable[[], str],
