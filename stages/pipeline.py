@@ -9,20 +9,21 @@ are stages/stage_runner.py's, shared with codellama-ablate.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.cli import compose_checked
-from codellama_recipe.core.config import allowed_keys, conf_dir
+from codellama_recipe.core.config import allowed_keys, conf_dir, typed
 from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import TrainConfig
+from codellama_recipe.core.schema import PipelineRunConfig, TrainConfig
 from codellama_recipe.stages.stage_runner import Job, PipelineError, PlannedJob, plan_jobs, run_jobs
 from codellama_recipe.train.stop_flag import held_stop_signals
 
@@ -30,13 +31,25 @@ CONF_DIR = conf_dir()
 STATE_FILE = "pipeline_state.json"
 
 
-def validate_pipeline(cfg: DictConfig) -> None:
+def typed_pipeline(composed: DictConfig) -> PipelineRunConfig:
+    """The composed pipeline config as its dataclass. The stage entries stay as written: their interpolations
+    (`${cache_dir}`, `${data.seq_len}`) resolve in each stage's codellama-train config, where those keys live."""
+    stages = OmegaConf.to_container(composed.stages, resolve=False)
+    rest = composed.copy()
+    with open_dict(rest):
+        del rest["stages"]
+    pcfg = typed(PipelineRunConfig, rest, "pipeline")
+    pcfg.stages = stages
+    return pcfg
+
+
+def validate_pipeline(cfg: PipelineRunConfig) -> None:
     order = list(cfg.pipeline.order)
-    known = sorted(cfg.stages.keys())
+    known = sorted(cfg.stages)
     for name in order:
         if name not in cfg.stages:
             raise ConfigError("pipeline.order", order, f"every stage needs an entry under `stages`; known: {known}")
-        kind = OmegaConf.select(cfg, f"stages.{name}.groups.stage")
+        kind = ((cfg.stages[name] or {}).get("groups") or {}).get("stage")
         options = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
         if kind not in options:
             raise ConfigError(f"stages.{name}.groups.stage", kind, f"one of {options}")
@@ -47,9 +60,9 @@ def validate_pipeline(cfg: DictConfig) -> None:
         compose_stage(cfg, name, cfg.pipeline.init_from)   # every stage's keys against codellama-train's schema
 
 
-def compose_stage(pcfg: DictConfig, name: str, init_from: str | None) -> DictConfig:
+def compose_stage(pcfg: PipelineRunConfig, name: str, init_from: str | None) -> DictConfig:
     """The full codellama-train config of one stage: groups, then the pipeline's values, then run wiring."""
-    entry = OmegaConf.to_container(pcfg.stages[name], resolve=False)
+    entry = copy.deepcopy(pcfg.stages[name])
     groups = entry.pop("groups", {})
     every = [o for o in pcfg.common if not str(o).lstrip("+").startswith("stages.")]
     overrides = [f"model={pcfg.pipeline.model}", *[f"{g}={v}" for g, v in groups.items()],
@@ -96,7 +109,7 @@ def _plain_keys(overrides) -> list[str]:
     return keys
 
 
-def _wandb_group(pcfg: DictConfig) -> str:
+def _wandb_group(pcfg: PipelineRunConfig) -> str:
     return pcfg.wandb.group or f"{pcfg.pipeline.name}-{Path(str(pcfg.run_dir)).resolve().name}"
 
 
@@ -112,7 +125,7 @@ def _wait_until(predicate, what: str, timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
-def plan(pcfg: DictConfig) -> list[PlannedJob]:
+def plan(pcfg: PipelineRunConfig) -> list[PlannedJob]:
     """Decide, before anything runs, what each stage does: skip (finished, same config), run/resume, restart
     (named in `restart`, or after one that is), or refuse (finished with another config)."""
     run_dir, jobs, init_from, parent = Path(str(pcfg.run_dir)), [], pcfg.pipeline.init_from, None
@@ -142,17 +155,17 @@ def check_stage(cfg: DictConfig, name: str, first: bool, *, inputs: bool = True)
         raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
 
 
-def check_eval(pcfg: DictConfig) -> None:
+def check_eval(pcfg: PipelineRunConfig) -> None:
     """The per-stage evaluation's config (preset + overrides): refused before the first stage trains, not after."""
     from codellama_recipe.evaluation.run import load_config, validate_config
 
     try:
-        validate_config(load_config(OmegaConf.to_container(pcfg.eval.overrides, resolve=True), pcfg.eval.preset))
+        validate_config(load_config(pcfg.eval.overrides, pcfg.eval.preset))
     except ConfigError as e:
         raise ConfigError.from_message(f"eval: {str(e).removeprefix('config error: ')}") from None
 
 
-def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
+def run_pipeline(pcfg: PipelineRunConfig) -> list[dict] | None:
     """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
     run_dir = Path(str(pcfg.run_dir))
     # A signal between two stages is held and handed to the next stage's trainer, whose ranks agree to stop at
@@ -161,7 +174,7 @@ def run_pipeline(pcfg: DictConfig) -> list[dict] | None:
         return _run_stages(pcfg, run_dir)
 
 
-def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
+def _run_stages(pcfg: PipelineRunConfig, run_dir: Path) -> list[dict] | None:
     planned = plan(pcfg)
     for p in planned:
         if p.action == "restart":
@@ -177,13 +190,13 @@ def _run_stages(pcfg: DictConfig, run_dir: Path) -> list[dict] | None:
     return [summary_row(p.job.name, p.folder) for p in planned]
 
 
-def evaluate_stage(pcfg: DictConfig, name: str, stage_dir: Path) -> None:
+def evaluate_stage(pcfg: PipelineRunConfig, name: str, stage_dir: Path) -> None:
     """The fast evaluation of one stage's export; earlier stages' results feed the metric-by-stage plot."""
     from codellama_recipe.evaluation.run import evaluate
 
     order = list(pcfg.pipeline.order)
     earlier = [Path(str(pcfg.run_dir)) / s / "eval" / "results.json" for s in order[: order.index(name)]]
-    overrides = OmegaConf.merge(OmegaConf.to_container(pcfg.eval.overrides, resolve=True), {
+    overrides = OmegaConf.merge(pcfg.eval.overrides, {
         "label": name, "out_dir": str(stage_dir / "eval"), "cache_dir": pcfg.cache_dir,
         "report": {"compare": [str(p) for p in earlier if p.exists()]},
         "wandb": {"mode": pcfg.wandb.mode, "project": pcfg.wandb.project, "entity": pcfg.wandb.entity,

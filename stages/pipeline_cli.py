@@ -17,18 +17,24 @@ from codellama_recipe.core.cli import compose_checked, read_composed_command_lin
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import PipelineRunConfig
 from codellama_recipe.stages.pipeline import (CONF_DIR, check_eval, format_summary, process_rank, run_pipeline,
-                                              validate_pipeline)
+                                              typed_pipeline, validate_pipeline)
 from codellama_recipe.stages.stage_runner import PipelineError
 from codellama_recipe.train.peers import PeerLost, exit_lost
 
 PROG = "codellama-pipeline"
 
 
-def compose_pipeline(overrides: list[str]) -> DictConfig:
+def compose_pipeline(overrides: list[str]) -> PipelineRunConfig:
+    """The chain as its typed config (compose_pipeline_node, then typed_pipeline), checked."""
+    pcfg = typed_pipeline(compose_pipeline_node(overrides))
+    validate_pipeline(pcfg)
+    return pcfg
+
+
+def compose_pipeline_node(overrides: list[str]) -> DictConfig:
     """Overrides of the pipeline's own keys (conf/run_pipeline.yaml), ``stages.<stage>.<key>=value`` for one
     stage, and any other override (``deepspeed=zero3``, ``trainer.precision=bf16``, ``corpus.code.paths=[…]``)
-    for every stage's training config. Every stage's config is composed and checked here, before anything
-    runs."""
+    for every stage's training config, composed (what `--cfg job` prints)."""
     own = {f.name for f in dataclasses.fields(PipelineRunConfig)} | {"hydra"}
     top = lambda a: a.lstrip("+~").split("=", 1)[0].split(".", 1)[0]  # noqa: E731
     per_stage = [a for a in overrides if top(a) == "stages"]
@@ -45,7 +51,6 @@ def compose_pipeline(overrides: list[str]) -> DictConfig:
         with open_dict(cfg.stages):   # a stage's keys are checked against codellama-train's schema below
             cfg.stages = OmegaConf.merge(cfg.stages, OmegaConf.from_dotlist(
                 [a.lstrip("+").removeprefix("stages.") for a in per_stage]))
-    validate_pipeline(cfg)
     return cfg
 
 
@@ -59,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     from codellama_recipe.train.weight_formats import CheckpointError
 
     try:
-        pcfg = compose_pipeline(line.overrides)
         if line.show_config:
-            line.print_config(pcfg)
+            line.print_config(compose_pipeline_node(line.overrides))
             return 0
+        pcfg = compose_pipeline(line.overrides)
         if pcfg.eval.enabled:
             check_eval(pcfg)
         rows = run_pipeline(pcfg)

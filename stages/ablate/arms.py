@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.schema import AblateArm, AblateConfig, PipelineRunConfig
+from codellama_recipe.core.schema import AblateArm, AblateConfig, PipelineDef, PipelineRunConfig
 from codellama_recipe.stages.pipeline import check_stage, compose_stage
 from codellama_recipe.stages.stage_runner import STATE_FORMAT, Job, PlannedJob, plan_jobs, run_jobs
 from codellama_recipe.train.stop_flag import StopFlag
@@ -76,14 +76,12 @@ def arm_entries(acfg: AblateConfig) -> dict[str, dict]:
 
 
 def pipeline_view(acfg: AblateConfig, entries: dict, order: list[str], run_dir: Path | None = None,
-                  seed: int | None = None) -> DictConfig:
+                  seed: int | None = None) -> PipelineRunConfig:
     """The arms seen as the stages of a pipeline config, for the pipeline's compose_stage."""
-    view = OmegaConf.structured(PipelineRunConfig)
-    return OmegaConf.merge(view, {
-        "run_dir": str(run_dir or acfg.run_dir), "seed": acfg.seed if seed is None else seed,
-        "cache_dir": acfg.cache_dir, "common": list(acfg.common),
-        "wandb": dataclasses.asdict(acfg.wandb),
-        "pipeline": {"name": PIPELINE_NAME, "model": MODEL_PRESET, "order": order}, "stages": entries})
+    return PipelineRunConfig(
+        run_dir=str(run_dir or acfg.run_dir), seed=acfg.seed if seed is None else seed, cache_dir=acfg.cache_dir,
+        common=list(acfg.common), wandb=copy.deepcopy(acfg.wandb),
+        pipeline=PipelineDef(name=PIPELINE_NAME, model=MODEL_PRESET, order=list(order)), stages=entries)
 
 
 def compose_arms(acfg: AblateConfig) -> list[Arm]:
