@@ -62,7 +62,7 @@ def test_every_stage_kind_runs_and_chains_weights(smoke_run):
     assert order == ["code", "python", "long_context", "instruct"]
     for i, name in enumerate(order):
         done = json.loads((run_dir / name / "DONE.json").read_text())
-        assert done["steps"] == pcfg.stages[name].trainer.max_steps
+        assert done["steps"] == pcfg.stages[name]["trainer"]["max_steps"]
         assert (run_dir / name / "hf" / "config.json").exists()
         lines = (run_dir / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == list(range(1, done["steps"] + 1))

@@ -128,7 +128,7 @@ def test_every_pipeline_composes_and_resolves():
 
 def test_tiny_pipeline_runs_every_stage_kind_in_release_order():
     pcfg = compose_pipeline(["pipeline=tiny"])
-    kinds = [pcfg.stages[s].groups.stage for s in pcfg.pipeline.order]
+    kinds = [pcfg.stages[s]["groups"]["stage"] for s in pcfg.pipeline.order]
     assert kinds == ["code", "python", "long_context", "instruct"]
     lc = compose_stage(pcfg, "long_context", None)
     code = compose_stage(pcfg, "code", None)
