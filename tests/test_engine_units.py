@@ -4,6 +4,8 @@ import json
 import math
 import os
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -432,6 +434,23 @@ def test_collective_timeout_reaches_groups_made_before_and_after(tmp_path):
         assert timeouts() == [7.0, 7.0, 7.0]
     finally:
         c10d.default_pg_timeout = saved
+        dist.destroy_process_group()
+
+
+def test_the_heartbeat_thread_has_ended_when_the_watch_stops(tmp_path):
+    """A heartbeat thread still in a store call at interpreter exit aborts the process (pybind11's GIL guard is
+    unwound by the thread's forced exit), so stop_watch waits for it."""
+    from codellama_recipe.train.peers import start_watch, stop_watch
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for _ in range(5):
+            start_watch(0.04)                  # a beat every 10 ms: one is often in flight when it stops
+            time.sleep(0.05)
+            stop_watch()
+            assert not [t for t in threading.enumerate() if t.name == "codellama-heartbeat"]
+    finally:
+        stop_watch()
         dist.destroy_process_group()
 
 

@@ -97,7 +97,11 @@ class PeerWatch:
                 return
 
     def stop(self) -> None:
+        """Stop the heartbeat and wait for its thread. A daemon thread still inside a store call when the
+        interpreter exits is unwound through pybind11's GIL guard, and the process aborts ('terminate called
+        without an active exception'); under load a beat is often in flight at that moment."""
         self._stop.set()
+        self._thread.join(timeout=max(10.0, 2 * self.interval_s))
 
     def _beats(self, ranks) -> dict[int, int | None]:
         out = {}
