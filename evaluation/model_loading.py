@@ -41,8 +41,9 @@ def load_model_and_tokenizer(source: ModelToLoad):
 
     if not source.model_path:
         raise ConfigError("model_path", None, "give an HF export, a Meta folder or a project checkpoint")
+    # the tokenizer before the weights: a missing one fails fast
     tokenizer = Tokenizer(resolve_tokenizer(source.tokenizer_path, source.model_path, weights_key="model_path",
-                                            cache_dir=source.cache_dir))   # before the weights: a missing one fails fast
+                                            cache_dir=source.cache_dir))
     model_cfg, state_dict = load_pretrained(source.model_path)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError("tokenizer_path", tokenizer.path,

@@ -58,7 +58,7 @@ def check_multipl_e_config(me) -> None:
     for key in ("compile_s", "run_s", "memory_mb"):
         for lang, value in (getattr(me, key) or {}).items():
             if lang not in LANGUAGES:
-                raise ConfigError(f"multipl_e.{key}", dict(me[key]), f"keys each one of {allowed}")
+                raise ConfigError(f"multipl_e.{key}", dict(getattr(me, key)), f"keys each one of {allowed}")
             if value is not None and value <= 0:
                 raise ConfigError(f"multipl_e.{key}.{lang}", value, "must be > 0")
     for path in _paths(me.path):

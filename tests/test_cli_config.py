@@ -51,6 +51,8 @@ MISTAKES = [
     ("codellama-eval", ["generation.n_samples=abc"], "generation.n_samples=abc"),
     ("codellama-eval", ["sandbox.netwrk=allow"], "sandbox.netwrk=allow: unknown key; sandbox has: timeout_s"),
     ("codellama-eval", ["benchmarks=[multipl_e]", "multipl_e.languages=[rust]"], "multipl_e.languages=['rust']"),
+    ("codellama-eval", ["benchmarks=[multipl_e]", "+multipl_e.compile_s.cobol=5"],
+     "multipl_e.compile_s="),
     ("codellama-preview", ["preview.x=1"], "preview.x='1' is invalid; unknown option"),
     ("codellama-preview", ["trainer.max_step=2"], "trainer.max_step=2: unknown key"),
 ]

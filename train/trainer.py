@@ -267,7 +267,7 @@ def run(cfg: DictConfig, callbacks: list[Callback] = (), loaders=build_loaders) 
 
 @dataclass
 class RunStart:
-    """What is settled before the process group starts: where the run resumes, what it is, its model."""
+    """What is settled before the process group starts: what the run is and where it resumes."""
     record: dict                  # the resolved config (config.yaml, checkpoints, wandb)
     plan: RunPlan
     run_dir: Path
@@ -277,8 +277,6 @@ class RunStart:
     damaged: list                 # [(tag, problem)] of damaged checkpoints skipped
     diffs: list[str]              # config changes since that checkpoint (trainer.allow_config_change)
     resume_client: dict | None    # that checkpoint's client state (read without unpickling)
-    setup: ModelSetup | None = None
-    tokenizer: Any = None
 
 
 def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, callbacks: list[Callback],
@@ -291,12 +289,12 @@ def _run_locked(cfg: TrainConfig, record: dict, plan: RunPlan, run_dir: Path, ca
             _log(int(os.environ.get("RANK", "0")),
                  f"{run_dir} already finished with this configuration ({DONE_FILE}); nothing to do")
             return done
-    start.tokenizer, start.setup = tokenizer_and_model(cfg, start)
+    tokenizer, setup = tokenizer_and_model(cfg, start)
 
     # ---- the process group starts here ----
     progress = {"where": "while the process group started"}
     try:
-        return _run_distributed(cfg, start, progress, callbacks, loaders)
+        return _run_distributed(cfg, start, setup, tokenizer, progress, callbacks, loaders)
     except Exception as e:
         if is_lost_peer(e):   # a frozen or dead rank: one line naming it (train/peers.py), never a traceback
             latest = ckpt_integrity.latest_tag(run_dir / "checkpoints")
@@ -336,8 +334,9 @@ def tokenizer_and_model(cfg: TrainConfig, start: RunStart):
     return tokenizer, prepare_model(cfg, tokenizer.vocab_size, load_weights=client is None)
 
 
-def _run_distributed(cfg: TrainConfig, start: RunStart, progress: dict, callbacks: list[Callback], loaders) -> dict:
-    plan, run_dir, setup = start.plan, start.run_dir, start.setup
+def _run_distributed(cfg: TrainConfig, start: RunStart, setup: ModelSetup, tokenizer, progress: dict,
+                     callbacks: list[Callback], loaders) -> dict:
+    plan, run_dir = start.plan, start.run_dir
     device, backend = device_and_backend()
     timeout_s = float(cfg.trainer.collective_timeout_s)
     rank, world_size = init_distributed(backend, timeout_s)
@@ -359,7 +358,7 @@ def _run_distributed(cfg: TrainConfig, start: RunStart, progress: dict, callback
     engine, optimizer = build_engine(cfg, plan, model, device)
     groups = apply_collective_timeout(timeout_s)   # DeepSpeed's own groups too
     _log(rank, f"collective timeout {timeout_s:g} s on {groups} process group(s) (trainer.collective_timeout_s)")
-    train_loader, val_loaders = loaders(cfg, start.tokenizer, rank, world_size, plan)
+    train_loader, val_loaders = loaders(cfg, tokenizer, rank, world_size, plan)
     if rank == 0:
         prepare_run_dir(run_dir, setup.config.to_dict(), start.record)
     dist.barrier()
@@ -387,7 +386,7 @@ def _run_distributed(cfg: TrainConfig, start: RunStart, progress: dict, callback
         callbacks=Callbacks([logger, ProgressBar(cfg.trainer.progress_bar, rank=rank), *callbacks]),
         stop=stop, rank=rank, device=device, run_dir=run_dir,
         state=state, model_config=setup.config.to_dict(), identity=start.identity, fingerprint=start.fingerprint,
-        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=start.tokenizer.path,
+        flops_per_token=flops_per_token, peak_flops=peak, tokenizer_path=tokenizer.path,
         loss_chunk_size=chunk, loop=LoopState(compile_pending=compiled))
     try:
         result = fit(ctx)

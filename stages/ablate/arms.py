@@ -59,16 +59,14 @@ def arm_order(arms: dict) -> list[str]:
     return order
 
 
-def arm_entries(acfg: AblateConfig) -> dict[str, dict]:
-    """Each arm's codellama-train keys (as a pipeline stage entry)."""
-    resolved = dataclasses.asdict(acfg)
-    settings, entries = resolved["settings"], {}
-    for name, raw in resolved["arms"].items():
-        arm = dataclasses.asdict(typed(AblateArm, raw, f"arms.{name}"))
+def arm_entries(acfg: AblateConfig, declared: dict[str, dict]) -> dict[str, dict]:
+    """Each arm's codellama-train keys (as a pipeline stage entry), from its declaration (AblateArm's keys)."""
+    settings, entries = acfg.settings, {}
+    for name, arm in declared.items():
         if arm["settings"] not in settings:
             raise ConfigError(f"arms.{name}.settings", arm["settings"], f"one of {sorted(settings)}")
         entry = OmegaConf.create(copy.deepcopy(settings[arm["settings"]]))
-        entry.model = OmegaConf.merge(resolved["scale"]["model"], entry.get("model", {}))
+        entry.model = OmegaConf.merge(acfg.scale.model, entry.get("model", {}))
         for key, value in arm["set"].items():
             OmegaConf.update(entry, key, value, force_add=True)
         entries[name] = OmegaConf.to_container(entry)
@@ -85,13 +83,14 @@ def pipeline_view(acfg: AblateConfig, entries: dict, order: list[str], run_dir: 
 
 
 def compose_arms(acfg: AblateConfig) -> list[Arm]:
-    """Every arm's training config, its values checked by codellama-train's checks (nothing is read or runs). With `more_seeds`, every
-    arm below a root arm is repeated per seed as `<arm>@seed<k>` in run_dir/seed<k>/<arm>, trained with that seed
-    from the same root arms (the general base is one model, as Llama 2 is for the real recipe)."""
+    """Every arm's training config, its values checked by codellama-train's checks (nothing is read or runs).
+    With `more_seeds`, every arm below a root arm is repeated per seed as `<arm>@seed<k>` in run_dir/seed<k>/<arm>,
+    trained with that seed from the same root arms (the general base is one model, as Llama 2 is for the real
+    recipe)."""
     resolved_arms = {name: dataclasses.asdict(typed(AblateArm, arm, f"arms.{name}"))
                      for name, arm in acfg.arms.items()}
     order = arm_order(resolved_arms)
-    entries = arm_entries(acfg)
+    entries = arm_entries(acfg, resolved_arms)
     run_dir = Path(str(acfg.run_dir))
     roots = {name for name in order if resolved_arms[name]["parent"] is None}
     if acfg.seed in acfg.more_seeds or len(set(acfg.more_seeds)) != len(acfg.more_seeds):

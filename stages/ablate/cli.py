@@ -113,13 +113,12 @@ def _run_ablations(acfg: AblateConfig, arms, roles: dict) -> int:
                       "command to resume", flush=True)
                 return 0
             measured[arm.name] = measure_arm(arm, fingerprints[arm.name], acfg, held)
-    declared = acfg.arms
     results = {
         "setup": {"preset": acfg.preset, "seq_len": acfg.scale.seq_len, "batch_tokens": acfg.scale.batch_tokens,
                   "model": OmegaConf.to_container(root.cfg.model, resolve=True),
                   "eval": dataclasses.asdict(acfg.eval),
                   "corpus_fingerprint": corpus_fingerprint(acfg), "seeds": [acfg.seed, *acfg.more_seeds]},
-        "arms": {arm.name: arm_summary(arm, declared[arm.name.split("@")[0]]) for arm in arms},
+        "arms": {arm.name: arm_summary(arm, acfg.arms[arm.name.split("@")[0]]) for arm in arms},
         "roles": roles,
         **ablation_figures(measured, roles, acfg),
         "fim_curve": fim_curves(measured, roles, arms, acfg),

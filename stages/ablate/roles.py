@@ -42,8 +42,9 @@ def ablation_roles(declared: dict, measures: dict[str, list[str]]) -> dict[str, 
                                       f"required; leave the ablation out with ~ablations.{ablation})")
                 continue
             if arm not in measures:
-                raise ConfigError(f"ablations.{ablation}.{role}", arm, f"one of the arms {sorted(measures)} (or "
-                                                                       f"leave the ablation out: ~ablations.{ablation})")
+                raise ConfigError(f"ablations.{ablation}.{role}", arm,
+                                  f"one of the arms {sorted(measures)} (or leave the ablation out: "
+                                  f"~ablations.{ablation})")
             missing = [m for m in needs if m not in measures[arm]]
             if missing:
                 raise ConfigError(f"arms.{arm}.measure", measures[arm],
