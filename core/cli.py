@@ -5,7 +5,8 @@
 Before Hydra runs the task, every configuration the command line asks for (each job of a `-m` sweep) is
 composed against the typed schema (core/schema.py) and given to `check` (the command's cross-field checks:
 they need no process group). Any mistake prints `<prog>: config error: <key>=<value>: <what is allowed>`
-on stderr and the command exits 2, before a process group, a model or a data loader exists. Hydra's own
+(or `<prog>: input error: <key>=<value>: <why>` when what a valid value points at cannot be used) on stderr
+and the command exits 2, before a process group, a model or a data loader exists. Hydra's own
 flags work as usual: --help, --cfg job|hydra|all, --resolve, --package, -m/--multirun, --info.
 """
 from __future__ import annotations

@@ -17,6 +17,27 @@ class ConfigError(ValueError):
         ValueError.__init__(error, f"config error: {message}")
         return error
 
+    def within(self, context: str) -> "ConfigError":
+        """The same error, of the same kind, placed in `context` (a stage, an arm, the evaluation's config):
+        `config error: stage 'code': optim.lr=...` or `input error: stage 'code': data.sources...`."""
+        kind, _, rest = str(self).partition(": ")
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
+        ValueError.__init__(error, f"{kind}: {context}: {rest}")
+        return error
+
+
+class InputError(ConfigError):
+    """The values are valid, but what one of them points at cannot be used: a glob that matches nothing, a
+    checkpoint or data state of another run, a tokenizer without the infilling pieces, a server that refuses,
+    a machine without what a setting needs. Raised where the inputs are read, after the value checks (which
+    raise ConfigError next to their dataclass or in the command's checks module); handled the same way: one
+    line that names the key, the value and why, exit 2."""
+
+    def __init__(self, key: str, value, why: str):
+        self.key, self.value, self.allowed = key, value, why
+        ValueError.__init__(self, f"input error: {key}={value!r}: {why}")
+
 
 class InputFileError(ConfigError):
     """A file the user gave cannot be used: the message names the file, the line when there is one, and why."""

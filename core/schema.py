@@ -10,6 +10,7 @@ Defaults live here and nowhere else in the code; the YAML files repeat the ones 
 """
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -117,6 +118,35 @@ class FimConfig:
     max_deferred: int = 16     # packer: FIM documents waiting for a row with room (see data/packing.py)
     in_val: bool = False       # validation streams apply FIM too (default: plain next-token loss)
 
+    def validate(self) -> "FimConfig":
+        """The values the types allow but the transformation does not."""
+        for key in ("rate", "spm_rate"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"data.fim.{key}", getattr(self, key), "expected a probability in [0, 1]")
+        if self.max_deferred < 1:
+            raise ConfigError("data.fim.max_deferred", self.max_deferred, "expected an integer >= 1")
+        return self
+
+
+HUB_KEYS = frozenset({"path", "name", "split", "data_files", "data_dir", "revision"})
+FILE_FORMATS = ("auto", "jsonl", "jsonl.gz", "parquet", "text")
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """One entry of `data.sources.<name>.filters`, checked: keep a record when record[field] is one of
+    `values`, or (for paths) ends with one of `extensions`."""
+    field: str                           # the record's field the filter reads (e.g. lang, path)
+    values: Optional[tuple] = None       # keep the record when the field equals one of these
+    extensions: Optional[tuple] = None   # keep it when the field ends with one of these (lower-cased, with dot)
+
+    def keeps(self, value) -> bool:
+        if self.values is not None and value not in self.values:
+            return False
+        if self.extensions is not None and not str(value).lower().endswith(self.extensions):
+            return False
+        return True
+
 
 @dataclass
 class SourceConfig:
@@ -137,6 +167,102 @@ class SourceConfig:
     filters: Any = None  # keep rows matching [{field: lang, values: [Python]}] or [{field: path, extensions: [.py]}]
     file_format: str = "auto"               # auto | jsonl | jsonl.gz | parquet | text (auto: by extension)
     fim: bool = True                        # false: never FIM-transform this source's documents
+    name: str = ""  # the source's name: always its key under data.sources (set by the code; another value is refused)
+
+    # The readers (data/source_files.py, data/record_readers.py) use this object as validate() returns it:
+    # globs and filters as tuples, a hub dataset as a dict. Its description is part of the data stream's
+    # fingerprint (data/pipeline.py), so the field names are part of the resume format.
+    def validate(self, name: str) -> "SourceConfig":
+        """This source with the rules between its values checked and its loose values in one shape."""
+        key = f"data.sources.{name}"
+        if self.name not in ("", name):
+            raise ConfigError(f"{key}.name", self.name, f"a source is named by its key ({name}); leave `name` out")
+        if not self.weight > 0:
+            raise ConfigError(f"{key}.weight", self.weight, "expected a number > 0 (the mixture leaves out weight 0)")
+        paths, hub = _globs(self.paths, f"{key}.paths"), _hub(self.hub, f"{key}.hub")
+        if bool(paths) == bool(hub):
+            raise ConfigError(key, {"paths": list(paths), "hub": hub}, "give exactly one of `paths` (local globs) or `hub`")
+        if self.format not in ("text", "chat"):
+            raise ConfigError(f"{key}.format", self.format, "allowed: text, chat")
+        if self.file_format not in FILE_FORMATS:
+            raise ConfigError(f"{key}.file_format", self.file_format, f"allowed: {', '.join(FILE_FORMATS)}")
+        if bool(self.prompt_field) != bool(self.response_field):
+            raise ConfigError(key, {"prompt_field": self.prompt_field, "response_field": self.response_field},
+                              "prompt_field and response_field go together")
+        return dataclasses.replace(
+            self, name=str(name), weight=float(self.weight), paths=paths, hub=hub,
+            val_paths=_globs(self.val_paths, f"{key}.val_paths"), val_hub=_hub(self.val_hub, f"{key}.val_hub"),
+            filters=_filters(self.filters, f"{key}.filters"))
+
+    @property
+    def is_chat(self) -> bool:
+        return self.format == "chat"
+
+    def field_keys(self) -> Dict[str, str]:
+        """{field a row must have: the config key that names it} (parquet columns, start-up checks)."""
+        if self.is_chat:
+            keys = ["prompt_field", "response_field", "input_field", "system_field"] if self.prompt_field \
+                else ["messages_field", "system_field"]
+        else:
+            keys = ["text_field"]
+        fields = {getattr(self, k): k for k in keys if getattr(self, k)}
+        for f in self.filters or ():
+            fields.setdefault(f.field, "filters")
+        return fields
+
+    def needed_fields(self) -> List[str]:
+        return list(self.field_keys())
+
+    def describe(self) -> dict:
+        """JSON-able description (fingerprints)."""
+        import json
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def _globs(value, key) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, value, "expected a path (glob) or a list of paths")
+    return tuple(value)
+
+
+def _hub(value, key) -> Optional[dict]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"path": value}
+    if not isinstance(value, typing.Mapping) or "path" not in value:
+        raise ConfigError(key, value, "expected a dataset id or {path, name, split, data_files, data_dir, revision}")
+    unknown = set(value) - HUB_KEYS
+    if unknown:
+        raise ConfigError(key, value, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(HUB_KEYS)}")
+    return dict(value)
+
+
+def _filters(value, key) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, (typing.Mapping, RecordFilter)):
+        value = [value]
+    out = []
+    for i, f in enumerate(value):
+        if isinstance(f, RecordFilter):
+            out.append(f)
+            continue
+        k = f"{key}[{i}]"
+        if not isinstance(f, typing.Mapping) or "field" not in f or set(f) - {"field", "values", "extensions"}:
+            raise ConfigError(k, f, "a filter is {field: NAME, values: [...]} or {field: NAME, extensions: [.py, ...]}")
+        if f.get("values") is None and f.get("extensions") is None:
+            raise ConfigError(k, f, "give `values` or `extensions`")
+        exts = None
+        if f.get("extensions") is not None:
+            exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in _globs(f["extensions"], k))
+        vals = tuple(f["values"]) if f.get("values") is not None else None
+        out.append(RecordFilter(str(f["field"]), vals, exts))
+    return tuple(out)
 
 
 @dataclass
@@ -151,6 +277,32 @@ class DataConfig:
     strict: bool = False  # true: the first bad record raises, naming file and line; false: skip and count it
     max_epochs: Optional[int] = None            # null = endless; N = every source is read N times, then the stream ends
     fim: FimConfig = field(default_factory=FimConfig)  # infilling (fill-in-the-middle) transformation of documents
+
+    def validate(self) -> "DataConfig":
+        """The data settings the loaders use: every value checked, and `sources` holding the sources of
+        weight > 0, validated, in config order (a DataConfig validated twice is unchanged)."""
+        if not isinstance(self.sources, typing.Mapping) or not self.sources:
+            raise ConfigError("data.sources", self.sources, "expected a non-empty mapping {name: {weight, paths|hub, ...}}")
+        for key, minimum in (("seq_len", 2), ("seed", 0), ("num_workers", 0), ("max_doc_chars", 1),
+                             ("prefetch_factor", 1)):
+            if getattr(self, key) < minimum:
+                raise ConfigError(f"data.{key}", getattr(self, key), f"expected an integer >= {minimum}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError("data.max_epochs", self.max_epochs, "expected an integer >= 1, or null (endless)")
+        sources = {}
+        for name, source in self.sources.items():
+            if not source.weight >= 0:
+                raise ConfigError(f"data.sources.{name}.weight", source.weight,
+                                  "expected a number >= 0 (0 disables the source)")
+            if source.weight > 0:   # a disabled source is not checked further: it may point at nothing
+                sources[str(name)] = source.validate(str(name))
+        if not sources:
+            raise ConfigError("data.sources", list(self.sources), "every source has weight 0; enable at least one")
+        return dataclasses.replace(self, sources=sources, fim=self.fim.validate())
+
+    @property
+    def source_names(self) -> List[str]:
+        return list(self.sources)
 
 
 @dataclass

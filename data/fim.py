@@ -20,20 +20,9 @@ import hashlib
 
 import numpy as np
 
-from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import FimConfig
+from codellama_recipe.core.errors import InputError
 
 _U64 = 1 << 64
-
-
-def check_fim_config(fim: FimConfig) -> FimConfig:
-    """The values a typed `data.fim` may not take (its types are the schema's business)."""
-    for key in ("rate", "spm_rate"):
-        if not 0.0 <= getattr(fim, key) <= 1.0:
-            raise ConfigError(f"data.fim.{key}", getattr(fim, key), "expected a probability in [0, 1]")
-    if fim.max_deferred < 1:
-        raise ConfigError("data.fim.max_deferred", fim.max_deferred, "expected an integer >= 1")
-    return fim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +46,7 @@ def fim_plan(seed: int, source: str, key, num_chars: int, rate: float, spm_rate:
 
 def check_tokenizer(tokenizer) -> None:
     if not getattr(tokenizer, "has_infilling", False):
-        raise ConfigError("data.fim.enabled", True, "the tokenizer has no infilling pieces (<PRE> <SUF> <MID> <EOT>); "
+        raise InputError("data.fim.enabled", True, "the tokenizer has no infilling pieces (<PRE> <SUF> <MID> <EOT>); "
                                                     "use a tokenizer with them or set data.fim.enabled=false")
 
 

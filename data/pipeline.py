@@ -34,17 +34,16 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from codellama_recipe.data.fim import FimBuilder, check_fim_config, check_tokenizer, fim_plan
+from codellama_recipe.data.fim import FimBuilder, check_tokenizer, fim_plan
 from codellama_recipe.data.mixture import TokenMixture
 from codellama_recipe.data.packing import PAD_SOURCE, Packer, Segment
 from codellama_recipe.data.record_readers import SKIP_REASONS, Document
-from codellama_recipe.data.source_config import SourceSpec, parse_sources
 from codellama_recipe.data.source_files import Location
 from codellama_recipe.data.sources import SourceReader
 from codellama_recipe.data.chat import encode_dialog
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import DataConfig, FimConfig
+from codellama_recipe.core.errors import InputError
+from codellama_recipe.core.schema import DataConfig, FimConfig, SourceConfig
 
 STATE_VERSION = 1
 BATCH_KEYS = ("input_ids", "labels", "loss_mask", "source_ids", "doc_ids", "is_fim")
@@ -56,38 +55,10 @@ _BATCH_DTYPES = {"input_ids": torch.long, "labels": torch.long, "loss_mask": tor
 # Configuration
 # ----------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class DataPlan:
-    sources: tuple[SourceSpec, ...]
-    seq_len: int
-    seed: int
-    fim: FimConfig
-    num_workers: int = 1
-    max_doc_chars: int = 1_000_000
-    strict: bool = False
-    max_epochs: int | None = None      # finite stream: each source read that many times, then the end
-    prefetch_factor: int = 2
-
-    @classmethod
-    def of(cls, data) -> "DataPlan":
-        """The plan of a typed `data` node (core.schema.DataConfig; a mapping of its keys is converted), with
-        the values checked that the schema's types cannot express."""
-        if isinstance(data, DataPlan):
-            return data
-        cfg = typed(DataConfig, data, "data")
-        for key, minimum in (("seq_len", 2), ("seed", 0), ("num_workers", 0), ("max_doc_chars", 1),
-                             ("prefetch_factor", 1)):
-            if getattr(cfg, key) < minimum:
-                raise ConfigError(f"data.{key}", getattr(cfg, key), f"expected an integer >= {minimum}")
-        if cfg.max_epochs is not None and cfg.max_epochs < 1:
-            raise ConfigError("data.max_epochs", cfg.max_epochs, "expected an integer >= 1, or null (endless)")
-        return cls(sources=tuple(parse_sources(cfg.sources)), seq_len=cfg.seq_len, seed=cfg.seed,
-                   fim=check_fim_config(cfg.fim), num_workers=cfg.num_workers, max_doc_chars=cfg.max_doc_chars,
-                   strict=cfg.strict, max_epochs=cfg.max_epochs, prefetch_factor=cfg.prefetch_factor)
-
-    @property
-    def source_names(self) -> list[str]:
-        return [s.name for s in self.sources]
+def data_config(data) -> DataConfig:
+    """The data settings of a `data` node (a DataConfig, a mapping or an OmegaConf node of its keys), typed
+    and validated: what every loader reads."""
+    return typed(DataConfig, data, "data").validate()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +74,7 @@ class DocumentEncoder:
         self.counters = counters
         self.builder = FimBuilder(tokenizer) if self.apply_fim else None
 
-    def encode(self, doc: Document, spec: SourceSpec, source: int) -> Segment:
+    def encode(self, doc: Document, spec: SourceConfig, source: int) -> Segment:
         tok = self.tokenizer
         if doc.messages is not None:
             tokens, mask = encode_dialog(tok, doc.messages)
@@ -131,7 +102,7 @@ class DocumentEncoder:
 class RowStream:
     """Sources -> mixture -> encoder -> packer, for logical stream `stream` of `num_streams`."""
 
-    def __init__(self, plan: DataPlan, tokenizer, locations: list[Location], *, stream: int, num_streams: int,
+    def __init__(self, plan: DataConfig, tokenizer, locations: list[Location], *, stream: int, num_streams: int,
                  source_indices: list[int] | None = None, num_sources: int | None = None, apply_fim: bool = True,
                  epochs: int | None = None, shuffle: bool = True):
         specs = [loc.spec for loc in locations]
@@ -325,17 +296,17 @@ def _tokenizer_identity(tokenizer) -> dict:
 class TrainLoader:
     """Infinite iterator of training batches for one rank, with exact state (see module docstring)."""
 
-    def __init__(self, plan: DataPlan, tokenizer, rank: int, world_size: int, micro_batch_size: int):
+    def __init__(self, plan: DataConfig, tokenizer, rank: int, world_size: int, micro_batch_size: int):
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"rank={rank} / world_size={world_size}: need 0 <= rank < world_size")
         if not isinstance(micro_batch_size, int) or micro_batch_size < 1:
-            raise ConfigError("trainer.micro_batch_size", micro_batch_size, "expected an integer >= 1")
+            raise ValueError(f"micro_batch_size={micro_batch_size!r}: expected an integer >= 1")
         if plan.fim.enabled:
             check_tokenizer(tokenizer)
         self.plan, self.tokenizer = plan, tokenizer
         self.rank, self.world_size, self.micro_batch_size = rank, world_size, micro_batch_size
         self.source_names = plan.source_names
-        self.locations = [Location(spec, "train") for spec in plan.sources]
+        self.locations = [Location(spec, "train") for spec in plan.sources.values()]
         for loc in self.locations:
             loc.check_fields()
         self.num_logical = max(1, plan.num_workers)
@@ -372,7 +343,7 @@ class TrainLoader:
     # -- state --------------------------------------------------------------------------------
     def _make_fingerprint(self) -> dict:
         sources = []
-        for spec, loc in zip(self.plan.sources, self.locations):
+        for spec, loc in zip(self.plan.sources.values(), self.locations):
             d = spec.describe()
             for k in ("paths", "hub", "val_paths", "val_hub"):  # where the files live may change; what they are may not
                 d.pop(k)
@@ -393,17 +364,17 @@ class TrainLoader:
     def load_state_dict(self, state: Mapping) -> None:
         state = json.loads(json.dumps(state))
         if state.get("version") != STATE_VERSION:
-            raise ConfigError("data state version", state.get("version"), f"this code reads version {STATE_VERSION}")
+            raise InputError("data state version", state.get("version"), f"this code reads version {STATE_VERSION}")
         saved, current = state["fingerprint"], self._fingerprint
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             detail = "; ".join(f"{k}: saved {json.dumps(saved.get(k))[:200]} vs now {json.dumps(current.get(k))[:200]}"
                                for k in diff)
-            raise ConfigError("data state", diff, "the checkpoint's data stream was made with a different data "
+            raise InputError("data state", diff, "the checkpoint's data stream was made with a different data "
                                                   f"setup ({detail}). Resume with the same data config, world size, "
                                                   "num_workers and tokenizer, or start the data stream afresh")
         if len(state["workers"]) != self.num_logical:
-            raise ConfigError("data state", len(state["workers"]), f"expected {self.num_logical} worker states")
+            raise InputError("data state", len(state["workers"]), f"expected {self.num_logical} worker states")
         self._states = [from_jsonable(s) for s in state["workers"]]
         self._last_worker = int(state["last_worker"])
         self._batches = int(state["batches"])
@@ -452,7 +423,7 @@ def stream_metrics(source_names: list[str], states: list[dict], seq_len: int) ->
 
 
 def build_train_loader(data, tokenizer, rank: int, world_size: int, micro_batch_size: int) -> TrainLoader:
-    return TrainLoader(DataPlan.of(data), tokenizer, rank, world_size, micro_batch_size)
+    return TrainLoader(data_config(data), tokenizer, rank, world_size, micro_batch_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,7 +441,7 @@ class ValLoader:
     Each rank reads the whole split (validation splits are small), and `iter()` restarts from the start.
     """
 
-    def __init__(self, plan: DataPlan, tokenizer, location: Location, source_index: int, num_sources: int,
+    def __init__(self, plan: DataConfig, tokenizer, location: Location, source_index: int, num_sources: int,
                  rank: int, world_size: int, micro_batch_size: int, max_batches: int | None):
         self.plan, self.tokenizer, self.location = plan, tokenizer, location
         self.source_index, self.num_sources = source_index, num_sources
@@ -503,11 +474,11 @@ class ValLoader:
 def build_val_loaders(data, tokenizer, rank: int, world_size: int, micro_batch_size: int,
                       max_batches: int | None) -> dict[str, ValLoader]:
     """{source name: finite loader} for the sources that have val_paths or val_hub."""
-    plan = DataPlan.of(data)
+    plan = data_config(data)
     if plan.fim.enabled and plan.fim.in_val:
         check_tokenizer(tokenizer)
     loaders = {}
-    for i, spec in enumerate(plan.sources):
+    for i, spec in enumerate(plan.sources.values()):
         if not (spec.val_paths or spec.val_hub):
             continue
         location = Location(spec, "val")

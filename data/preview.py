@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from codellama_recipe.core.cli import refuse, split_argv
     from codellama_recipe.data.embedded.cache import ensure_corpus_for
-    from codellama_recipe.data.pipeline import DataPlan, TrainLoader
+    from codellama_recipe.data.pipeline import TrainLoader, data_config
 
     flags, rest = split_argv(argv)
     unknown = [f for f in flags if f not in ("--cfg", "-c", "job", "all", "--resolve")]
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(OmegaConf.to_yaml(cfg, resolve="--resolve" in flags))
             return 0
-        plan = DataPlan.of(cfg.data)
-        ensure_corpus_for(plan.sources, cfg.cache_dir, log=_log)
+        plan = data_config(cfg.data)
+        ensure_corpus_for(plan.sources.values(), cfg.cache_dir, log=_log)
         tokenizer = load_tokenizer(cfg)
         loader = TrainLoader(plan, tokenizer, opts["rank"], opts["world_size"], cfg.trainer.micro_batch_size)
     except (ConfigError, ValueError) as exc:

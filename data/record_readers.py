@@ -13,7 +13,7 @@ import zlib
 import os
 from typing import Mapping
 
-from codellama_recipe.data.source_config import SourceSpec
+from codellama_recipe.core.schema import SourceConfig
 
 SKIP_REASONS = (
     "malformed_json",   # a line that is not a JSON object
@@ -80,7 +80,7 @@ def _check_text(text: str, max_chars: int) -> str:
     return text
 
 
-def row_to_document_fields(spec: SourceSpec, row: Mapping, max_chars: int) -> tuple[str | None, list | None]:
+def row_to_document_fields(spec: SourceConfig, row: Mapping, max_chars: int) -> tuple[str | None, list | None]:
     """Validate one row (a dict) -> (text, None) or (None, messages). Raises SkipRecord."""
     if spec.is_chat:
         return None, _row_messages(spec, row, max_chars)
@@ -90,7 +90,7 @@ def row_to_document_fields(spec: SourceSpec, row: Mapping, max_chars: int) -> tu
     return _check_text(text, max_chars), None
 
 
-def _row_messages(spec: SourceSpec, row: Mapping, max_chars: int) -> list:
+def _row_messages(spec: SourceConfig, row: Mapping, max_chars: int) -> list:
     if spec.prompt_field:
         prompt, answer = row.get(spec.prompt_field), row.get(spec.response_field)
         if not isinstance(prompt, str) or not isinstance(answer, str):

@@ -9,9 +9,9 @@ import hashlib
 import json
 import os
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 from codellama_recipe.data.record_readers import bounded_lines
-from codellama_recipe.data.source_config import SourceSpec
+from codellama_recipe.core.schema import SourceConfig
 
 TEXT_EXTENSIONS_JSONL = (".jsonl", ".json", ".ndjson")
 PEEK_RECORDS = 200          # records looked at, at start-up, to tell an unknown field from a few bad rows
@@ -41,7 +41,7 @@ def resolve_globs(patterns: tuple[str, ...], key: str) -> list[str]:
         expanded = os.path.expandvars(os.path.expanduser(pattern))
         matched = sorted(p for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
         if not matched:
-            raise ConfigError(key, pattern, "matches no file; point it at existing files (globs allowed), "
+            raise InputError(key, pattern, "matches no file; point it at existing files (globs allowed), "
                                             "or build the embedded corpus with `codellama-corpus`")
         files.extend(matched)
     return sorted(set(os.path.abspath(f) for f in files))
@@ -50,7 +50,7 @@ def resolve_globs(patterns: tuple[str, ...], key: str) -> list[str]:
 class Location:
     """The shards of one source split, in a fixed (sorted) order, plus how to read each one."""
 
-    def __init__(self, spec: SourceSpec, split: str = "train"):
+    def __init__(self, spec: SourceConfig, split: str = "train"):
         """split "train" reads spec.paths / spec.hub, "val" reads spec.val_paths / spec.val_hub."""
         self.spec, self.split = spec, split
         base = f"data.sources.{spec.name}"
@@ -78,7 +78,7 @@ class Location:
                     h["path"], h.get("name"), split=h.get("split", "train"), data_files=h.get("data_files"),
                     data_dir=h.get("data_dir"), revision=h.get("revision"), streaming=True)
             except Exception as exc:
-                raise ConfigError(self.hub_key, dict(h), f"datasets could not open it: {exc}") from None
+                raise InputError(self.hub_key, dict(h), f"datasets could not open it: {exc}") from None
         return self._hub_dataset
 
     def __getstate__(self):  # the datasets object is re-created in worker processes
@@ -121,7 +121,7 @@ class Location:
                 seen = {"text", "path"}
                 needed = [f.field for f in self.spec.filters]
                 if self.spec.is_chat:
-                    raise ConfigError(f"{self.fields_key}.format", "chat", f"{path} is a plain text file; chat sources need jsonl/parquet rows")
+                    raise InputError(f"{self.fields_key}.format", "chat", f"{path} is a plain text file; chat sources need jsonl/parquet rows")
             elif fmt == "parquet":
                 import pyarrow.parquet as pq
 
@@ -133,7 +133,7 @@ class Location:
                     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on corrupt files
                         errors.append(f"{candidate}: {exc}")
                 if seen is None:
-                    raise ConfigError(self.paths_key, path, f"no readable parquet file among {len(self.files)} "
+                    raise InputError(self.paths_key, path, f"no readable parquet file among {len(self.files)} "
                                                             f"({errors[0][:200]})")
             else:
                 seen = set()
@@ -150,7 +150,7 @@ class Location:
         if missing:
             field_key = self.spec.field_keys().get(missing[0], "filters")
             where = self.shard_name(0) if not self.hub else self.hub["path"]
-            raise ConfigError(f"{self.fields_key}.{field_key}", missing[0], f"no such field in {where} (fields seen: {sorted(seen)})")
+            raise InputError(f"{self.fields_key}.{field_key}", missing[0], f"no such field in {where} (fields seen: {sorted(seen)})")
 
 
 def _peek_lines(path: str, fmt: str, n: int, limit: int = 1 << 22) -> list[bytes]:

@@ -1,8 +1,8 @@
 """Reading documents from configured sources, sharded over (rank, worker) streams, with exact positions.
 
 A source is local files (globs of .jsonl / .jsonl.gz / .parquet / plain text) or a hub dataset id: its
-configuration is parsed in source_config.py, its shards are listed in source_files.py, and one shard is read from
-a position by record_readers.py. Hub ids go through `datasets.load_dataset(..., streaming=True)`, one datasets
+configuration is checked by core/schema.py::SourceConfig.validate, its shards are listed in source_files.py,
+and one shard is read from a position by record_readers.py. Hub ids go through `datasets.load_dataset(..., streaming=True)`, one datasets
 shard at a time, and resume with that shard's `state_dict()`. No shuffle buffer anywhere: its content is not part
 of any saved state.
 
@@ -23,11 +23,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 from codellama_recipe.data.record_readers import (BadInputError, Document, SkipRecord, iter_hub_shard, iter_jsonl,
                                                   iter_jsonl_gz, iter_parquet, iter_text_file,
                                                   row_to_document_fields)
-from codellama_recipe.data.source_config import SourceSpec
+from codellama_recipe.core.schema import SourceConfig
 from codellama_recipe.data.source_files import Location, detect_file_format
 
 
@@ -51,7 +51,7 @@ class SourceReader:
     yielded this epoch). `epochs`: stop after that many epochs (validation, benchmarks); None = forever.
     """
 
-    def __init__(self, spec: SourceSpec, location: Location, *, seed: int, stream: int, num_streams: int,
+    def __init__(self, spec: SourceConfig, location: Location, *, seed: int, stream: int, num_streams: int,
                  max_doc_chars: int, strict: bool, counters: Counter, shuffle: bool = True,
                  epochs: int | None = None):
         self.spec, self.location = spec, location
@@ -63,7 +63,7 @@ class SourceReader:
         self._it: Iterator | None = None
         self._columns = spec.needed_fields()
         if location.num_shards == 0:
-            raise ConfigError(location.hub_key, spec.name, "has no shards")
+            raise InputError(location.hub_key, spec.name, "has no shards")
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:

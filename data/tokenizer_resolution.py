@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 
 TOKENIZER_FILE = "tokenizer.model"
 RUN_CONFIG_FILE = "config.yaml"          # the resolved configuration codellama-train saves in its run_dir
@@ -40,7 +40,7 @@ def resolve_tokenizer(tokenizer_path, weights, *, weights_key: str, cache_dir) -
 
 def _tokenizer_of_weights(folder: Path, weights_key: str, runs_followed: tuple[Path, ...]) -> str:
     if not folder.is_dir():
-        raise ConfigError(weights_key, str(folder), "no such folder; expected a Hugging Face, Meta or codellama-train "
+        raise InputError(weights_key, str(folder), "no such folder; expected a Hugging Face, Meta or codellama-train "
                                                     "checkpoint folder")
     shipped = folder / TOKENIZER_FILE
     if shipped.is_file():
@@ -53,7 +53,7 @@ def _tokenizer_of_weights(folder: Path, weights_key: str, runs_followed: tuple[P
         log.warning("%s=%s has no %s; using %s from the folder above (the layout of Meta's Llama 2 downloads)",
                     weights_key, folder, TOKENIZER_FILE, beside)
         return str(beside)
-    raise ConfigError(weights_key, str(folder),
+    raise InputError(weights_key, str(folder),
                       f"no {TOKENIZER_FILE} in {folder} nor in {folder.parent} (Meta's layout); "
                       f"set tokenizer_path=/path/to/{TOKENIZER_FILE} (the tokenizer these weights were trained with)")
 

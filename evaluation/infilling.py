@@ -11,7 +11,7 @@ from pathlib import Path
 
 from codellama_recipe.core.jsonl import read_jsonl
 from codellama_recipe.evaluation.problems import Problem, evenly_spaced
-from codellama_recipe.core.errors import ConfigError
+
 
 INFILLING_FILES = {
     "single": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -24,7 +24,7 @@ MODES = ("psm", "spm")
 
 def infilling_path(kind: str, directory=None, path=None) -> Path:
     if kind not in INFILLING_FILES:
-        raise ConfigError("infilling kind", kind, f"one of {sorted(INFILLING_FILES)}")
+        raise ValueError(f"infilling kind {kind!r}: one of {sorted(INFILLING_FILES)}")
     if path:
         return Path(path)
     if not directory:

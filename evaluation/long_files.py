@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 
 
 def corpus_dir_for(cache_dir) -> Path:
@@ -20,7 +20,7 @@ def corpus_dir_for(cache_dir) -> Path:
 def corpus_texts(corpus_dir, source: str, splits: Sequence[str]) -> Iterator[tuple[str, str]]:
     corpus_dir = Path(corpus_dir)
     if not (corpus_dir / source).is_dir():
-        raise ConfigError("source", source, f"not a source of the corpus at {corpus_dir}")
+        raise InputError("source", source, f"not a source of the corpus at {corpus_dir}")
     for split in splits:
         for shard in sorted((corpus_dir / source).glob(f"{split}-*.jsonl")):
             with open(shard, encoding="utf-8") as f:
@@ -33,7 +33,7 @@ def corpus_texts(corpus_dir, source: str, splits: Sequence[str]) -> Iterator[tup
 def user_texts(patterns: Sequence[str]) -> Iterator[tuple[str, str]]:
     paths = sorted({p for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()), recursive=True)})
     if not paths:
-        raise ConfigError("files", list(patterns), "no file matches these glob patterns")
+        raise InputError("files", list(patterns), "no file matches these glob patterns")
     for p in paths:
         if Path(p).is_file():
             yield p, Path(p).read_text(encoding="utf-8", errors="replace")
@@ -53,5 +53,5 @@ def select_texts(section, cache_dir=None, min_bytes: int = 0, max_files: int | N
     chosen = list(itertools.islice(long_enough, max_files))
     if not chosen:
         where = files or f"corpus source {section.source!r} splits {list(section.splits)}"
-        raise ConfigError("min_bytes", min_bytes, f"no text of {where} is that long")
+        raise InputError("min_bytes", min_bytes, f"no text of {where} is that long")
     return chosen

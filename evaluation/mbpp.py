@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from codellama_recipe.core.jsonl import read_jsonl
 from codellama_recipe.evaluation.problems import Problem, evenly_spaced
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 
 MBPP_SHOT_IDS = (2, 3, 4)
 MBPP_TEST_RANGE = (11, 510)
@@ -57,7 +57,7 @@ def load_mbpp(path, limit: int | None = None, shot_ids: Sequence[int] = MBPP_SHO
     by_id = {int(r["task_id"]): r for r in rows}
     missing = [i for i in shot_ids if i not in by_id]
     if missing:
-        raise ConfigError("mbpp.shot_ids", list(shot_ids), f"tasks {missing} are not in {path}")
+        raise InputError("mbpp.shot_ids", list(shot_ids), f"tasks {missing} are not in {path}")
     shots = [by_id[i] for i in shot_ids]
     if task_range is not None:
         lo, hi = task_range
@@ -65,5 +65,5 @@ def load_mbpp(path, limit: int | None = None, shot_ids: Sequence[int] = MBPP_SHO
     else:
         chosen = [r for r in rows if int(r["task_id"]) not in shot_ids]
     if not chosen:
-        raise ConfigError("mbpp.task_range", list(task_range or []), f"no task of {path} in that range")
+        raise InputError("mbpp.task_range", list(task_range or []), f"no task of {path} in that range")
     return [mbpp_problem(r, shots) for r in evenly_spaced(chosen, limit)]

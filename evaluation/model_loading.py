@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError, InputError
 from codellama_recipe.train.weight_formats import DTYPES
 
 
@@ -46,7 +46,7 @@ def load_model_and_tokenizer(source: ModelToLoad):
                                             cache_dir=source.cache_dir))
     model_cfg, state_dict = load_pretrained(source.model_path)
     if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ConfigError("tokenizer_path", tokenizer.path,
+        raise InputError("tokenizer_path", tokenizer.path,
                           f"{tokenizer.vocab_size} pieces but the model has vocab_size {model_cfg.vocab_size}")
     model = Llama(model_cfg)
     model.load_state_dict(state_dict)

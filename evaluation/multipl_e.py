@@ -17,7 +17,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from codellama_recipe.core.errors import ConfigError, InputFileError
+from codellama_recipe.core.errors import ConfigError, InputError, InputFileError
 from codellama_recipe.core.jsonl import read_jsonl
 from codellama_recipe.evaluation.multipl_e_parse import Untranslatable, parse_problem
 from codellama_recipe.evaluation.multipl_e_translate import LANGUAGES, translate
@@ -63,7 +63,7 @@ def check_multipl_e_config(me) -> None:
                 raise ConfigError(f"multipl_e.{key}.{lang}", value, "must be > 0")
     for path in _paths(me.path):
         if not Path(path).exists():
-            raise ConfigError("multipl_e.path", me.path, f"{path} does not exist (a jsonl file or a folder of them)")
+            raise InputError("multipl_e.path", me.path, f"{path} does not exist (a jsonl file or a folder of them)")
 
 
 def _paths(path) -> list[str]:

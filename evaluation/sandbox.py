@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError, InputError
 from codellama_recipe.core.schema import SandboxConfig
 from codellama_recipe.evaluation.sandbox_folders import SandboxFolders, remove_tree
 
@@ -148,13 +148,13 @@ def detect_capabilities(cfg: SandboxConfig | None = None) -> SandboxCapabilities
     dedicated = _uses_dedicated_uids(cfg)
     candidates = tuple(_interpreter_candidates(cfg))
     if not candidates:
-        raise ConfigError("sandbox.python", cfg.python, "no executable Python interpreter found")
+        raise InputError("sandbox.python", cfg.python, "no executable Python interpreter found")
     with _probe_lock:
         report = _probe(_uid_base(cfg) if dedicated else None, candidates)
     notes = []
     network = bool(report["network_namespace"]) and cfg.network != "allow"
     if cfg.network == "require" and not report["network_namespace"]:
-        raise ConfigError("sandbox.network", "require",
+        raise InputError("sandbox.network", "require",
                           "no network namespace can be created here "
                           f"({report.get('network_namespace_error')}); use 'isolate' or 'allow'")
     if cfg.network != "allow" and not report["network_namespace"]:
@@ -171,7 +171,7 @@ def detect_capabilities(cfg: SandboxConfig | None = None) -> SandboxCapabilities
             via_bind = True
             notes.append(f"no interpreter readable by the sandbox uid; bind-mounting {sys.base_prefix}")
         else:
-            raise ConfigError("sandbox.python", cfg.python,
+            raise InputError("sandbox.python", cfg.python,
                               f"none of {list(candidates)} can be run by uid {_uid_base(cfg)} and no mount "
                               "namespace is available; install a world-readable python3 or set "
                               "sandbox.user=none")
@@ -314,7 +314,7 @@ class Sandbox:
             except KeyError:
                 name = None
             if name is not None and name != "nobody":
-                raise ConfigError("sandbox.uid_base", base,
+                raise InputError("sandbox.uid_base", base,
                                   f"uid {uid} belongs to user {name!r}; pick a range of unused uids")
 
     # one program ---------------------------------------------------------

@@ -152,7 +152,7 @@ def check_stage(cfg: DictConfig, name: str, first: bool, *, inputs: bool = True)
         if inputs:
             check_inputs(cfg, plan, init_from_pending=not first)
     except ConfigError as e:
-        raise ConfigError.from_message(f"stage '{name}': {str(e).removeprefix('config error: ')}") from None
+        raise e.within(f"stage '{name}'") from None
 
 
 def check_eval(pcfg: PipelineRunConfig) -> None:
@@ -162,7 +162,7 @@ def check_eval(pcfg: PipelineRunConfig) -> None:
     try:
         validate_config(load_config(pcfg.eval.overrides, pcfg.eval.preset))
     except ConfigError as e:
-        raise ConfigError.from_message(f"eval: {str(e).removeprefix('config error: ')}") from None
+        raise e.within("eval") from None
 
 
 def run_pipeline(pcfg: PipelineRunConfig) -> list[dict] | None:

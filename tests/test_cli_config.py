@@ -28,18 +28,20 @@ def command(name: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.
 
 
 MISTAKES = [
-    # (command, arguments, what the one line must contain)
+    # (command, arguments, what the one line must contain; "input error: ..." for a problem found while reading)
     ("codellama-train", ["trainer.max_step=2"], "trainer.max_step=2: unknown key; trainer has: max_steps"),
     ("codellama-train", ["+trainer.max_step=2"], "trainer.max_step=2: unknown key; trainer has: max_steps"),
     ("codellama-train", ["+foo=1"], "foo=1: unknown key; the top level has: seed"),
     ("codellama-train", ["trainer.max_steps=abc"], "trainer.max_steps=abc: Value 'abc'"),
     ("codellama-train", ["model=nope"], "model=nope: no such option; available: 13b, 34b, 70b, 7b, tiny"),
     ("codellama-train", ["data.sources.code.weigth=1"], "data.sources.code has: weight, paths"),
+    ("codellama-train", ["data.sources.code.name=python"], "data.sources.code.name='python' is invalid; a source is named"),
     ("codellama-train", ["trainer.precision=fp16"], "trainer.precision='fp16' is invalid"),
     ("codellama-train", ["optim.lr=1e-3,3e-4"], "a sweep needs -m"),
     ("codellama-train", ["-m", "optim.lr=1e-3,-1"], "optim.lr=-1.0 is invalid; must be > 0"),
-    ("codellama-train", ["tokenizer_path=/etc/hostname"], "is not a SentencePiece tokenizer model"),
-    ("codellama-train", ["data.sources.code.paths=[/nonexistent/*.jsonl]"], "data.sources.code.paths"),
+    ("codellama-train", ["tokenizer_path=/etc/hostname"], "input error: is not a SentencePiece tokenizer model"),
+    ("codellama-train", ["data.sources.code.paths=[/nonexistent/*.jsonl]"],
+     "input error: data.sources.code.paths='/nonexistent/*.jsonl': matches no file"),
     ("codellama-pipeline", ["pipeline=nope"], "pipeline=nope: no such option; available: codellama"),
     ("codellama-pipeline", ["stages.nope.trainer.max_steps=1"], "no stage 'nope' in pipeline 'tiny'"),
     ("codellama-pipeline", ["stages.code.trainer.max_step=3"], "stages.code.trainer.max_step=3: unknown key"),
@@ -67,7 +69,9 @@ def test_every_mistake_is_one_line_and_exit_2(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (prog, args, proc.stderr[-2000:])
         assert len(lines) == 1 and "Traceback" not in proc.stderr, (prog, args, proc.stderr[-2000:])
-        assert lines[0].startswith(f"{prog}: config error: ") and expected in lines[0], (prog, args, lines[0])
+        kind = "input error" if expected.startswith("input error") else "config error"
+        assert lines[0].startswith(f"{prog}: {kind}: ") and expected.removeprefix("input error: ") in lines[0], \
+            (prog, args, lines[0])
     assert not (tmp_path / "runs").exists()   # nothing started
 
 

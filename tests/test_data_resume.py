@@ -11,7 +11,7 @@ from helpers_data import ByteTokenizer, make_mixed_corpus  # noqa: E402
 from helpers_tokenizer import small_tokenizer  # noqa: E402
 
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.core.schema import SourceConfig  # noqa: E402
 from codellama_recipe.data.source_files import Location  # noqa: E402
 from codellama_recipe.data.sources import SourceReader  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
@@ -104,7 +104,7 @@ def test_resume_does_not_replay_consumed_input(tmp_path):
     state, expected = states[19], batches[20:]
     reader_state = state["workers"][0]["readers"][0]
     assert reader_state["epoch"] == 0 and reader_state["offset"] > 0
-    spec = parse_sources(cfg["sources"])[0]
+    spec = SourceConfig(**cfg["sources"]["code"]).validate("code")
     loc = Location(spec)
     order = SourceReader(spec, loc, seed=cfg["seed"], stream=0, num_streams=1, max_doc_chars=1,
                          strict=False, counters=Counter()).epoch_shards(0)

@@ -389,13 +389,13 @@ def test_own_training_data_with_the_embedded_validation_split_is_refused(tmp_pat
                                    ["corpus.code.val_hub={path: x/y, split: validation}", "corpus.code.val_paths=null"],
                                    ["trainer.val_every=0"], []])
 def test_own_validation_data_or_none_is_accepted(tmp_path, extra):
-    from codellama_recipe.data.pipeline import DataPlan
+    from codellama_recipe.data.pipeline import data_config
     from codellama_recipe.train.config_checks import check_validation_sources
 
     train, val = _own_code_files(tmp_path)
     own = [f"corpus.code.paths=[{train}]"] if extra else []   # []: the embedded corpus for training and validation
     cfg = compose(TINY + own + [o.replace("VAL", val) for o in extra])
-    check_validation_sources(cfg, DataPlan.of(cfg.data))
+    check_validation_sources(cfg, data_config(cfg.data))
 
 
 def test_own_training_data_with_the_embedded_validation_split_exits_2_in_one_line(tmp_path):

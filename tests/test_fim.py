@@ -15,7 +15,7 @@ from codellama_recipe.core.config import typed  # noqa: E402
 from codellama_recipe.core.schema import FimConfig  # noqa: E402
 from codellama_recipe.data.fim import FimBuilder, FimPlan, fim_plan, fim_prompt, fim_tokens  # noqa: E402
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.core.schema import SourceConfig  # noqa: E402
 from codellama_recipe.data.source_files import Location  # noqa: E402
 from codellama_recipe.data.sources import SourceReader  # noqa: E402
 from codellama_recipe.core.errors import ConfigError  # noqa: E402
@@ -321,7 +321,7 @@ def test_fim_config_rejects_unknown_keys():
 
 def test_document_keys_do_not_depend_on_stream_count(tmp_path):
     make_corpus(tmp_path, {"code": (3, 20)})
-    spec = parse_sources({"code": {"weight": 1, "paths": [str(tmp_path / "code" / "*.jsonl")]}})[0]
+    spec = SourceConfig(weight=1, paths=[str(tmp_path / "code" / "*.jsonl")]).validate("code")
     loc = Location(spec)
     from collections import Counter
 

@@ -12,7 +12,7 @@ from helpers_tokenizer import small_tokenizer  # noqa: E402
 
 from codellama_recipe.data.mixture import TokenMixture  # noqa: E402
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.core.schema import SourceConfig  # noqa: E402
 from codellama_recipe.data.source_files import Location  # noqa: E402
 from codellama_recipe.data.sources import SourceReader  # noqa: E402
 
@@ -74,7 +74,7 @@ def test_shares_with_the_real_tokenizer(tmp_path):
 
 def test_next_epoch_reshuffles_file_order(tmp_path):
     texts = make_corpus(tmp_path, {"nl": (8, 3)})["nl"]
-    spec = parse_sources({"nl": {"weight": 1, "paths": [str(tmp_path / "nl" / "*.jsonl")]}})[0]
+    spec = SourceConfig(weight=1, paths=[str(tmp_path / "nl" / "*.jsonl")]).validate("nl")
     reader = SourceReader(spec, Location(spec), seed=0, stream=0, num_streams=1, max_doc_chars=10**6,
                           strict=False, counters=Counter(), epochs=3)
     epochs = [[], [], []]

@@ -10,7 +10,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from helpers_data import ByteTokenizer, data_cfg, digest, make_corpus, split_documents  # noqa: E402
 
 from codellama_recipe.data.pipeline import build_train_loader  # noqa: E402
-from codellama_recipe.data.source_config import parse_sources  # noqa: E402
+from codellama_recipe.core.schema import SourceConfig  # noqa: E402
 from codellama_recipe.data.source_files import Location  # noqa: E402
 from codellama_recipe.data.sources import SourceReader  # noqa: E402
 
@@ -28,7 +28,7 @@ def test_each_document_once_per_epoch_over_2_ranks_x_2_workers(tmp_path, num_fil
     where = {"paths": [str(tmp_path / "code" / "*.jsonl")]}
     if hub:  # datasets streaming (its local json builder: offline), one datasets shard per file
         where = {"hub": {"path": "json", "data_files": sorted(str(p) for p in (tmp_path / "code").glob("*.jsonl"))}}
-    spec = parse_sources({"code": {"weight": 1, **where}})[0]
+    spec = SourceConfig(weight=1, **where).validate("code")
     loc = Location(spec)
     for epoch in range(2):
         seen = Counter()

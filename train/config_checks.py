@@ -19,10 +19,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.errors import ConfigError
-from codellama_recipe.core.schema import TrainConfig
+from codellama_recipe.core.errors import ConfigError, InputError
+from codellama_recipe.core.schema import DataConfig, TrainConfig
 from codellama_recipe.data.embedded.cache import ensure_corpus_for, in_embedded_corpus
-from codellama_recipe.data.pipeline import DataPlan
+from codellama_recipe.data.pipeline import data_config
 from codellama_recipe.data.source_files import Location
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -44,7 +44,7 @@ class RunPlan:
     batch_tokens: int
     zero_stage: int
     precision: str
-    data: DataPlan
+    data: DataConfig
 
 
 def world_size_from_env() -> int:
@@ -117,22 +117,22 @@ def check_paths(cfg: DictConfig, init_from_pending: bool) -> None:
     if not str(cfg.run_dir).strip():
         raise ConfigError("run_dir", cfg.run_dir, "must be a folder path")
     if Path(str(cfg.run_dir)).is_file():
-        raise ConfigError("run_dir", str(cfg.run_dir), "is a file; expected a folder (it is created if missing)")
+        raise InputError("run_dir", str(cfg.run_dir), "is a file; expected a folder (it is created if missing)")
     for key, what in (("init_from", "a Hugging Face, Meta or codellama-train checkpoint folder"),
                       ("tokenizer_path", "a SentencePiece .model file")):
         path = cfg[key]
         if key == "init_from" and init_from_pending:
             continue
         if path is not None and not Path(str(path)).exists():
-            raise ConfigError(key, str(path), f"no such file or folder; expected {what} (or null)")
+            raise InputError(key, str(path), f"no such file or folder; expected {what} (or null)")
 
 
-def check_validation_sources(cfg: DictConfig, data: DataPlan) -> None:
+def check_validation_sources(cfg: DictConfig, data: DataConfig) -> None:
     """A source that trains on its own data (local files or a hub dataset) validates on its own data, never on
     the embedded demo corpus its val_paths default to: that would be a silent, meaningless validation loss."""
     if not (cfg.trainer.val_every and cfg.trainer.val_batches):
         return
-    for spec in data.sources:
+    for spec in data.sources.values():
         trains_on_embedded = not spec.hub and all(in_embedded_corpus(p, cfg.cache_dir) for p in spec.paths)
         embedded_val = [p for p in spec.val_paths if in_embedded_corpus(p, cfg.cache_dir)]
         if embedded_val and not trains_on_embedded and not spec.val_hub:
@@ -145,19 +145,19 @@ def check_validation_sources(cfg: DictConfig, data: DataPlan) -> None:
                 f"{via}.val_paths=null to leave it out of validation (or trainer.val_every=0)")
 
 
-def check_data_files(cfg: DictConfig, data: DataPlan) -> None:
+def check_data_files(cfg: DictConfig, data: DataConfig) -> None:
     """Every configured glob matches a file and every named field exists (train splits; validation splits
     when validation runs). The embedded corpus is built first when the paths point at it."""
     # Your own local files first (a glob that matches nothing is the first thing to say), then whether your
     # sources validate on your data, before the embedded corpus is built or a hub dataset is contacted.
-    own_files = [s for s in data.sources
+    own_files = [s for s in data.sources.values()
                  if not s.hub and not all(in_embedded_corpus(p, cfg.cache_dir) for p in s.paths)]
     for spec in own_files:
         Location(spec, "train").check_fields()
     check_validation_sources(cfg, data)
-    ensure_corpus_for(data.sources, cfg.cache_dir)
+    ensure_corpus_for(data.sources.values(), cfg.cache_dir)
     validating = cfg.trainer.val_every and cfg.trainer.val_batches
-    for spec in data.sources:
+    for spec in data.sources.values():
         if spec not in own_files:
             Location(spec, "train").check_fields()
         if validating and (spec.val_paths or spec.val_hub):
@@ -174,11 +174,11 @@ def check_tokenizer(cfg: DictConfig) -> None:
     try:
         tokenizer = Tokenizer(path)
     except Exception as e:  # SentencePiece says little more than "could not parse"
-        raise ConfigError(key, path, f"is not a SentencePiece tokenizer model ({type(e).__name__}: "
+        raise InputError(key, path, f"is not a SentencePiece tokenizer model ({type(e).__name__}: "
                                      f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
     # A tokenizer that came with init_from is extended with the infilling pieces by the stage itself.
     if cfg.data.fim.enabled and not tokenizer.has_infilling and (cfg.tokenizer_path or not cfg.init_from):
-        raise ConfigError("data.fim.enabled", True, f"the tokenizer {path} has no infilling pieces (<PRE> <SUF> "
+        raise InputError("data.fim.enabled", True, f"the tokenizer {path} has no infilling pieces (<PRE> <SUF> "
                                                     f"<MID> <EOT>); extend it (codellama-tokenizer extend) or "
                                                     f"set data.fim.enabled=false")
 
@@ -198,7 +198,7 @@ def check_values(cfg: DictConfig, world_size: int | None = None) -> RunPlan:
     stage = zero_stage_of(cfg)
 
     t = cfg.trainer
-    data = DataPlan.of(cfg.data)
+    data = data_config(cfg.data)
     per_pass = data.seq_len * t.micro_batch_size * world_size
     if t.batch_tokens % per_pass:
         lower = max(per_pass, t.batch_tokens // per_pass * per_pass)

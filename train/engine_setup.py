@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 from codellama_recipe.core.schema import TrainConfig
 from codellama_recipe.train.config_checks import RunPlan
 from codellama_recipe.train.model import Llama, ModelConfig
@@ -108,7 +108,7 @@ def prepare_model(cfg: TrainConfig, vocab_size: int, load_weights: bool = True) 
     for key in ARCHITECTURE_KEYS:
         ours, theirs = getattr(model_cfg, key), getattr(ckpt_cfg, key)
         if ours != theirs:
-            raise ConfigError(f"model.{key}", ours,
+            raise InputError(f"model.{key}", ours,
                               f"init_from {cfg.init_from} has {key}={theirs}; choose the model= preset that "
                               f"matches the checkpoint (architecture {ckpt_cfg.to_dict()})")
     if ckpt_cfg.norm_eps != model_cfg.norm_eps:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from codellama_recipe.core.errors import ConfigError
 from codellama_recipe.core.schema import ModelConfig
 
 # `enable_gqa` arrived in torch 2.5; older versions get the kv heads repeated explicitly.
@@ -239,7 +238,7 @@ class Llama(nn.Module):
     def set_rope_theta(self, theta: float):
         """Change the RoPE base (long-context fine-tuning raises it to 1e6); tables are recomputed lazily."""
         if not theta > 0:
-            raise ConfigError("rope_theta", theta, "must be > 0")
+            raise ValueError(f"rope_theta={theta!r}: must be > 0")
         self.cfg.rope_theta = float(theta)
         self.rope = Rope(self.cfg.head_dim, theta)
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from codellama_recipe.core.atomic import write_json_atomic
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError, InputError
 from codellama_recipe.core.schema import AblateConfig
 from codellama_recipe.evaluation.corpus_infilling import exact_match_hits, fitting_files, infill_loss_sums
 from codellama_recipe.evaluation.document_loss import document_losses
@@ -88,7 +88,7 @@ def held_out(acfg: AblateConfig, tokenizer) -> HeldOut:
     long_files = list(itertools.islice(long_enough, ev.ppl_files))
     haystacks = [t for _, t in itertools.islice(corpus_texts(corpus_dir, "python", ["val", "train"]), 300)]
     if not infill_docs or not long_files:
-        raise ConfigError("eval", dataclasses.asdict(ev), f"no held-out code file fits in {seq_len} tokens, or "
+        raise InputError("eval", dataclasses.asdict(ev), f"no held-out code file fits in {seq_len} tokens, or "
                                                                f"none has {longest} tokens")
     return HeldOut(infill_docs, val_docs, long_files, haystacks)
 
@@ -167,7 +167,7 @@ def measure_curve(arm, acfg: AblateConfig, held: HeldOut, results: dict, save, l
             continue
         tag_dir = run_dir / "checkpoints" / tag_for(step)
         if not tag_dir.is_dir():
-            raise ConfigError("eval.curve_fractions", list(acfg.eval.curve_fractions),
+            raise InputError("eval.curve_fractions", list(acfg.eval.curve_fractions),
                               f"arm '{arm.name}' has no checkpoint {tag_dir} (keep more: trainer.keep_last)")
         model, tokenizer = _load(tag_dir, acfg, run_dir / "hf" / "tokenizer.model")
         for name in missing:

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 
 from codellama_recipe.core.cli import refuse, run_hydra_command
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError, InputError
 from codellama_recipe.core.schema import PrepareConfig
-from codellama_recipe.data.source_config import HUB_KEYS   # the keys a training source's hub mapping takes
+from codellama_recipe.core.schema import HUB_KEYS   # the keys a training source's hub mapping takes
 
 PROG = "codellama-prepare"
 SOURCES = ("code", "python", "nl_code", "nl")
@@ -48,7 +48,7 @@ def check(cfg: DictConfig) -> None:
         if value < 1:
             raise ConfigError(key, value, "must be >= 1")
     if c.executor.kind == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("executor.kind", "ray", "needs the ray package: pip install 'codellama-recipe[ray]'")
+        raise InputError("executor.kind", "ray", "needs the ray package: pip install 'codellama-recipe[ray]'")
     if c.executor.kind == "slurm":
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", str(c.executor.time)):
             raise ConfigError("executor.time", c.executor.time, "a SLURM time: MM, HH:MM:SS or D-HH:MM:SS")
@@ -71,7 +71,7 @@ def check(cfg: DictConfig) -> None:
     import os
     for p in c.decontamination.paths:
         if not os.path.isfile(p):
-            raise ConfigError("decontamination.paths", p, "no such file")
+            raise InputError("decontamination.paths", p, "no such file")
 
 
 def load_tokenizer(path):

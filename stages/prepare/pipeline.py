@@ -27,7 +27,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 
 SOURCES = ("code", "python", "nl_code", "nl")
 TARGET_MIX = {"code": 0.85, "nl_code": 0.08, "nl": 0.07}      # paper Table 1 (python is a later stage)
@@ -59,13 +59,13 @@ def input_files(cfg) -> list[str]:
     for pattern in cfg.input.paths:
         matched = sorted(glob.glob(os.path.expanduser(str(pattern)), recursive=True))
         if not matched:
-            raise ConfigError("input.paths", pattern, "matches no file")
+            raise InputError("input.paths", pattern, "matches no file")
         for m in matched:
             if os.path.isdir(m):
                 inside = sorted(os.path.join(root, n) for root, _, names in os.walk(m) for n in names
                                 if n.endswith(INPUT_EXT))
                 if not inside and len(matched) == 1:
-                    raise ConfigError("input.paths", pattern, f"an empty folder: no {'/'.join(INPUT_EXT)} file in it")
+                    raise InputError("input.paths", pattern, f"an empty folder: no {'/'.join(INPUT_EXT)} file in it")
                 files += inside
             elif os.path.isfile(m):
                 files.append(m)
@@ -148,7 +148,7 @@ def readers(cfg, files):
                                      # datatrove's limit is per task
                                      limit=-(-i.hub_limit // tasks) if i.hub_limit else -1))
     if not out:
-        raise ConfigError("input.paths", list(i.paths), "no .jsonl(.gz) / .parquet file and no input.hub")
+        raise InputError("input.paths", list(i.paths), "no .jsonl(.gz) / .parquet file and no input.hub")
     return out
 
 
@@ -462,7 +462,7 @@ def check_same_run(cfg, identity: dict) -> None:
                 keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 detail = f" (inputs added, removed or modified: {', '.join(keys[:3])}" + \
                     (f" and {len(keys) - 3} more)" if len(keys) > 3 else ")")
-            raise ConfigError("out_dir", cfg.out_dir, f"holds a run with other {' and '.join(changed)}{detail}; "
+            raise InputError("out_dir", cfg.out_dir, f"holds a run with other {' and '.join(changed)}{detail}; "
                               "its finished steps would be reused: pick a new out_dir or remove this one")
     write_json_atomic(path, identity)
 
@@ -487,7 +487,7 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
             skipped[f] = f"{why[0]}: {why[1]}"
             log(f"[prepare] skipping {f}: {why[0]} ({why[1]})")
     if not files and not cfg.input.hub:
-        raise ConfigError("input.paths", list(cfg.input.paths),
+        raise InputError("input.paths", list(cfg.input.paths),
                           f"no readable input file ({len(skipped)} skipped: "
                           f"{', '.join(sorted({v.split(':')[0] for v in skipped.values()}))})")
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -524,7 +524,7 @@ def prepare(cfg, tokenizer=None, log=print) -> dict:
     stats = datatrove_stats(cfg)
     result["bad_input"] = bad_input(cfg, skipped, stats)
     if not any(v["read"]["documents"] for v in result["sources"].values()):
-        raise ConfigError("input.text_key", cfg.input.text_key,
+        raise InputError("input.text_key", cfg.input.text_key,
                           "no document was read: a wrong field name, or empty inputs "
                           f"(unusable records: {result['bad_input']['records_by_reason']})")
     result["datatrove_stats"] = stats

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from codellama_recipe.core.cli import refuse, run_hydra_command
 from codellama_recipe.core.config import typed
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import ConfigError, InputError
 from codellama_recipe.core.run_dir_lock import run_dir_lock
 from codellama_recipe.core.schema import SelfInstructConfig
 
@@ -41,7 +41,7 @@ def check(cfg: DictConfig) -> None:
     if not 0 < c.decontamination.threshold <= 1:
         raise ConfigError("decontamination.threshold", c.decontamination.threshold, "a share in (0, 1]")
     if c.generator.api_key_env and c.generator.api_key_env not in os.environ:
-        raise ConfigError("generator.api_key_env", c.generator.api_key_env, "no such environment variable")
+        raise InputError("generator.api_key_env", c.generator.api_key_env, "no such environment variable")
 
 
 def make_generator(g):

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from codellama_recipe.core.errors import ConfigError
+from codellama_recipe.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,10 @@ class LocalModel:
             stop=sampling.stop, seed=seed))[0] for prompt, seed in requests]
 
 
-class EndpointUnreachable(ConfigError):
+class EndpointUnreachable(InputError):
     def __init__(self, url: str, why: str, tries: int):
-        self.key, self.value = "generator.url", url
-        self.allowed = f"no answer after {tries} tries ({why}); is the server running and the URL right?"
-        ValueError.__init__(self, f"config error: generator.url={url!r}: {self.allowed}")
+        super().__init__("generator.url", url,
+                         f"no answer after {tries} tries ({why}); is the server running and the URL right?")
 
 
 class Endpoint:
@@ -83,7 +82,7 @@ class Endpoint:
             except urllib.error.HTTPError as e:
                 why = f"HTTP {e.code}"
                 if e.code != 429 and e.code < 500:
-                    raise ConfigError("generator.url", self.url, f"the server refused the request: HTTP {e.code} "
+                    raise InputError("generator.url", self.url, f"the server refused the request: HTTP {e.code} "
                                       f"{e.read()[:200].decode(errors='replace')}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
                 why = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
