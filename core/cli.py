@@ -185,12 +185,14 @@ def refuse(prog: str, message: str) -> int:
 
 
 def preflight(prog: str, config_name: str, overrides: list[str], multirun: bool,
-              check: Callable | None) -> int:
-    """0 when every job's configuration composes and passes `check`; else the one-line refusal (exit 2)."""
+              check: Callable | None) -> int | list:
+    """Every job's composed configuration when each composes and passes `check`; else the exit code of the
+    one-line refusal (2)."""
     try:
         jobs = expand_sweeps(overrides, multirun)
     except Exception as e:
         return refuse(prog, f"config error: cannot parse overrides: {_first_line(e)}")
+    composed = []
     for job in jobs:
         try:
             cfg = compose_checked(config_name, job)
@@ -198,12 +200,16 @@ def preflight(prog: str, config_name: str, overrides: list[str], multirun: bool,
                 check(cfg)
         except ConfigError as e:
             return refuse(prog, str(e))
-    return 0
+        composed.append(cfg)
+    return composed
 
 
 def run_hydra_command(prog: str, config_name: str, task: Callable, *, check: Callable | None = None,
                       argv: list[str] | None = None) -> int:
-    """Run `task(cfg) -> exit code` through @hydra.main after the preflight; the worst exit code of all jobs."""
+    """Compose and check every job (the preflight), then run `task(cfg) -> exit code`: a single run with the
+    configuration the preflight composed (composed once); a -m sweep through @hydra.main and its launcher, which
+    compose each job again; Hydra's printing flags (--cfg, --info, ...) through @hydra.main. Returns the worst
+    exit code of all jobs."""
     import hydra
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -211,12 +217,14 @@ def run_hydra_command(prog: str, config_name: str, task: Callable, *, check: Cal
     names = {f.split("=", 1)[0] for f in flags}
     register_resolvers()
     register_schemas()
+    multirun = bool(names & {"-m", "--multirun"})
     if not names & _INFO_FLAGS:
         printing_only = bool(names & {"--cfg", "-c"})   # the schema still applies; files need not exist yet
-        code = preflight(prog, config_name, overrides, multirun=bool(names & {"-m", "--multirun"}),
-                         check=None if printing_only else check)
-        if code:
-            return code
+        composed = preflight(prog, config_name, overrides, multirun=multirun, check=None if printing_only else check)
+        if isinstance(composed, int):
+            return composed
+        if not (multirun or flags):
+            return int(task(composed[0]) or 0)
     worst = 0
 
     @hydra.main(config_path=HYDRA_CONFIG_PATH, config_name=config_name, version_base="1.3")
@@ -231,4 +239,3 @@ def run_hydra_command(prog: str, config_name: str, task: Callable, *, check: Cal
     finally:
         sys.argv = saved
     return worst
-

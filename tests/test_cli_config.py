@@ -113,3 +113,22 @@ def test_eval_sweep_checks_every_job_first(tmp_path):
                    "benchmark=humaneval", cwd=tmp_path)
     assert proc.returncode == 2 and "generation.temperature=-1.0 is invalid" in proc.stderr, proc.stderr[-2000:]
     assert os.listdir(tmp_path) == ["x.jsonl"]            # the first job did not run either
+
+
+def test_a_single_run_gets_the_configuration_its_check_saw_composed_once(monkeypatch, tmp_path):
+    """Without -m the preflight's composed and checked configuration is the one the command runs (Hydra does
+    not compose it a second time); with -m every job is composed again by Hydra's launcher."""
+    from codellama_recipe.core import cli
+
+    monkeypatch.chdir(tmp_path)   # Hydra's -m writes multirun/ into the working directory
+    composed, checked, ran = [], [], []
+    real_compose = cli.compose
+    monkeypatch.setattr(cli, "compose", lambda *a, **k: composed.append(real_compose(*a, **k)) or composed[-1])
+    task = lambda cfg: ran.append(cfg) or 0  # noqa: E731
+    assert cli.run_hydra_command("codellama-eval", "eval", task, check=checked.append, argv=["limit=3"]) == 0
+    assert len(composed) == 1 and ran[0] is composed[0] and checked[0] is composed[0] and ran[0].limit == 3
+
+    composed.clear(), ran.clear()
+    assert cli.run_hydra_command("codellama-eval", "eval", task, argv=["-m", "limit=3,4"]) == 0
+    assert len(composed) == 2 and [cfg.limit for cfg in ran] == [3, 4]
+    assert all(cfg is not first for cfg, first in zip(ran, composed))
