@@ -62,7 +62,7 @@ MISTAKES = [
 
 def test_every_mistake_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    cases = MISTAKES + [("codellama-train", [f"run_dir={tmp_path / 'file'}"], "is a file; expected a folder")]
+    cases = MISTAKES + [("codellama-train", [f"run_dir={tmp_path / 'file'}"], "input error: is a file; expected a folder")]
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda case: command(case[0], *case[1], cwd=tmp_path), cases))
     for (prog, args, expected), proc in zip(cases, results):
