@@ -43,7 +43,9 @@ def typed_pipeline(composed: DictConfig) -> PipelineRunConfig:
     return pcfg
 
 
-def validate_pipeline(cfg: PipelineRunConfig) -> None:
+def validate_pipeline(cfg: PipelineRunConfig) -> list[Job]:
+    """The chain's own keys checked, then every stage composed once (its keys against codellama-train's
+    schema): the stages as the jobs the runner plans and runs."""
     order = list(cfg.pipeline.order)
     known = sorted(cfg.stages)
     for name in order:
@@ -56,8 +58,16 @@ def validate_pipeline(cfg: PipelineRunConfig) -> None:
     for name in cfg.restart:
         if name not in order:
             raise ConfigError("restart", list(cfg.restart), f"stage names from pipeline.order {order}")
-    for name in order:
-        compose_stage(cfg, name, cfg.pipeline.init_from)   # every stage's keys against codellama-train's schema
+    return compose_chain(cfg)
+
+
+def compose_chain(pcfg: PipelineRunConfig) -> list[Job]:
+    """Every stage's codellama-train config in order, each starting from its parent's export."""
+    run_dir, jobs, init_from, parent = Path(str(pcfg.run_dir)), [], pcfg.pipeline.init_from, None
+    for name in pcfg.pipeline.order:
+        jobs.append(Job(name, compose_stage(pcfg, name, init_from), parent))
+        init_from, parent = str(run_dir / name / "hf"), name
+    return jobs
 
 
 def compose_stage(pcfg: PipelineRunConfig, name: str, init_from: str | None) -> DictConfig:
@@ -125,18 +135,14 @@ def _wait_until(predicate, what: str, timeout_s: float = 600.0) -> None:
         time.sleep(0.5)
 
 
-def plan(pcfg: PipelineRunConfig) -> list[PlannedJob]:
+def plan(pcfg: PipelineRunConfig, jobs: list[Job]) -> list[PlannedJob]:
     """Decide, before anything runs, what each stage does: skip (finished, same config), run/resume, restart
     (named in `restart`, or after one that is), or refuse (finished with another config)."""
-    run_dir, jobs, init_from, parent = Path(str(pcfg.run_dir)), [], pcfg.pipeline.init_from, None
-    for i, name in enumerate(pcfg.pipeline.order):
-        cfg = compose_stage(pcfg, name, init_from)
-        check_stage(cfg, name, first=i == 0, inputs=False)
-        jobs.append(Job(name, cfg, parent))
-        init_from, parent = str(run_dir / name / "hf"), name
     for i, job in enumerate(jobs):     # every stage's values first (pure), then what each stage will read
+        check_stage(job.cfg, job.name, first=i == 0, inputs=False)
+    for i, job in enumerate(jobs):
         check_stage(job.cfg, job.name, first=i == 0)
-    return plan_jobs(jobs, run_dir / STATE_FILE, noun="stage", restart=tuple(pcfg.restart),
+    return plan_jobs(jobs, Path(str(pcfg.run_dir)) / STATE_FILE, noun="stage", restart=tuple(pcfg.restart),
                      remedy="Rerun with restart=[{name}] to train it (and every stage after it) again, or use "
                             "another run_dir.")
 
@@ -165,17 +171,18 @@ def check_eval(pcfg: PipelineRunConfig) -> None:
         raise e.within("eval") from None
 
 
-def run_pipeline(pcfg: PipelineRunConfig) -> list[dict] | None:
-    """Run every stage of the plan in order; returns one summary row per stage (None when a signal stopped it)."""
+def run_pipeline(pcfg: PipelineRunConfig, jobs: list[Job]) -> list[dict] | None:
+    """Run the stages (`validate_pipeline`'s jobs) in order; returns one summary row per stage (None when a
+    signal stopped it)."""
     run_dir = Path(str(pcfg.run_dir))
     # A signal between two stages is held and handed to the next stage's trainer, whose ranks agree to stop at
     # its first step boundary (with a checkpoint); without this the default action would kill the command.
     with run_dir_lock(run_dir, enabled=process_rank() == 0), held_stop_signals():
-        return _run_stages(pcfg, run_dir)
+        return _run_stages(pcfg, jobs, run_dir)
 
 
-def _run_stages(pcfg: PipelineRunConfig, run_dir: Path) -> list[dict] | None:
-    planned = plan(pcfg)
+def _run_stages(pcfg: PipelineRunConfig, jobs: list[Job], run_dir: Path) -> list[dict] | None:
+    planned = plan(pcfg, jobs)
     for p in planned:
         if p.action == "restart":
             if process_rank() == 0:

@@ -25,10 +25,9 @@ PROG = "codellama-pipeline"
 
 
 def compose_pipeline(overrides: list[str]) -> PipelineRunConfig:
-    """The chain as its typed config (compose_pipeline_node, then typed_pipeline), checked."""
-    pcfg = typed_pipeline(compose_pipeline_node(overrides))
-    validate_pipeline(pcfg)
-    return pcfg
+    """The chain as its typed config (compose_pipeline_node, then typed_pipeline); its stages are composed and
+    checked by validate_pipeline."""
+    return typed_pipeline(compose_pipeline_node(overrides))
 
 
 def compose_pipeline_node(overrides: list[str]) -> DictConfig:
@@ -68,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             line.print_config(compose_pipeline_node(line.overrides))
             return 0
         pcfg = compose_pipeline(line.overrides)
+        stages = validate_pipeline(pcfg)   # every stage composed once, here, before the run folder is locked
         if pcfg.eval.enabled:
             check_eval(pcfg)
-        rows = run_pipeline(pcfg)
+        rows = run_pipeline(pcfg, stages)
     except (ConfigError, PipelineError, CheckpointError) as e:
         return refuse(PROG, str(e))
     except BadInputError as e:
