@@ -9,6 +9,7 @@ process group starts.
 Defaults live here and nowhere else in the code; the YAML files repeat the ones a user is expected to read.
 """
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -215,7 +216,6 @@ class SourceConfig:
 
     def describe(self) -> dict:
         """JSON-able description (fingerprints)."""
-        import json
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
 
