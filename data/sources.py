@@ -2,9 +2,9 @@
 
 A source is local files (globs of .jsonl / .jsonl.gz / .parquet / plain text) or a hub dataset id: its
 configuration is checked by core/schema.py::SourceConfig.validate, its shards are listed in source_files.py,
-and one shard is read from a position by record_readers.py. Hub ids go through `datasets.load_dataset(..., streaming=True)`, one datasets
-shard at a time, and resume with that shard's `state_dict()`. No shuffle buffer anywhere: its content is not part
-of any saved state.
+and one shard is read from a position by record_readers.py. Hub ids go through
+`datasets.load_dataset(..., streaming=True)`, one datasets shard at a time, and resume with that shard's
+`state_dict()`. No shuffle buffer anywhere: its content is not part of any saved state.
 
 Sharding: with S = world_size * num_workers logical streams, stream s reads, in epoch e,
 - files perm_e[s::S] when the source has at least S files (perm_e: a permutation seeded by

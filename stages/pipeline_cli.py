@@ -47,7 +47,7 @@ def compose_pipeline_node(overrides: list[str]) -> DictConfig:
             raise ConfigError(key, value, f"no stage '{name}' in pipeline '{cfg.pipeline.name}'; its stages: "
                                           f"{', '.join(cfg.stages)}")
     if per_stage:
-        with open_dict(cfg.stages):   # a stage's keys are checked against codellama-train's schema below
+        with open_dict(cfg.stages):   # validate_pipeline checks a stage's keys against codellama-train's schema
             cfg.stages = OmegaConf.merge(cfg.stages, OmegaConf.from_dotlist(
                 [a.lstrip("+").removeprefix("stages.") for a in per_stage]))
     return cfg
