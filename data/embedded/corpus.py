@@ -22,7 +22,8 @@ hash of the path label too (so a stdlib module is held out in `python`, `nl_code
 alike, and never leaks into training through another source). Texts are exact-deduplicated by sha256; in
 `code` and `python`, generated files (a generator's marker near the top, such as torchgen's `@generated`) are
 skipped and near-duplicates (MinHash, Jaccard >= 0.7 over 5-token shingles, data.near_dedup) of a file taken
-before are skipped, so one family of generated headers cannot fill the source.
+before are skipped, so one family of generated headers cannot fill the source (`--keep-duplicates` keeps them,
+to measure what their removal does).
 
 `code` and `python` also come as pieces: `<source>/{train,val}_pieces-NNNNN.jsonl` hold the same files cut into
 pieces of at most `piece_chars` characters at top-level boundaries (data.pieces), for models whose context
@@ -70,6 +71,8 @@ class CorpusConfig:
     distributions: tuple | None = ("torch",)   # installed packages read (their RECORD files); None: every package
                                                # in site-packages and the environment's bin/ scripts
     near_dup_threshold: float = 0.7   # MinHash Jaccard over 5-token shingles (StarCoder's near-dedup value)
+    near_dedup: bool = True           # False keeps generated files and near-duplicates in code and python (to
+                                      # measure what removing them does; docs/ablations.md)
     piece_chars: int = 1500           # the `*_pieces` splits: files cut into pieces of at most this many chars
 
     def validate(self) -> "CorpusConfig":
@@ -549,7 +552,8 @@ def build_corpus(out_dir, cfg: CorpusConfig | None = None, roots: dict | None = 
     try:
         for source in SOURCES:
             skipped: dict[str, int] = {}
-            near = NearDuplicateIndex(cfg.near_dup_threshold) if source in DEDUPLICATED_SOURCES else None
+            near = (NearDuplicateIndex(cfg.near_dup_threshold)
+                    if cfg.near_dedup and source in DEDUPLICATED_SOURCES else None)
             rows = select_source(buckets[source], loaders, cfg.source_bytes.get(source, DEFAULT_SOURCE_BYTES[source]),
                                  seen, skipped, near)
             if not rows:
@@ -639,6 +643,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-system-dirs", action="store_true", help="(the default) only the Python installation")
     p.add_argument("--distributions", nargs="*", default=list(CorpusConfig.distributions), metavar="NAME",
                    help="installed packages whose files are read (default: torch); --all-packages reads every one")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="keep generated files and near-duplicates in code and python (the default skips them)")
     p.add_argument("--all-packages", action="store_true",
                    help="every package in site-packages and the environment's scripts (machine-dependent)")
     args = p.parse_args(argv)
@@ -648,7 +654,8 @@ def main(argv=None) -> int:
         cfg = CorpusConfig(source_bytes=caps, max_file_bytes=args.max_file_kb * 1000,
                            val_per_mille=args.val_per_mille, train_shards=args.train_shards,
                            val_shards=args.val_shards, include_system_dirs=args.system_dirs and not args.no_system_dirs,
-                           distributions=None if args.all_packages else tuple(args.distributions))
+                           distributions=None if args.all_packages else tuple(args.distributions),
+                           near_dedup=not args.keep_duplicates)
         if args.scale != 1.0:
             cfg = cfg.scaled(args.scale)
         build_corpus(args.out, cfg)
